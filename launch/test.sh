@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Installs what the tests need into ./.venv and runs the test suite (CPU, 8 simulated devices
+# for the sharding tests; see tests/conftest.py). Extra arguments go to pytest.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$ROOT/launch/ensure_venv.sh" test
+cd "$ROOT"
+exec python -m pytest tests -q "$@"

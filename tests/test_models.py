@@ -1,0 +1,194 @@
+"""The decoder and its heads, checked against independent numpy computations."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from warm_jax.models import LanguageModel, RewardModel, TransformerConfig, ValueModel
+from warm_jax.models.transformer import apply_rope, dot_product_attention
+
+VARIANTS = {
+    "gpt2": {},
+    "llama": dict(norm="rmsnorm", positions="rotary", mlp_activation="swiglu",
+                  tie_embeddings=False, use_bias=False, num_kv_heads=2),
+    "mqa_geglu_softcap": dict(num_kv_heads=1, mlp_activation="geglu", logit_softcap=30.0),
+}
+
+
+def _init(module, cfg, batch=2, length=8):
+  tokens = jnp.ones((batch, length), jnp.int32)
+  variables = module.init(jax.random.key(0), tokens, jnp.ones_like(tokens))
+  return nn.unbox(variables)["params"]
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_param_count_matches_config(variant):
+  cfg = tiny_config(**VARIANTS[variant])
+  params = _init(LanguageModel(cfg), cfg)
+  assert sum(x.size for x in jax.tree_util.tree_leaves(params)) == cfg.num_params()
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_causal_future_tokens_do_not_change_past_logits(variant):
+  cfg = tiny_config(**VARIANTS[variant])
+  model = LanguageModel(cfg)
+  params = _init(model, cfg)
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(3, cfg.vocab_size, (1, 10))
+  changed = tokens.copy()
+  changed[0, 6:] = (changed[0, 6:] + 1) % cfg.vocab_size
+  a = model.apply({"params": params}, jnp.asarray(tokens))
+  b = model.apply({"params": params}, jnp.asarray(changed))
+  np.testing.assert_allclose(a[0, :6], b[0, :6], atol=1e-5)
+  assert not np.allclose(a[0, 6:], b[0, 6:])
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_reward_read_at_last_real_token_whatever_the_padding(variant):
+  cfg = tiny_config(**VARIANTS[variant])
+  model = RewardModel(cfg)
+  params = _init(model, cfg)
+  real = np.array([5, 9, 3, 7, 11])
+  pad = 0
+  unpadded = real[None]
+  right = np.concatenate([real, [pad] * 3])[None]
+  left = np.concatenate([[pad] * 3, real])[None]
+  r_none = model.apply({"params": params}, jnp.asarray(unpadded), jnp.ones((1, 5), jnp.int32))
+  r_right = model.apply({"params": params}, jnp.asarray(right),
+                        jnp.asarray([[1] * 5 + [0] * 3]))
+  r_left = model.apply({"params": params}, jnp.asarray(left), jnp.asarray([[0] * 3 + [1] * 5]))
+  np.testing.assert_allclose(r_right, r_none, atol=1e-5)
+  np.testing.assert_allclose(r_left, r_none, atol=1e-5)
+  # Independently: the head applied to the decoder's hidden state at the last token.
+  hidden = model.apply({"params": params}, jnp.asarray(unpadded), jnp.ones((1, 5), jnp.int32),
+                       method=lambda m, t, k: m.decoder(t, k))
+  head = params["reward_head"]
+  expected = np.asarray(hidden[0, -1]) @ np.asarray(head["kernel"])[:, 0] + float(head["bias"][0])
+  np.testing.assert_allclose(r_none[0], expected, rtol=1e-5, atol=1e-5)
+  # And not at the first pad: a different token at the pad slot changes nothing.
+  right2 = right.copy()
+  right2[0, 6] = 17
+  r_right2 = model.apply({"params": params}, jnp.asarray(right2),
+                         jnp.asarray([[1] * 5 + [0] * 3]))
+  np.testing.assert_allclose(r_right2, r_right, atol=1e-6)
+
+
+def test_value_head_is_per_token_and_matches_lm_backbone():
+  cfg = tiny_config()
+  lm_params = _init(LanguageModel(cfg), cfg)
+  value = ValueModel(cfg)
+  v_params = _init(value, cfg)
+  v_params = dict(v_params, decoder=lm_params["decoder"])
+  tokens = jnp.asarray(np.arange(3, 11)[None])
+  values = value.apply({"params": v_params}, tokens, jnp.ones_like(tokens))
+  assert values.shape == (1, 8)
+  hidden = LanguageModel(cfg).apply({"params": lm_params}, tokens,
+                                    method=lambda m, t: m.decoder(t))
+  expected = np.asarray(hidden[0]) @ np.asarray(v_params["value_head"]["kernel"])[:, 0]
+  np.testing.assert_allclose(values[0], expected + float(v_params["value_head"]["bias"][0]),
+                             rtol=1e-5, atol=1e-5)
+
+
+def _numpy_attention(q, k, v, allowed):
+  b, t, h, d = q.shape
+  group = h // k.shape[2]
+  out = np.zeros_like(q)
+  for bi in range(b):
+    for hi in range(h):
+      kv = hi // group
+      s = q[bi, :, hi] @ k[bi, :, kv].T / np.sqrt(d)
+      s = np.where(allowed[bi, 0], s, -1e9)
+      p = np.exp(s - s.max(-1, keepdims=True))
+      p /= p.sum(-1, keepdims=True)
+      out[bi, :, hi] = p @ v[bi, :, kv]
+  return out
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2, 1])
+def test_grouped_query_attention_matches_numpy(kv_heads):
+  rng = np.random.default_rng(1)
+  q = rng.normal(size=(2, 6, 4, 8)).astype(np.float32)
+  k = rng.normal(size=(2, 6, kv_heads, 8)).astype(np.float32)
+  v = rng.normal(size=(2, 6, kv_heads, 8)).astype(np.float32)
+  allowed = np.tril(np.ones((6, 6), bool))[None, None].repeat(2, 0)
+  allowed[1, :, :, :2] = False  # second row: two left pads
+  out = dot_product_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v),
+                              jnp.asarray(allowed))
+  expected = _numpy_attention(q, k, v, allowed)
+  np.testing.assert_allclose(out[0], expected[0], atol=1e-5)
+  np.testing.assert_allclose(out[1, 2:], expected[1, 2:], atol=1e-5)  # pad queries unread
+
+
+def test_rope_matches_formula_and_is_relative():
+  rng = np.random.default_rng(2)
+  x = rng.normal(size=(1, 5, 1, 4)).astype(np.float32)
+  pos = np.arange(5)[None]
+  out = np.asarray(apply_rope(jnp.asarray(x), jnp.asarray(pos), 10_000.0))
+  freq = 10_000.0 ** (-np.arange(2) / 2)
+  for t in range(5):
+    ang = t * freq
+    x1, x2 = x[0, t, 0, :2], x[0, t, 0, 2:]
+    expected = np.concatenate([x1 * np.cos(ang) - x2 * np.sin(ang),
+                               x2 * np.cos(ang) + x1 * np.sin(ang)])
+    np.testing.assert_allclose(out[0, t, 0], expected, atol=1e-5)
+  # q.k depends only on the position difference.
+  q = np.broadcast_to(x[:, :1], x.shape)
+  rq = np.asarray(apply_rope(jnp.asarray(q), jnp.asarray(pos), 10_000.0))[0, :, 0]
+  rk = np.asarray(apply_rope(jnp.asarray(q), jnp.asarray(pos + 3), 10_000.0))[0, :, 0]
+  dots = [rq[t] @ rk[t] for t in range(5)]
+  np.testing.assert_allclose(dots, dots[0], rtol=1e-5)
+
+
+def test_bf16_compute_keeps_fp32_params_and_close_logits():
+  cfg = tiny_config()
+  cfg16 = cfg.replace(dtype="bfloat16")
+  params = _init(LanguageModel(cfg), cfg)
+  assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(
+      _init(LanguageModel(cfg16), cfg16)))
+  tokens = jnp.asarray(np.arange(3, 13)[None])
+  a = LanguageModel(cfg).apply({"params": params}, tokens)
+  b = LanguageModel(cfg16).apply({"params": params}, tokens)
+  assert b.dtype == jnp.float32
+  np.testing.assert_allclose(a, b, atol=5e-2)
+
+
+def test_dropout_rate_is_used_only_when_not_deterministic():
+  cfg = tiny_config(dropout_rate=0.1)
+  model = LanguageModel(cfg)
+  params = _init(model, cfg)
+  tokens = jnp.asarray(np.arange(3, 13)[None])
+  det = model.apply({"params": params}, tokens)
+  det2 = model.apply({"params": params}, tokens, deterministic=True)
+  drop = model.apply({"params": params}, tokens, deterministic=False,
+                     rngs={"dropout": jax.random.key(1)})
+  np.testing.assert_array_equal(det, det2)
+  assert not np.allclose(det, drop)
+
+
+def test_bad_configs_name_the_field():
+  with pytest.raises(ValueError, match="num_kv_heads"):
+    tiny_config(num_kv_heads=3)
+  with pytest.raises(ValueError, match="norm"):
+    tiny_config(norm="batchnorm")
+  with pytest.raises(ValueError, match="dropout_rate"):
+    tiny_config(dropout_rate=1.5)
+  cfg = tiny_config()
+  with pytest.raises(ValueError, match="max_len"):
+    _init(LanguageModel(cfg), cfg, length=cfg.max_len + 1)
+
+
+def test_logical_axis_names_on_params():
+  cfg = TransformerConfig(**{**dict(vocab_size=40, d_model=32, num_layers=1, num_heads=4,
+                                    mlp_dim=64, max_len=16), **VARIANTS["llama"]})
+  boxed = jax.eval_shape(lambda: LanguageModel(cfg).init(
+      jax.random.key(0), jnp.ones((1, 4), jnp.int32)))
+  specs = nn.get_partition_spec(boxed)["params"]
+  layer = specs["decoder"]["layer_0"]
+  assert tuple(layer["mlp"]["wi"]["kernel"]) == ("embed", "mlp")
+  assert tuple(layer["attention"]["query"]["kernel"]) == ("embed", "heads", "head_dim")
+  assert tuple(layer["attention"]["key"]["kernel"]) == ("embed", "kv_heads", "head_dim")
+  assert tuple(specs["decoder"]["token_embed"]["embedding"]) == ("vocab", "embed")
+  assert tuple(specs["lm_head"]["kernel"]) == ("embed", "vocab")

@@ -1,0 +1,216 @@
+"""Orbax checkpoints: training state, params-only trees, and init-from-checkpoint with a map.
+
+Where it sits: every training stage keeps its state under `MODEL_DIR/checkpoints/<step>/` with
+two plain orbax PyTree items:
+
+  params/     the model parameters -- what WARM averages, BoN/RL load, and a user restores
+              with orbax alone: `ocp.StandardCheckpointer().restore(".../<step>/params")`
+  opt_state/  the optimizer state (only needed to resume training)
+
+The training step is the directory name; the data position is a function of the step, so
+nothing else is needed to resume exactly. Saves are asynchronous and atomic (orbax writes to a
+temporary directory and renames it when complete), so a SIGKILL mid-save leaves the previous
+checkpoint as the latest readable one.
+
+`init_from_checkpoint` builds a new model's params from another model's checkpoint with a
+t5x-style assignment map: how an SFT LM becomes a reward model (backbone copied, head new).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+
+PARAMS_ITEM = "params"
+OPT_STATE_ITEM = "opt_state"
+CHECKPOINTS_SUBDIR = "checkpoints"
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint is missing, unreadable or does not fit the model."""
+
+
+class TrainCheckpointer:
+  """A CheckpointManager over MODEL_DIR/checkpoints with params and opt_state items.
+
+  Args:
+    model_dir: the stage's output directory.
+    save_every: save when step % save_every == 0 (and whenever `save(force=True)`).
+    keep: how many recent checkpoints to keep (None: all).
+    async_save: write in a background thread while training continues.
+  """
+
+  def __init__(self, model_dir: str, *, save_every: int, keep: int | None = 3,
+               async_save: bool = True):
+    self.directory = epath.Path(model_dir) / CHECKPOINTS_SUBDIR
+    options = ocp.CheckpointManagerOptions(
+        save_interval_steps=save_every,
+        max_to_keep=keep,
+        enable_async_checkpointing=async_save,
+        create=True,
+        cleanup_tmp_directories=True,
+    )
+    self.manager = ocp.CheckpointManager(
+        self.directory, options=options, item_names=(PARAMS_ITEM, OPT_STATE_ITEM))
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def all_steps(self) -> Sequence[int]:
+    return self.manager.all_steps()
+
+  def save(self, step: int, params: Any, opt_state: Any, *, force: bool = False) -> bool:
+    return self.manager.save(step, args=ocp.args.Composite(**{
+        PARAMS_ITEM: ocp.args.StandardSave(params),
+        OPT_STATE_ITEM: ocp.args.StandardSave(opt_state),
+    }), force=force)
+
+  def restore(self, step: int, abstract_params: Any, abstract_opt_state: Any
+              ) -> tuple[Any, Any]:
+    """Restores (params, opt_state) at `step` onto the shardings of the abstract trees."""
+    try:
+      restored = self.manager.restore(step, args=ocp.args.Composite(**{
+          PARAMS_ITEM: ocp.args.StandardRestore(abstract_params),
+          OPT_STATE_ITEM: ocp.args.StandardRestore(abstract_opt_state),
+      }))
+    except (ValueError, KeyError, FileNotFoundError) as e:
+      raise CheckpointError(
+          f"cannot restore step {step} from {self.directory}: {e}\nThe checkpoint does not "
+          f"match this model/optimizer config; resume with the config it was written with "
+          f"(see config.gin beside it) or use a new MODEL_DIR.") from e
+    return restored[PARAMS_ITEM], restored[OPT_STATE_ITEM]
+
+  def wait(self):
+    self.manager.wait_until_finished()
+
+  def close(self):
+    self.manager.close()
+
+
+def resolve_params_path(path: str) -> epath.Path:
+  """A params checkpoint dir from any of: a plain orbax PyTree dir, `<step>/` (with params/),
+  `checkpoints/` (latest step), or a stage's MODEL_DIR (latest step)."""
+  p = epath.Path(path)
+  if not p.exists():
+    raise CheckpointError(f"checkpoint path {path} does not exist: pass a stage's model dir, "
+                          f"its checkpoints/<step> dir, or a plain orbax checkpoint dir")
+  if (p / CHECKPOINTS_SUBDIR).is_dir():
+    p = p / CHECKPOINTS_SUBDIR
+  steps = sorted(int(c.name) for c in p.iterdir() if c.is_dir() and c.name.isdigit()) \
+      if p.is_dir() else []
+  if steps:
+    p = p / str(steps[-1])
+  if (p / PARAMS_ITEM).is_dir():
+    p = p / PARAMS_ITEM
+  if not (p / "_METADATA").exists() and not (p / "_CHECKPOINT_METADATA").exists():
+    raise CheckpointError(f"no orbax checkpoint found at {path} (looked at {p}): a run that "
+                          "was killed before its first save has none; train longer or pass "
+                          "another dir")
+  return p
+
+
+def load_params(path: str, abstract_params: Any | None = None) -> Any:
+  """Restores a params tree with plain orbax (host numpy arrays unless shardings are given)."""
+  p = resolve_params_path(path)
+  checkpointer = ocp.StandardCheckpointer()
+  try:
+    if abstract_params is None:
+      return checkpointer.restore(p)
+    return checkpointer.restore(p, abstract_params)
+  except (ValueError, KeyError) as e:
+    raise CheckpointError(f"cannot restore params from {p}: {e}") from e
+
+
+def save_params(params: Any, path: str, *, force: bool = False) -> None:
+  """Writes a plain orbax PyTree checkpoint of `params` (atomic: tmp dir, then rename)."""
+  p = epath.Path(path)
+  if p.exists() and not force:
+    raise CheckpointError(f"{path} already exists; pick a new output path (nothing was "
+                          "overwritten)")
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(p, params, force=force)
+  checkpointer.wait_until_finished()
+
+
+def _path_str(path) -> str:
+  parts = []
+  for k in path:
+    parts.append(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))))
+  return "/".join(parts)
+
+
+def flatten_params(tree: Any) -> dict[str, Any]:
+  """{'decoder/layer_0/mlp/wi/kernel': leaf, ...}"""
+  return {_path_str(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def init_from_checkpoint(target_params: Any, source_params: Any,
+                         assignment_map: Sequence[tuple[str, str | None]] = (),
+                         *, source_name: str = "source") -> tuple[Any, dict[str, list[str]]]:
+  """New params whose leaves are copied from `source_params` according to `assignment_map`.
+
+  For each target leaf path (e.g. 'decoder/layer_0/mlp/wi/kernel') the first rule whose regex
+  fully matches decides: a replacement string (re.sub syntax, e.g. r'decoder/\\1') names the
+  source leaf to copy; None keeps the target's fresh initialisation. With no matching rule, the
+  leaf is copied from the same path if the source has it, else kept fresh.
+
+  The SFT -> RM map is [(r'reward_head/.*', None)]: every decoder leaf copied, head fresh.
+  Returns (params, report) with report keys 'copied', 'fresh', 'unused_source'.
+  Raises CheckpointError naming the leaf on a missing source leaf or a shape/dtype mismatch.
+  """
+  source = flatten_params(source_params)
+  rules = [(re.compile(pattern), repl) for pattern, repl in assignment_map]
+  used, report = set(), {"copied": [], "fresh": [], "unused_source": []}
+
+  def assign(path, target_leaf):
+    name = _path_str(path)
+    src_name = name
+    for regex, repl in rules:
+      if regex.fullmatch(name):
+        if repl is None:
+          report["fresh"].append(name)
+          return target_leaf
+        src_name = regex.sub(repl, name)
+        if src_name not in source:
+          raise CheckpointError(f"assignment map sends target {name} to {source_name} leaf "
+                                f"{src_name}, which does not exist")
+        break
+    else:
+      if name not in source:
+        report["fresh"].append(name)
+        return target_leaf
+    value = source[src_name]
+    if tuple(value.shape) != tuple(target_leaf.shape):
+      raise CheckpointError(
+          f"{source_name} leaf {src_name} has shape {tuple(value.shape)} but the target model's "
+          f"{name} has {tuple(target_leaf.shape)}: the checkpoint comes from another "
+          "architecture; use the model gin file it was trained with")
+    if np.dtype(value.dtype) != np.dtype(target_leaf.dtype):
+      raise CheckpointError(f"{source_name} leaf {src_name} has dtype {value.dtype} but the "
+                            f"target's {name} has {target_leaf.dtype}")
+    used.add(src_name)
+    report["copied"].append(name)
+    sharding = getattr(target_leaf, "sharding", None)
+    return jax.device_put(value, sharding) if sharding is not None else value
+
+  out = jax.tree_util.tree_map_with_path(assign, target_params)
+  report["unused_source"] = sorted(set(source) - used)
+  logging.info("init_from_checkpoint: copied %d leaves, %d fresh, %d source leaves unused",
+               len(report["copied"]), len(report["fresh"]), len(report["unused_source"]))
+  return out, report
+
+
+def atomic_write_text(path: str, text: str) -> None:
+  """Writes a small text file via a temporary file and rename (never a half-written file)."""
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w") as f:
+    f.write(text)
+  os.replace(tmp, path)

@@ -1,0 +1,113 @@
+"""Command-line gin handling shared by the `python -m warm_jax.*` entry points (t5x style).
+
+Flags understood by `parse_gin_flags`:
+  --gin_file=F (repeatable; later files override earlier ones)
+  --gin.NAME=VALUE        one binding, e.g. --gin.MODEL_DIR="'/tmp/run'" or
+                          --gin.OptimizerConfig.learning_rate=1e-4
+  --gin_bindings=B        one or more bindings separated by newlines (repeatable)
+  --gin_search_paths=P    comma-separated dirs where gin files and their includes are found
+
+Gin files are found relative to the current directory, the repository root (the directory
+holding `gin/`), and any --gin_search_paths. An unknown configurable or parameter is gin's own
+error; a `--gin.NAME` macro that no configuration references (a typo like TRAIN_STEP) is an
+error too, since gin would accept it silently.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import gin
+from gin import config as gin_config
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class GinConfigError(ValueError):
+  """A gin file or binding is malformed, unknown, or references something that doesn't exist."""
+
+
+def split_gin_args(argv: Sequence[str]) -> tuple[list[str], list[str], list[str], list[str]]:
+  """(gin_files, bindings, search_paths, other_args) from raw argv (without argv[0])."""
+  files, bindings, paths, rest = [], [], [], []
+  it = iter(argv)
+  for arg in it:
+    def value(flag):
+      if arg.startswith(flag + "="):
+        return arg[len(flag) + 1:]
+      try:
+        return next(it)
+      except StopIteration:
+        raise GinConfigError(f"{flag} needs a value") from None
+    if arg == "--gin_file" or arg.startswith("--gin_file="):
+      files.append(value("--gin_file"))
+    elif arg == "--gin_bindings" or arg.startswith("--gin_bindings="):
+      bindings.extend(b for b in value("--gin_bindings").split("\n") if b.strip())
+    elif arg == "--gin_search_paths" or arg.startswith("--gin_search_paths="):
+      paths.extend(p for p in value("--gin_search_paths").split(",") if p)
+    elif arg.startswith("--gin."):
+      name, sep, val = arg[len("--gin."):].partition("=")
+      if not sep:
+        raise GinConfigError(f"{arg}: expected --gin.NAME=VALUE")
+      bindings.append(f"{name} = {val}")
+    else:
+      rest.append(arg)
+  return files, bindings, paths, rest
+
+
+def _referenced_macros() -> set[str]:
+  found: set[str] = set()
+
+  def walk(value: Any):
+    if isinstance(value, gin_config.ConfigurableReference):
+      selector = value.scoped_selector
+      if selector.endswith("/gin.macro"):
+        found.add(selector[: -len("/gin.macro")].split("/")[-1])
+    elif isinstance(value, (list, tuple, set)):
+      for v in value:
+        walk(v)
+    elif isinstance(value, dict):
+      for v in value.values():
+        walk(v)
+
+  for params in gin_config._CONFIG.values():  # pylint: disable=protected-access
+    for v in params.values():
+      walk(v)
+  return found
+
+
+def parse_gin(files: Sequence[str], bindings: Sequence[str],
+              search_paths: Sequence[str] = ()) -> None:
+  """Parses gin files then bindings; raises GinConfigError with the offending input named."""
+  for path in [*search_paths, os.getcwd(), REPO_ROOT]:
+    gin.add_config_file_search_path(path)
+  for f in files:
+    if not any(os.path.exists(os.path.join(p, f)) for p in ["", *search_paths, os.getcwd(),
+                                                             REPO_ROOT]):
+      raise GinConfigError(f"gin file {f} not found (looked in the current directory, "
+                           f"{REPO_ROOT} and --gin_search_paths)")
+  try:
+    gin.parse_config_files_and_bindings(list(files), list(bindings), finalize_config=False)
+  except (ValueError, KeyError, SyntaxError, IOError) as e:
+    raise GinConfigError(f"bad gin configuration ({', '.join(files) or 'no files'}; "
+                         f"bindings {list(bindings)}): {e}") from e
+  macros = [b.split("=", 1)[0].strip() for b in bindings]
+  macros = [m for m in macros if re.fullmatch(r"[A-Z_][A-Z0-9_]*", m)]
+  referenced = _referenced_macros()
+  unknown = [m for m in macros if m not in referenced]
+  if unknown:
+    raise GinConfigError(
+        f"--gin.{unknown[0]} sets a macro that no configuration uses (typo?). Macros in use: "
+        f"{', '.join(sorted(referenced)) or 'none'}")
+
+
+def write_operative_config(model_dir: str) -> str:
+  """Writes MODEL_DIR/config.gin (atomically) and returns its text."""
+  from warm_jax.checkpoints import atomic_write_text
+  text = gin.operative_config_str()
+  os.makedirs(model_dir, exist_ok=True)
+  atomic_write_text(os.path.join(model_dir, "config.gin"), text)
+  return text

@@ -1,0 +1,133 @@
+"""Model shape and numerics: one frozen dataclass shared by every stage.
+
+Every program of the pipeline (pre-training, SFT, reward models, value/policy for RL) builds its
+network from a `TransformerConfig`; the presets in `gin/models/*.gin` bind its fields. Two
+models can exchange weights (SFT -> RM init, WARM averaging) exactly when their configs agree on
+everything except `dropout_rate` and the compute dtype.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+
+NORMS = ("layernorm", "rmsnorm")
+POSITIONS = ("learned", "rotary")
+MLP_ACTIVATIONS = ("gelu", "relu", "swiglu", "geglu")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+  """Shape of a decoder-only Transformer.
+
+  Attributes:
+    vocab_size: number of token ids (embedding rows, LM logits).
+    d_model: residual stream width.
+    num_layers: number of decoder blocks.
+    num_heads: query heads.
+    num_kv_heads: key/value heads (== num_heads: multi-head; 1: multi-query; else grouped).
+      None means num_heads.
+    head_dim: per-head width; None means d_model // num_heads.
+    mlp_dim: hidden width of the feed-forward block.
+    max_len: longest sequence (learned position table size, RoPE range).
+    dropout_rate: dropout on embeddings, attention output and MLP output (paper RMs: 0.05/0.1).
+    norm: "layernorm" (GPT-2) or "rmsnorm" (Llama, Gemma).
+    positions: "learned" absolute positions or "rotary" (RoPE).
+    rope_theta: RoPE base frequency.
+    mlp_activation: "gelu"/"relu" (two matrices) or "swiglu"/"geglu" (gated, three matrices).
+    tie_embeddings: LM logits use the transposed token embedding.
+    logit_softcap: if set, logits = cap * tanh(logits / cap) (Gemma 2 style).
+    use_bias: biases in dense layers (GPT-2 style) or not (Llama style).
+    norm_eps: epsilon of the normalisation layers.
+    dtype: compute dtype name ("float32" or "bfloat16"); parameters stay float32.
+  """
+
+  vocab_size: int
+  d_model: int
+  num_layers: int
+  num_heads: int
+  mlp_dim: int
+  max_len: int
+  num_kv_heads: int | None = None
+  head_dim: int | None = None
+  dropout_rate: float = 0.0
+  norm: str = "layernorm"
+  positions: str = "learned"
+  rope_theta: float = 10_000.0
+  mlp_activation: str = "gelu"
+  tie_embeddings: bool = True
+  logit_softcap: float | None = None
+  use_bias: bool = True
+  norm_eps: float = 1e-6
+  dtype: str = "float32"
+
+  def __post_init__(self):
+    def bad(field, why):
+      raise ValueError(f"TransformerConfig.{field}={getattr(self, field)!r}: {why}")
+
+    for name in ("vocab_size", "d_model", "num_layers", "num_heads", "mlp_dim", "max_len"):
+      if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
+        bad(name, "must be a positive integer")
+    if self.head_dim is None and self.d_model % self.num_heads:
+      bad("num_heads", f"must divide d_model={self.d_model}, or set head_dim explicitly")
+    if self.num_heads % self.kv_heads:
+      bad("num_kv_heads", f"must divide num_heads={self.num_heads} (grouped-query attention)")
+    if not 0.0 <= self.dropout_rate < 1.0:
+      bad("dropout_rate", "must be in [0, 1)")
+    if self.norm not in NORMS:
+      bad("norm", f"choose one of {NORMS}")
+    if self.positions not in POSITIONS:
+      bad("positions", f"choose one of {POSITIONS}")
+    if self.positions == "rotary" and self.per_head_dim % 2:
+      bad("head_dim", "rotary positions need an even head_dim")
+    if self.mlp_activation not in MLP_ACTIVATIONS:
+      bad("mlp_activation", f"choose one of {MLP_ACTIVATIONS}")
+    if self.dtype not in DTYPES:
+      bad("dtype", f"choose one of {tuple(DTYPES)}")
+    if self.logit_softcap is not None and self.logit_softcap <= 0:
+      bad("logit_softcap", "must be positive or None")
+
+  @property
+  def kv_heads(self) -> int:
+    return self.num_heads if self.num_kv_heads is None else self.num_kv_heads
+
+  @property
+  def per_head_dim(self) -> int:
+    return self.head_dim if self.head_dim is not None else self.d_model // self.num_heads
+
+  @property
+  def compute_dtype(self):
+    return DTYPES[self.dtype]
+
+  def replace(self, **changes) -> "TransformerConfig":
+    return dataclasses.replace(self, **changes)
+
+  def num_params(self, *, with_embeddings: bool = True) -> int:
+    """Parameter count of the decoder (+ untied LM head), computed from the shape alone."""
+    d, h, kv, hd, f = self.d_model, self.num_heads, self.kv_heads, self.per_head_dim, self.mlp_dim
+    attn = d * h * hd + 2 * d * kv * hd + h * hd * d
+    mlp = (3 if self.mlp_activation in ("swiglu", "geglu") else 2) * d * f
+    norms = 2 * d * (2 if self.norm == "layernorm" else 1)
+    if self.use_bias:
+      attn += h * hd + 2 * kv * hd + d
+      mlp += f * (2 if self.mlp_activation in ("swiglu", "geglu") else 1) + d
+    total = self.num_layers * (attn + mlp + norms) + d * (2 if self.norm == "layernorm" else 1)
+    if with_embeddings:
+      total += self.vocab_size * d
+      if self.positions == "learned":
+        total += self.max_len * d
+      if not self.tie_embeddings:
+        total += d * self.vocab_size
+    return total
+
+  def train_flops_per_token(self, seq_len: int) -> float:
+    """Model FLOPs of one forward+backward pass per token (PaLM appendix B convention).
+
+    6 * (non-embedding params + LM head) for the matmuls plus 12 * layers * seq * width for the
+    attention scores and weighted sum (causal masking is not discounted, as in PaLM's MFU).
+    """
+    matmul_params = self.num_params(with_embeddings=False) + self.vocab_size * self.d_model
+    attention = 12 * self.num_layers * seq_len * self.num_heads * self.per_head_dim
+    return 6.0 * matmul_params + attention

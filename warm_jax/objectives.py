@@ -1,0 +1,87 @@
+"""Objectives: a network plus the loss a training stage minimises on it.
+
+Where it sits: the `Trainer` is generic; an objective tells it how to initialise the network,
+what a batch looks like, and how to compute the loss and eval metrics (t5x calls these
+"models"). Pre-training and SFT use `LanguageModelObjective`; the RM stage adds the
+Bradley-Terry objective, RL the policy-gradient one.
+
+Contract: `loss(...)` and `eval_metrics(...)` return *sums* over the batch plus a `weight`
+(number of target tokens, number of pairs, ...); the trainer divides by the total weight, so a
+microbatched or multi-host step is exactly the full-batch mean.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from warm_jax import losses
+from warm_jax.models import LanguageModel, TransformerConfig
+
+Array = jax.Array
+Batch = dict[str, Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class LanguageModelObjective:
+  """Next-token prediction on `tokens`, counting only positions where `loss_mask` is 1.
+
+  Batch: tokens [batch, length] int32, mask [batch, length] (1 = real token),
+  loss_mask [batch, length] (1 = this token is a target; prompts of SFT examples are 0).
+  """
+
+  model_config: TransformerConfig
+  z_loss: float = 1e-4
+
+  batch_features = ("tokens", "mask", "loss_mask")
+
+  @property
+  def module(self) -> nn.Module:
+    return LanguageModel(self.model_config)
+
+  def dummy_batch(self, batch_size: int, seq_len: int) -> dict[str, np.ndarray]:
+    shape = (batch_size, seq_len)
+    return {"tokens": np.zeros(shape, np.int32), "mask": np.ones(shape, np.int32),
+            "loss_mask": np.ones(shape, np.int32)}
+
+  def init_variables(self, rng: Array, batch: Batch) -> Any:
+    return self.module.init(rng, batch["tokens"], batch["mask"])
+
+  def loss(self, params: Any, batch: Batch, rng: Array | None
+           ) -> tuple[Array, dict[str, Array]]:
+    logits = self.module.apply({"params": params}, batch["tokens"], batch["mask"],
+                               deterministic=rng is None,
+                               rngs=None if rng is None else {"dropout": rng})
+    loss_mask = batch["loss_mask"] * batch["mask"]
+    loss_sum, weight, correct = losses.next_token_cross_entropy(
+        logits, batch["tokens"], loss_mask, z_loss=self.z_loss)
+    return loss_sum, {"loss": loss_sum, "token_accuracy": correct, "weight": weight}
+
+  def eval_metrics(self, params: Any, batch: Batch, valid: Array) -> dict[str, Array]:
+    """Metric sums over the rows where valid [batch] is 1 (eval pads its last batch)."""
+    batch = dict(batch, loss_mask=batch["loss_mask"] * valid[:, None].astype(jnp.int32))
+    _, metrics = self.loss(params, batch, None)
+    return metrics
+
+  def train_flops_per_example(self, seq_len: int) -> float:
+    return self.model_config.train_flops_per_token(seq_len) * seq_len
+
+  @staticmethod
+  def tokens_per_example(seq_len: int) -> int:
+    return seq_len
+
+
+def normalise_metrics(sums: dict[str, Any]) -> dict[str, float]:
+  """Sums with a `weight` entry -> means (weight itself is kept as a count)."""
+  weight = float(sums["weight"])
+  return {k: (float(v) if k == "weight" else float(v) / max(weight, 1e-9))
+          for k, v in sums.items()}
+
+
+def sum_metrics(a: dict[str, Array], b: dict[str, Array]) -> dict[str, Array]:
+  return jax.tree_util.tree_map(jnp.add, a, b)

@@ -1,0 +1,130 @@
+"""`python -m warm_jax.train`: run any training stage from gin files (t5x style).
+
+  python -m warm_jax.train --gin_file=gin/models/tiny.gin --gin_file=gin/pretrain.gin \
+      --gin.MODEL_DIR="'/tmp/pretrain'" --gin.TRAIN_STEPS=5
+
+Every stage file (gin/pretrain.gin, later sft/rm/rl) binds `train` below and accepts the macros
+MODEL_DIR, TRAIN_STEPS, BATCH_SIZE and SEED; the model size comes from an included
+gin/models/NAME.gin. The run writes MODEL_DIR/config.gin (operative config),
+MODEL_DIR/checkpoints/<step>/{params,opt_state}, MODEL_DIR/metrics.jsonl, MODEL_DIR/tb/ and,
+when finished, MODEL_DIR/DONE (a JSON completion marker the experiment driver checks).
+Rerunning the same command resumes from the latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+
+from warm_jax import checkpoints as ckpt_lib
+from warm_jax.data.batching import ArrayDataset
+from warm_jax.optimizers import OptimizerConfig
+from warm_jax.partitioning import Partitioner, maybe_initialize_distributed
+from warm_jax.trainer import Trainer, TrainerConfig
+
+DONE_MARKER = "DONE"
+
+
+@dataclasses.dataclass(frozen=True)
+class InitFromCheckpoint:
+  """Initial params taken from another stage's checkpoint (used when not resuming).
+
+  Attributes:
+    path: a model dir, checkpoints/<step> dir or plain orbax params dir.
+    assignment_map: (target-path regex, source-path replacement or None) rules; see
+      `warm_jax.checkpoints.init_from_checkpoint`. Default: copy every leaf the source has,
+      initialise the rest fresh (SFT LM -> RM: decoder copied, reward head new).
+    require_all_copied_from: a path prefix whose target leaves must all be copied (e.g.
+      "decoder/"), so a wrong checkpoint cannot silently leave the backbone random.
+  """
+
+  path: str
+  assignment_map: Sequence[tuple[str, str | None]] = ()
+  require_all_copied_from: str | None = "decoder/"
+
+  def __call__(self, trainer: Trainer) -> Any:
+    fresh = trainer.init_state().params
+    source = ckpt_lib.load_params(self.path)
+    params, report = ckpt_lib.init_from_checkpoint(
+        fresh, source, self.assignment_map, source_name=self.path)
+    if self.require_all_copied_from:
+      missing = [p for p in report["fresh"] if p.startswith(self.require_all_copied_from)]
+      if missing:
+        raise ckpt_lib.CheckpointError(
+            f"init from {self.path}: {len(missing)} target leaves under "
+            f"{self.require_all_copied_from} have no source leaf (first: {missing[0]}); the "
+            "checkpoint is not a backbone of this model")
+    return params
+
+
+def train(*, model_dir: str | None = None, objective: Any, optimizer: OptimizerConfig,
+          trainer_config: TrainerConfig, dataset: ArrayDataset, seq_len: int,
+          partitioner: Partitioner | None = None, eval_dataset: ArrayDataset | None = None,
+          init_from: InitFromCheckpoint | None = None, write_config: bool = True) -> Any:
+  """Trains one stage into `model_dir`; returns the final TrainState.
+
+  A finished stage (DONE present, same train_steps) is not retrained: its state is restored.
+  """
+  if not model_dir:
+    raise ValueError("MODEL_DIR is not set: pass --gin.MODEL_DIR=\"'/path/to/dir'\"")
+  partitioner = partitioner or Partitioner()
+  if write_config and jax.process_index() == 0:
+    from warm_jax.gin_utils import write_operative_config
+    write_operative_config(model_dir)
+  trainer = Trainer(objective=objective, optimizer=optimizer, partitioner=partitioner,
+                    config=trainer_config, model_dir=model_dir, seq_len=seq_len)
+  t0 = time.time()
+  state = trainer.train(dataset, eval_dataset=eval_dataset, init_params=init_from)
+  if jax.process_index() == 0:
+    ckpt_lib.atomic_write_text(os.path.join(model_dir, DONE_MARKER), json.dumps({
+        "step": int(state.step), "train_steps": trainer_config.train_steps,
+        "num_params": trainer.num_params, "wall_s": round(time.time() - t0, 2)}) + "\n")
+  return state
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  import gin
+  from warm_jax import configurables
+  from warm_jax.gin_utils import GinConfigError, parse_gin, split_gin_args
+
+  argv = list(sys.argv[1:] if argv is None else argv)
+  logging.basicConfig(level=os.environ.get("WARM_JAX_LOGLEVEL", "INFO"),
+                      format="%(asctime)s %(levelname)s %(message)s")
+  files, bindings, paths, rest = split_gin_args(argv)
+  distributed = False
+  for arg in rest:
+    if arg in ("--multihost", "--distributed"):
+      distributed = True
+    elif arg in ("-h", "--help"):
+      print(__doc__)
+      return 0
+    else:
+      print(f"error: unknown argument {arg!r}; expected --gin_file, --gin.NAME=VALUE, "
+            "--gin_bindings, --gin_search_paths or --multihost", file=sys.stderr)
+      return 2
+  if not files:
+    print("error: no --gin_file given (e.g. --gin_file=gin/models/tiny.gin "
+          "--gin_file=gin/pretrain.gin)", file=sys.stderr)
+    return 2
+  maybe_initialize_distributed(enable=distributed or None)
+  configurables.register()
+  try:
+    parse_gin(files, bindings, paths)
+  except GinConfigError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  with gin.unlock_config():
+    gin.get_configurable("train")()
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,416 @@
+"""The t5x-style Trainer: sharded state, jitted train/eval steps, and the training loop.
+
+Where it sits: every training stage (pre-train, SFT, linear probe, RM members, RL value
+warm-up) is `Trainer(objective=..., ...).train(dataset)`. The objective supplies the network
+and loss; the partitioner the mesh; the trainer does the rest:
+
+  1. State. Abstract shapes come from `jax.eval_shape` (nothing allocated), the partitioner
+     turns the params' logical axes into shardings, and one jitted init with `out_shardings`
+     creates params and optimizer state directly on their devices.
+  2. Resume order. (a) the latest checkpoint in MODEL_DIR/checkpoints, else (b) params from
+     another checkpoint through an assignment map (`init_params`), else (c) fresh init. The data
+     position is a function of the step, so resuming needs nothing else.
+  3. Step. One jitted function with in/out shardings and the state donated: microbatches
+     accumulated with `lax.scan`, gradient clipping and Adafactor inside the optax chain,
+     dropout keys folded from (seed, step).
+  4. Loop. Checks loss and grad norm are finite (raising before anything non-finite can be
+     saved), logs train/*, perf/* (tokens/s, MFU) and eval/* to JSONL + TensorBoard, shows
+     progress, saves every K steps, and on SIGTERM saves a checkpoint and stops cleanly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from warm_jax import checkpoints as ckpt_lib
+from warm_jax import flops as flops_lib
+from warm_jax.data.batching import ArrayDataset
+from warm_jax.metrics_writer import MetricsWriter, Progress
+from warm_jax.objectives import normalise_metrics
+from warm_jax.optimizers import OptimizerConfig, make_optimizer
+from warm_jax.partitioning import Partitioner, opt_state_shardings
+
+Array = jax.Array
+
+
+class NonFiniteError(FloatingPointError):
+  """Loss or gradient norm became NaN/inf; the last good checkpoint is kept."""
+
+
+class Preempted(RuntimeError):
+  """SIGTERM received: a checkpoint was saved at the current step; rerun to resume."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainerConfig:
+  """Loop settings.
+
+  Attributes:
+    train_steps: total optimizer steps (a resumed run continues up to this).
+    batch_size: global batch size (all processes together).
+    seed: parameter-init and dropout seed (the data order has its own seed).
+    microbatches: split each batch into this many sequential microbatches (same gradient).
+    log_every: write train/perf metrics and a progress line every N steps.
+    eval_every: evaluate every N steps (0: only at the end, if an eval set is given).
+    save_every: checkpoint every N steps (always at the last step).
+    keep_checkpoints: checkpoints kept (None: all; Baklava wants several SFT steps kept).
+    async_checkpoints: write checkpoints in the background.
+    check_finite_every: read back loss/grad-norm every N steps to stop on NaN/inf.
+    peak_flops_per_device: hardware peak for MFU; None times a large matmul at start-up.
+    name: shown in the progress display.
+  """
+
+  train_steps: int = 100
+  batch_size: int = 32
+  seed: int = 0
+  microbatches: int = 1
+  log_every: int = 10
+  eval_every: int = 0
+  save_every: int = 100
+  keep_checkpoints: int | None = 3
+  async_checkpoints: bool = True
+  check_finite_every: int = 1
+  peak_flops_per_device: float | None = None
+  name: str = "train"
+
+  def __post_init__(self):
+    for field in ("train_steps", "batch_size", "microbatches", "log_every", "save_every",
+                  "check_finite_every"):
+      if getattr(self, field) <= 0:
+        raise ValueError(f"TrainerConfig.{field}={getattr(self, field)}: must be positive")
+    if self.batch_size % self.microbatches:
+      raise ValueError(f"TrainerConfig.batch_size={self.batch_size} is not divisible by "
+                       f"microbatches={self.microbatches}")
+
+
+class TrainState(flax.struct.PyTreeNode):
+  step: Array
+  params: Any
+  opt_state: Any
+
+
+class Trainer:
+  """Builds the sharded train/eval programs of one objective and runs the loop.
+
+  Args:
+    objective: network + loss (see `warm_jax.objectives`).
+    optimizer: optimizer and schedule config.
+    partitioner: mesh and logical-axis rules.
+    config: loop settings.
+    model_dir: output dir (checkpoints/, metrics.jsonl, tb/).
+    seq_len: sequence length of the batches (for shapes and FLOPs).
+    trainable: optional predicate on a param path string ('decoder/layer_0/...'); params for
+      which it is False get zero updates (the linear probe freezes the backbone this way).
+  """
+
+  def __init__(self, *, objective: Any, optimizer: OptimizerConfig, partitioner: Partitioner,
+               config: TrainerConfig, model_dir: str, seq_len: int,
+               trainable: Callable[[str], bool] | None = None):
+    self.objective, self.partitioner, self.config = objective, partitioner, config
+    self.model_dir, self.seq_len = model_dir, seq_len
+    if config.batch_size % partitioner.batch_divisor:
+      raise ValueError(
+          f"batch_size {config.batch_size} is not divisible by the {partitioner.batch_divisor} "
+          f"devices of the mesh's batch axes: pick a multiple of {partitioner.batch_divisor}")
+    if (config.batch_size // config.microbatches) % partitioner.batch_divisor:
+      raise ValueError(f"microbatch size {config.batch_size // config.microbatches} is not "
+                       f"divisible by the {partitioner.batch_divisor} batch devices")
+    tx, self.schedule = make_optimizer(optimizer, config.train_steps)
+    if trainable is not None:
+      tx = _freeze(tx, trainable)
+    self.tx = tx
+    self._base_key = jax.random.key(config.seed)
+
+    # -- abstract state and its shardings (nothing materialised yet) --------------------------
+    dummy = objective.dummy_batch(config.batch_size, seq_len)
+    boxed = jax.eval_shape(objective.init_variables, self._base_key, dummy)
+    self.param_shardings = partitioner.param_shardings(boxed["params"])
+    abstract_params = nn.unbox(boxed["params"])
+    abstract_opt = jax.eval_shape(self.tx.init, abstract_params)
+    replicated = partitioner.replicated()
+    self.state_shardings = TrainState(
+        step=replicated, params=self.param_shardings,
+        opt_state=opt_state_shardings(abstract_opt, abstract_params, self.param_shardings,
+                                      replicated))
+    self.abstract_state = jax.tree_util.tree_map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+        TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=abstract_params,
+                   opt_state=abstract_opt), self.state_shardings)
+    self.batch_shardings = {k: partitioner.batch_sharding(np.ndim(v)) for k, v in dummy.items()}
+    self.num_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(
+        abstract_params))
+
+    # -- jitted programs ----------------------------------------------------------------------
+    def init_fn(key, batch):
+      params = nn.unbox(objective.init_variables(key, batch)["params"])
+      return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                        opt_state=self.tx.init(params))
+
+    self._init = jax.jit(init_fn, out_shardings=self.state_shardings)
+    self._init_opt = jax.jit(
+        lambda params: TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                                  opt_state=self.tx.init(params)),
+        in_shardings=(self.param_shardings,), out_shardings=self.state_shardings)
+    self._train_step = jax.jit(
+        self._train_step_fn, in_shardings=(self.state_shardings, self.batch_shardings),
+        out_shardings=(self.state_shardings, replicated), donate_argnums=(0,))
+    def eval_fn(params, batch, valid):
+      with partitioner.activation_rules():
+        return objective.eval_metrics(params, batch, valid)
+
+    self._eval_step = jax.jit(
+        eval_fn,
+        in_shardings=(self.param_shardings, self.batch_shardings,
+                      partitioner.batch_sharding(1)),
+        out_shardings=replicated)
+
+  # ---------------------------------------------------------------------------------------------
+  # The step
+  # ---------------------------------------------------------------------------------------------
+  def _grads(self, params, batch, key):
+    """Summed loss gradient over microbatches, divided by the total weight."""
+    grad_fn = jax.grad(self.objective.loss, has_aux=True)
+    n = self.config.microbatches
+    if n == 1:
+      grads, sums = grad_fn(params, batch, key)
+    else:
+      micro = jax.tree_util.tree_map(
+          lambda x: x.reshape((n, x.shape[0] // n) + x.shape[1:]), batch)
+
+      def body(carry, xs):
+        index, mb = xs
+        g, s = grad_fn(params, mb, jax.random.fold_in(key, index))
+        return jax.tree_util.tree_map(jnp.add, carry, (g, s)), None
+
+      zeros = jax.eval_shape(grad_fn, params, jax.tree_util.tree_map(lambda x: x[0], micro),
+                             key)
+      zeros = jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype), zeros)
+      (grads, sums), _ = jax.lax.scan(body, zeros, (jnp.arange(n), micro))
+    weight = jnp.maximum(sums["weight"], 1e-9)
+    grads = jax.tree_util.tree_map(lambda g: g / weight, grads)
+    return grads, sums
+
+  def _train_step_fn(self, state: TrainState, batch: dict[str, Array]):
+    with self.partitioner.activation_rules():
+      key = jax.random.fold_in(self._base_key, state.step)
+      grads, sums = self._grads(state.params, batch, key)
+    updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = dict(sums)
+    metrics["grad_norm"] = optax.tree.norm(grads)
+    metrics["param_norm"] = optax.tree.norm(params)
+    metrics["learning_rate"] = jnp.asarray(self.schedule(state.step), jnp.float32)
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  def train_step(self, state: TrainState, batch: dict[str, Array]
+                 ) -> tuple[TrainState, dict[str, Array]]:
+    """One optimizer step on a sharded global batch (the input state is donated)."""
+    with self.partitioner.mesh_context():
+      return self._train_step(state, batch)
+
+  # ---------------------------------------------------------------------------------------------
+  # State
+  # ---------------------------------------------------------------------------------------------
+  def init_state(self) -> TrainState:
+    dummy = self.partitioner.shard_batch(
+        self.objective.dummy_batch(self.config.batch_size // jax.process_count(), self.seq_len),
+        self.config.batch_size)
+    # No activation context here: flax's DenseGeneral unboxes its flattened kernel during init,
+    # which a global mesh would try to constrain with the unflattened logical axes.
+    return self._init(self._base_key, dummy)
+
+  def state_from_params(self, params: Any) -> TrainState:
+    """A step-0 state (fresh optimizer) around given params, e.g. from `init_from_checkpoint`."""
+    params = jax.tree_util.tree_map(jax.device_put, params, self.param_shardings)
+    return self._init_opt(params)
+
+  # ---------------------------------------------------------------------------------------------
+  # Evaluation
+  # ---------------------------------------------------------------------------------------------
+  def evaluate(self, params: Any, dataset: ArrayDataset) -> dict[str, float]:
+    total = None
+    for host_batch, valid in dataset.eval_batches(self.config.batch_size):
+      batch = self.partitioner.shard_batch(host_batch, self.config.batch_size)
+      valid = self.partitioner.shard_batch({"v": valid.astype(np.float32)},
+                                           self.config.batch_size)["v"]
+      with self.partitioner.mesh_context():
+        sums = jax.device_get(self._eval_step(params, batch, valid))
+      total = sums if total is None else jax.tree_util.tree_map(np.add, total, sums)
+    return normalise_metrics(total)
+
+  # ---------------------------------------------------------------------------------------------
+  # The loop
+  # ---------------------------------------------------------------------------------------------
+  def train(self, dataset: ArrayDataset, *, eval_dataset: ArrayDataset | None = None,
+            init_params: Callable[["Trainer"], Any] | None = None) -> TrainState:
+    """Trains up to `config.train_steps`, resuming from MODEL_DIR if it holds a checkpoint.
+
+    Args:
+      dataset: training examples; the batch of step s is dataset.batch(s, batch_size).
+      eval_dataset: evaluated every `eval_every` steps and at the end.
+      init_params: called (only when there is no checkpoint to resume) to produce the initial
+        params, e.g. an SFT checkpoint mapped onto a reward model.
+    Returns the final state.
+    """
+    cfg = self.config
+    checkpointer = ckpt_lib.TrainCheckpointer(
+        self.model_dir, save_every=cfg.save_every, keep=cfg.keep_checkpoints,
+        async_save=cfg.async_checkpoints)
+    latest = checkpointer.latest_step()
+    if latest is not None:
+      params, opt_state = checkpointer.restore(
+          latest, self.abstract_state.params, self.abstract_state.opt_state)
+      state = TrainState(step=jax.device_put(jnp.asarray(latest, jnp.int32),
+                                             self.state_shardings.step),
+                         params=params, opt_state=opt_state)
+      logging.info("resumed %s from step %d", self.model_dir, latest)
+    elif init_params is not None:
+      state = self.state_from_params(init_params(self))
+    else:
+      state = self.init_state()
+    start = int(latest or 0)
+
+    writer = MetricsWriter(self.model_dir, resume_step=start)
+    progress = Progress(name=cfg.name, total_steps=cfg.train_steps, start_step=start)
+    peak, peak_how = flops_lib.peak_flops_reference(
+        peak_flops_per_device=cfg.peak_flops_per_device)
+    flops_per_step = self.objective.train_flops_per_example(self.seq_len) * cfg.batch_size
+    tokens_per_step = self.objective.tokens_per_example(self.seq_len) * cfg.batch_size
+    logging.info("%s: %d params; %s; peak %.3g FLOP/s (%s)", cfg.name, self.num_params,
+                 self.partitioner.explain(), peak, peak_how)
+
+    stop = _SigtermFlag()
+    window: list[dict[str, float]] = []
+    t_window, steps_window = None, 0
+    try:
+      for step in range(start, cfg.train_steps):
+        host_batch = dataset.batch(step, cfg.batch_size)
+        batch = self.partitioner.shard_batch(host_batch, cfg.batch_size)
+        state, metrics = self.train_step(state, batch)
+        done = step + 1
+        # Read back (a device sync) only when needed: before anything is saved or logged.
+        if (done % cfg.check_finite_every == 0 or done % cfg.log_every == 0
+            or done == cfg.train_steps or checkpointer.manager.should_save(done)):
+          metrics = jax.device_get(metrics)
+          _check_finite(metrics, done, checkpointer, self.model_dir)
+          window.append(metrics)
+        if t_window is None:  # the first step compiled; rates count from its end
+          jax.block_until_ready(state)
+          t_window, steps_window = time.perf_counter(), 0
+        else:
+          steps_window += 1
+        if (done % cfg.log_every == 0 or done == cfg.train_steps) and window:
+          elapsed = time.perf_counter() - t_window
+          scalars = _window_means(window)
+          if steps_window and elapsed > 0:
+            scalars["perf/steps_per_s"] = steps_window / elapsed
+            scalars["perf/tokens_per_s"] = steps_window * tokens_per_step / elapsed
+            scalars["perf/mfu"] = steps_window * flops_per_step / elapsed / peak
+          writer.write(done, scalars)
+          progress.update(done, {k.split("/")[-1]: v for k, v in scalars.items()
+                                 if k in ("train/loss", "train/grad_norm", "perf/tokens_per_s",
+                                          "perf/mfu")})
+          window, t_window, steps_window = [], time.perf_counter(), 0
+        if eval_dataset is not None and cfg.eval_every and done % cfg.eval_every == 0 \
+            and done != cfg.train_steps:
+          writer.write(done, {f"eval/{k}": v for k, v in
+                              self.evaluate(state.params, eval_dataset).items()})
+        checkpointer.save(done, state.params, state.opt_state,
+                          force=done == cfg.train_steps)
+        if stop.requested(done):
+          checkpointer.save(done, state.params, state.opt_state, force=True)
+          checkpointer.wait()
+          raise Preempted(f"SIGTERM at step {done}: checkpoint saved in "
+                          f"{checkpointer.directory}; rerun the same command to resume")
+      if eval_dataset is not None:
+        writer.write(int(state.step), {f"eval/{k}": v for k, v in
+                                       self.evaluate(state.params, eval_dataset).items()})
+      checkpointer.wait()
+      if start < cfg.train_steps and checkpointer.latest_step() != cfg.train_steps:
+        checkpointer.save(cfg.train_steps, state.params, state.opt_state, force=True)
+        checkpointer.wait()
+    finally:
+      stop.restore()
+      checkpointer.wait()
+      checkpointer.close()
+      writer.close()
+    return state
+
+
+def _window_means(window: list[dict[str, Any]]) -> dict[str, float]:
+  """Means of the per-step metrics since the last log line, namespaced train/*."""
+  out = {}
+  weight = sum(float(m["weight"]) for m in window)
+  for key in window[-1]:
+    if key == "weight":
+      out["train/weight"] = weight / len(window)
+    elif key in ("grad_norm", "param_norm", "learning_rate"):
+      out[f"train/{key}"] = float(np.mean([float(m[key]) for m in window]))
+    else:  # a summed metric: total over the window / total weight
+      out[f"train/{key}"] = sum(float(m[key]) for m in window) / max(weight, 1e-9)
+  return out
+
+
+def _check_finite(metrics: dict[str, Any], step: int, checkpointer, model_dir: str) -> None:
+  loss, grad_norm = float(metrics["loss"]), float(metrics["grad_norm"])
+  if math.isfinite(loss) and math.isfinite(grad_norm):
+    return
+  checkpointer.wait()
+  last = checkpointer.latest_step()
+  kept = (f"the last good checkpoint is step {last} in {checkpointer.directory}"
+          if last is not None else "no checkpoint had been written yet")
+  raise NonFiniteError(
+      f"non-finite training at step {step} of {model_dir}: loss sum={loss}, "
+      f"grad_norm={grad_norm}, learning_rate={float(metrics['learning_rate']):.3g}. Nothing "
+      f"non-finite was saved; {kept}. Lower the learning rate, enable gradient clipping, or "
+      f"check the data for that step, then rerun (it resumes from the last good checkpoint).")
+
+
+def _freeze(tx: optax.GradientTransformation, trainable: Callable[[str], bool]
+            ) -> optax.GradientTransformation:
+  """Zero updates (and no optimizer state) for params whose path is not trainable."""
+
+  def labels(params):
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: "train" if trainable(ckpt_lib._path_str(path)) else "freeze", params)
+
+  return optax.multi_transform({"train": tx, "freeze": optax.set_to_zero()}, labels)
+
+
+class _SigtermFlag:
+  """Turns SIGTERM into a flag the loop polls (multi-host: any process's flag stops all)."""
+
+  def __init__(self):
+    self._flag = False
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handler)
+    except ValueError:  # not the main thread
+      self._previous = None
+
+  def _handler(self, signum, frame):
+    del signum, frame
+    self._flag = True
+
+  def requested(self, step: int) -> bool:
+    del step
+    if jax.process_count() == 1:
+      return self._flag
+    from jax.experimental import multihost_utils
+    return bool(np.any(multihost_utils.process_allgather(np.array(self._flag))))
+
+  def restore(self):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
