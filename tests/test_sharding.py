@@ -24,10 +24,7 @@ def _dataset(n=64, vocab=40, seed=0):
 
 
 def _trainer(partitioner, tmp_path, *, microbatches=1, cfg=None, batch=8, name="t"):
-  # No biases: a key bias has an exactly-zero gradient (softmax is shift invariant), and
-  # Adafactor would turn its ~1e-10 rounding noise into +-lr steps that differ by reduction
-  # order; every other parameter's update is well conditioned.
-  cfg = cfg or tiny_config(d_model=32, mlp_dim=64, vocab_size=40, use_bias=False)
+  cfg = cfg or tiny_config(d_model=32, mlp_dim=64, vocab_size=40)
   return Trainer(
       objective=LanguageModelObjective(cfg),
       optimizer=OptimizerConfig(learning_rate=1e-2),
@@ -91,7 +88,7 @@ def test_microbatching_gives_the_full_batch_gradient(tmp_path):
 
 def test_indivisible_dims_fall_back_to_replication(tmp_path):
   # 2 heads on a 4-way tensor axis: heads dims cannot be split, mlp (64) still is.
-  cfg = tiny_config(num_heads=2, d_model=32, mlp_dim=64, vocab_size=40, use_bias=False)
+  cfg = tiny_config(num_heads=2, d_model=32, mlp_dim=64, vocab_size=40)
   part = Partitioner(mesh_shape={"data": 2, "tensor": 4})
   trainer = _trainer(part, tmp_path, cfg=cfg)
   state = trainer.init_state()

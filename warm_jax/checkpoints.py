@@ -118,13 +118,23 @@ def resolve_params_path(path: str) -> epath.Path:
 
 
 def load_params(path: str, abstract_params: Any | None = None) -> Any:
-  """Restores a params tree with plain orbax (host numpy arrays unless shardings are given)."""
+  """Restores a params tree with orbax.
+
+  Without `abstract_params` every leaf comes back as a host numpy array, whatever topology
+  wrote the checkpoint (a 4-process pod checkpoint loads on a laptop). With it (a tree of
+  jax.ShapeDtypeStruct carrying shardings), leaves are restored straight onto those devices.
+  """
   p = resolve_params_path(path)
-  checkpointer = ocp.StandardCheckpointer()
   try:
-    if abstract_params is None:
-      return checkpointer.restore(p)
-    return checkpointer.restore(p, abstract_params)
+    if abstract_params is not None:
+      return ocp.StandardCheckpointer().restore(p, abstract_params)
+    checkpointer = ocp.PyTreeCheckpointer()
+    metadata = checkpointer.metadata(p)
+    tree = getattr(metadata, "item_metadata", metadata)
+    tree = getattr(tree, "tree", tree)
+    restore_args = jax.tree_util.tree_map(
+        lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+    return checkpointer.restore(p, args=ocp.args.PyTreeRestore(restore_args=restore_args))
   except (ValueError, KeyError) as e:
     raise CheckpointError(f"cannot restore params from {p}: {e}") from e
 

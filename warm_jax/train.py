@@ -121,8 +121,15 @@ def main(argv: Sequence[str] | None = None) -> int:
   except GinConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  with gin.unlock_config():
-    gin.get_configurable("train")()
+  from warm_jax.trainer import NonFiniteError, Preempted
+  try:
+    with gin.unlock_config():
+      gin.get_configurable("train")()
+  except (ValueError, ckpt_lib.CheckpointError, NonFiniteError, Preempted) as e:
+    # Known, user-fixable failures: one clear message (traceback with WARM_JAX_LOGLEVEL=DEBUG).
+    logging.debug("training failed", exc_info=True)
+    print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+    return 1
   return 0
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -330,6 +331,7 @@ class Trainer:
                               self.evaluate(state.params, eval_dataset).items()})
         checkpointer.save(done, state.params, state.opt_state,
                           force=done == cfg.train_steps)
+        _maybe_inject_fault(done)
         if stop.requested(done):
           checkpointer.save(done, state.params, state.opt_state, force=True)
           checkpointer.wait()
@@ -388,6 +390,17 @@ def _freeze(tx: optax.GradientTransformation, trainable: Callable[[str], bool]
         lambda path, _: "train" if trainable(ckpt_lib._path_str(path)) else "freeze", params)
 
   return optax.multi_transform({"train": tx, "freeze": optax.set_to_zero()}, labels)
+
+
+FAULT_ENV = "WARM_JAX_FAULT_KILL_AT_STEP"
+
+
+def _maybe_inject_fault(step: int) -> None:
+  """Reliability drills: SIGKILL this process right after step N's save was issued (the async
+  write may still be in flight), when WARM_JAX_FAULT_KILL_AT_STEP=N is set."""
+  target = os.environ.get(FAULT_ENV)
+  if target is not None and int(target) == step:
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 class _SigtermFlag:

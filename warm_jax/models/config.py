@@ -111,7 +111,7 @@ class TransformerConfig:
     mlp = (3 if self.mlp_activation in ("swiglu", "geglu") else 2) * d * f
     norms = 2 * d * (2 if self.norm == "layernorm" else 1)
     if self.use_bias:
-      attn += h * hd + 2 * kv * hd + d
+      attn += h * hd + kv * hd + d  # query, value and output biases (no key bias)
       mlp += f * (2 if self.mlp_activation in ("swiglu", "geglu") else 1) + d
     total = self.num_layers * (attn + mlp + norms) + d * (2 if self.norm == "layernorm" else 1)
     if with_embeddings:

@@ -84,6 +84,7 @@ class DenseGeneral(nn.Module):
   axes: tuple[str, ...]
   num_in: int
   config: TransformerConfig
+  use_bias: bool | None = None  # None: config.use_bias
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -95,7 +96,7 @@ class DenseGeneral(nn.Module):
     y = jax.lax.dot_general(
         x, kernel.astype(cfg.compute_dtype),
         ((tuple(range(x.ndim - self.num_in, x.ndim)), tuple(range(self.num_in))), ((), ())))
-    if cfg.use_bias:
+    if cfg.use_bias if self.use_bias is None else self.use_bias:
       bias = self.param("bias", _param_axes(nn.initializers.zeros,
                                             self.axes[-len(self.features):]),
                         self.features, jnp.float32)
@@ -104,10 +105,11 @@ class DenseGeneral(nn.Module):
 
 
 def _dense(features: int | tuple[int, ...], axes: tuple[str, ...], cfg: TransformerConfig,
-           name: str, num_in: int = 1) -> DenseGeneral:
+           name: str, num_in: int = 1, use_bias: bool | None = None) -> DenseGeneral:
   """A dense layer whose kernel has logical `axes` (the num_in inputs, then the outputs)."""
   features = features if isinstance(features, tuple) else (features,)
-  return DenseGeneral(features=features, axes=axes, num_in=num_in, config=cfg, name=name)
+  return DenseGeneral(features=features, axes=axes, num_in=num_in, config=cfg, name=name,
+                      use_bias=use_bias)
 
 
 class Attention(nn.Module):
@@ -120,7 +122,10 @@ class Attention(nn.Module):
     cfg = self.config
     h, kv, hd = cfg.num_heads, cfg.kv_heads, cfg.per_head_dim
     q = _dense((h, hd), ("embed", "heads", "head_dim"), cfg, "query")(x)
-    k = _dense((kv, hd), ("embed", "kv_heads", "head_dim"), cfg, "key")(x)
+    # Never a key bias: it adds q.b to every score of a query, which softmax ignores, so its
+    # gradient is exactly zero and Adafactor would random-walk it on rounding noise (making
+    # runs on different topologies diverge). Imported checkpoints drop it losslessly.
+    k = _dense((kv, hd), ("embed", "kv_heads", "head_dim"), cfg, "key", use_bias=False)(x)
     v = _dense((kv, hd), ("embed", "kv_heads", "head_dim"), cfg, "value")(x)
     if cfg.positions == "rotary":
       q = apply_rope(q, positions, cfg.rope_theta)
