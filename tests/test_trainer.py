@@ -162,3 +162,31 @@ def test_metrics_file_is_trimmed_on_resume(tmp_path):
   assert [r["step"] for r in read_metrics(str(tmp_path))] == [1, 2]
   with open(tmp_path / "metrics.jsonl") as f:
     assert all(json.loads(line) for line in f)
+
+
+class _TerminatingDataset(ArrayDataset):
+  """Sends this process SIGTERM while the batch of `at_step` is being read (a preemption)."""
+
+  at_step = 3
+
+  def batch(self, step, global_batch_size, **kw):
+    if step == self.at_step:
+      import os
+      import signal
+      os.kill(os.getpid(), signal.SIGTERM)
+    return super().batch(step, global_batch_size, **kw)
+
+
+def test_sigterm_saves_a_checkpoint_and_stops_cleanly(tmp_path):
+  from warm_jax.trainer import Preempted
+  data = _data()
+  terminating = _TerminatingDataset(data.features, shuffle=False)
+  with pytest.raises(Preempted, match="SIGTERM at step 4: checkpoint saved"):
+    _trainer(tmp_path, save_every=100).train(terminating)
+  manager = ckpt.TrainCheckpointer(str(tmp_path / "run"), save_every=100)
+  assert manager.latest_step() == 4
+  manager.close()
+  # The handler is restored afterwards and a rerun finishes from step 4.
+  import signal
+  assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+  assert int(_trainer(tmp_path, save_every=100).train(data).step) == 6

@@ -31,6 +31,7 @@ from warm_jax.partitioning import Partitioner, maybe_initialize_distributed
 from warm_jax.trainer import Trainer, TrainerConfig
 
 DONE_MARKER = "DONE"
+PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what schedulers expect from a terminated job
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,8 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   from warm_jax.gin_utils import GinConfigError, parse_gin, split_gin_args
 
   argv = list(sys.argv[1:] if argv is None else argv)
-  logging.basicConfig(level=os.environ.get("WARM_JAX_LOGLEVEL", "INFO"),
-                      format="%(asctime)s %(levelname)s %(message)s")
+  logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s")
+  logging.getLogger().setLevel(os.environ.get("WARM_JAX_LOGLEVEL", "INFO"))
   files, bindings, paths, rest = split_gin_args(argv)
   distributed = False
   for arg in rest:
@@ -125,7 +126,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     with gin.unlock_config():
       gin.get_configurable("train")()
-  except (ValueError, ckpt_lib.CheckpointError, NonFiniteError, Preempted) as e:
+  except Preempted as e:
+    print(f"preempted: {e}", file=sys.stderr)
+    return PREEMPTED_EXIT_CODE
+  except (ValueError, ckpt_lib.CheckpointError, NonFiniteError) as e:
     # Known, user-fixable failures: one clear message (traceback with WARM_JAX_LOGLEVEL=DEBUG).
     logging.debug("training failed", exc_info=True)
     print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
