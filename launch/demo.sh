@@ -7,5 +7,5 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/launch/ensure_venv.sh" test
 cd "$ROOT"
 OUT="${WARM_JAX_OUTPUT_DIR:-$ROOT/runs/demo}"
-exec python -m warm_jax.train --gin_file=gin/models/small.gin --gin_file=gin/pretrain.gin \
+exec python -m warm_jax.train --gin_file=gin/models/small.gin --gin_file=gin/pretrain.gin --gin.TRAIN_STEPS=300 \
   --gin.MODEL_DIR="'$OUT/pretrain'" "$@"
