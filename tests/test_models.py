@@ -192,3 +192,22 @@ def test_logical_axis_names_on_params():
   assert tuple(layer["attention"]["key"]["kernel"]) == ("embed", "kv_heads", "head_dim")
   assert tuple(specs["decoder"]["token_embed"]["embedding"]) == ("vocab", "embed")
   assert tuple(specs["lm_head"]["kernel"]) == ("embed", "vocab")
+
+
+def test_traced_dropout_rate_matches_the_configured_one():
+  # The vmapped RM members pass their own dropout rate as an array.
+  cfg = tiny_config(dropout_rate=0.1)
+  model = LanguageModel(cfg)
+  params = _init(model, cfg)
+  tokens = jnp.asarray(np.arange(3, 13)[None])
+  rngs = {"dropout": jax.random.key(7)}
+  configured = model.apply({"params": params}, tokens, deterministic=False, rngs=rngs)
+  traced = jax.jit(lambda r: model.apply({"params": params}, tokens, deterministic=False,
+                                         dropout_rate=r, rngs=rngs))(jnp.float32(0.1))
+  np.testing.assert_allclose(traced, configured, rtol=1e-5, atol=1e-6)
+  per_member = jax.vmap(lambda r: model.apply({"params": params}, tokens, deterministic=False,
+                                              dropout_rate=r, rngs=rngs))(
+                                                  jnp.asarray([0.0, 0.1]))
+  np.testing.assert_allclose(per_member[1], configured, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(per_member[0], model.apply({"params": params}, tokens),
+                             rtol=1e-5, atol=1e-6)

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from warm_jax import losses
-from warm_jax.models import LanguageModel, TransformerConfig
+from warm_jax.models import LanguageModel, RewardModel, TransformerConfig
 
 Array = jax.Array
 Batch = dict[str, Array]
@@ -74,6 +74,80 @@ class LanguageModelObjective:
   @staticmethod
   def tokens_per_example(seq_len: int) -> int:
     return seq_len
+
+
+@dataclasses.dataclass(frozen=True)
+class PreferenceObjective:
+  """Bradley-Terry reward modelling: L = -log sigmoid(r(x, y+) - r(x, y-)) per pair.
+
+  Batch: chosen_tokens, chosen_mask, rejected_tokens, rejected_mask [batch, length]; the prompt
+  is inside both sequences and the reward is read at each sequence's last real token. Chosen and
+  rejected go through the network as one concatenated batch (one forward, not two).
+
+  Metric sums (divided by `weight` = number of pairs): loss, accuracy (ties count as correct, as
+  in the paper), margin (r+ - r-), reward (mean of both rewards) and reward_sq (mean square, so
+  std = sqrt(reward_sq - reward^2)).
+  """
+
+  model_config: TransformerConfig
+
+  batch_features = ("chosen_tokens", "chosen_mask", "rejected_tokens", "rejected_mask")
+
+  @property
+  def module(self) -> nn.Module:
+    return RewardModel(self.model_config)
+
+  def dummy_batch(self, batch_size: int, seq_len: int) -> dict[str, np.ndarray]:
+    shape = (batch_size, seq_len)
+    return {"chosen_tokens": np.zeros(shape, np.int32), "chosen_mask": np.ones(shape, np.int32),
+            "rejected_tokens": np.zeros(shape, np.int32),
+            "rejected_mask": np.ones(shape, np.int32)}
+
+  def init_variables(self, rng: Array, batch: Batch) -> Any:
+    return self.module.init(rng, batch["chosen_tokens"], batch["chosen_mask"])
+
+  def rewards(self, params: Any, batch: Batch, rng: Array | None = None
+              ) -> tuple[Array, Array]:
+    """(r_chosen [batch], r_rejected [batch])."""
+    n = batch["chosen_tokens"].shape[0]
+    tokens = jnp.concatenate([batch["chosen_tokens"], batch["rejected_tokens"]], axis=0)
+    mask = jnp.concatenate([batch["chosen_mask"], batch["rejected_mask"]], axis=0)
+    r = self.module.apply({"params": params}, tokens, mask, deterministic=rng is None,
+                          rngs=None if rng is None else {"dropout": rng})
+    return r[:n], r[n:]
+
+  def _sums(self, r_chosen: Array, r_rejected: Array, weights: Array
+            ) -> tuple[Array, dict[str, Array]]:
+    loss = jnp.sum(losses.bradley_terry_loss(r_chosen, r_rejected) * weights)
+    mean_r = 0.5 * (r_chosen + r_rejected)
+    mean_sq = 0.5 * (jnp.square(r_chosen) + jnp.square(r_rejected))
+    return loss, {
+        "loss": loss,
+        "accuracy": jnp.sum(losses.pairwise_accuracy(r_chosen, r_rejected) * weights),
+        "margin": jnp.sum((r_chosen - r_rejected) * weights),
+        "reward": jnp.sum(mean_r * weights),
+        "reward_sq": jnp.sum(mean_sq * weights),
+        "weight": jnp.sum(weights),
+    }
+
+  def loss(self, params: Any, batch: Batch, rng: Array | None
+           ) -> tuple[Array, dict[str, Array]]:
+    r_chosen, r_rejected = self.rewards(params, batch, rng)
+    return self._sums(r_chosen, r_rejected, jnp.ones_like(r_chosen))
+
+  def eval_metrics(self, params: Any, batch: Batch, valid: Array) -> dict[str, Array]:
+    r_chosen, r_rejected = self.rewards(params, batch)
+    return self._sums(r_chosen, r_rejected, valid.astype(jnp.float32))[1]
+
+  def train_flops_per_example(self, seq_len: int) -> float:
+    # Two sequences per pair; no LM head (the scalar head's FLOPs are negligible).
+    cfg = self.model_config
+    per_token = cfg.train_flops_per_token(seq_len) - 6.0 * cfg.vocab_size * cfg.d_model
+    return 2 * per_token * seq_len
+
+  @staticmethod
+  def tokens_per_example(seq_len: int) -> int:
+    return 2 * seq_len
 
 
 def normalise_metrics(sums: dict[str, Any]) -> dict[str, float]:

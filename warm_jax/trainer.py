@@ -216,6 +216,17 @@ class Trainer:
     metrics["learning_rate"] = jnp.asarray(self.schedule(state.step), jnp.float32)
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
+  def shard_batch(self, host_batch: dict[str, np.ndarray]) -> dict[str, Array]:
+    """This process's rows -> global sharded arrays, keeping the objective's features only
+    (datasets may carry metadata such as `corrupted` that the loss does not read)."""
+    missing = [k for k in self.batch_shardings if k not in host_batch]
+    if missing:
+      raise ValueError(f"the dataset has no feature(s) {missing} that "
+                       f"{type(self.objective).__name__} needs (it has {sorted(host_batch)}): "
+                       "bind the dataset that matches this stage's objective")
+    return self.partitioner.shard_batch({k: host_batch[k] for k in self.batch_shardings},
+                                        self.config.batch_size)
+
   def train_step(self, state: TrainState, batch: dict[str, Array]
                  ) -> tuple[TrainState, dict[str, Array]]:
     """One optimizer step on a sharded global batch (the input state is donated)."""
@@ -244,7 +255,7 @@ class Trainer:
   def evaluate(self, params: Any, dataset: ArrayDataset) -> dict[str, float]:
     total = None
     for host_batch, valid in dataset.eval_batches(self.config.batch_size):
-      batch = self.partitioner.shard_batch(host_batch, self.config.batch_size)
+      batch = self.shard_batch(host_batch)
       valid = self.partitioner.shard_batch({"v": valid.astype(np.float32)},
                                            self.config.batch_size)["v"]
       with self.partitioner.mesh_context():
@@ -298,8 +309,7 @@ class Trainer:
     t_window, steps_window = None, 0
     try:
       for step in range(start, cfg.train_steps):
-        host_batch = dataset.batch(step, cfg.batch_size)
-        batch = self.partitioner.shard_batch(host_batch, cfg.batch_size)
+        batch = self.shard_batch(dataset.batch(step, cfg.batch_size))
         state, metrics = self.train_step(state, batch)
         done = step + 1
         # Read back (a device sync) only when needed: before anything is saved or logged.

@@ -58,8 +58,9 @@ class LanguageModel(nn.Module):
               nn.initializers.normal(0.02), ("embed", "vocab")))
 
   def __call__(self, tokens: Array, mask: Array | None = None, *,
-               deterministic: bool = True) -> Array:
-    hidden = self.decoder(tokens, mask, deterministic=deterministic)
+               deterministic: bool = True, dropout_rate: float | Array | None = None
+               ) -> Array:
+    hidden = self.decoder(tokens, mask, deterministic=deterministic, dropout_rate=dropout_rate)
     if self.config.tie_embeddings:
       logits = self.decoder.attend(hidden)
     else:
@@ -77,14 +78,17 @@ class RewardModel(nn.Module):
     self.decoder = Decoder(self.config)
     self.reward_head = _scalar_head("reward_head")
 
-  def features(self, tokens: Array, mask: Array, *, deterministic: bool = True) -> Array:
+  def features(self, tokens: Array, mask: Array, *, deterministic: bool = True,
+               dropout_rate: float | Array | None = None) -> Array:
     """[batch, d_model] hidden state at the last real token (what the linear probe fits on)."""
-    hidden = self.decoder(tokens, mask, deterministic=deterministic)
+    hidden = self.decoder(tokens, mask, deterministic=deterministic, dropout_rate=dropout_rate)
     idx = last_token_index(mask)
     return jnp.take_along_axis(hidden, idx[:, None, None], axis=1)[:, 0].astype(jnp.float32)
 
-  def __call__(self, tokens: Array, mask: Array, *, deterministic: bool = True) -> Array:
-    return self.reward_head(self.features(tokens, mask, deterministic=deterministic))[:, 0]
+  def __call__(self, tokens: Array, mask: Array, *, deterministic: bool = True,
+               dropout_rate: float | Array | None = None) -> Array:
+    return self.reward_head(self.features(tokens, mask, deterministic=deterministic,
+                                          dropout_rate=dropout_rate))[:, 0]
 
 
 class ValueModel(nn.Module):
@@ -96,6 +100,7 @@ class ValueModel(nn.Module):
     self.decoder = Decoder(self.config)
     self.value_head = _scalar_head("value_head")
 
-  def __call__(self, tokens: Array, mask: Array, *, deterministic: bool = True) -> Array:
-    hidden = self.decoder(tokens, mask, deterministic=deterministic)
+  def __call__(self, tokens: Array, mask: Array, *, deterministic: bool = True,
+               dropout_rate: float | Array | None = None) -> Array:
+    hidden = self.decoder(tokens, mask, deterministic=deterministic, dropout_rate=dropout_rate)
     return self.value_head(hidden.astype(jnp.float32))[..., 0]

@@ -32,6 +32,18 @@ def _param_axes(init, names):
   return nn.with_logical_partitioning(init, names)
 
 
+def dropout(module: nn.Module, x: Array, rate: float | Array) -> Array:
+  """Inverted dropout whose rate may be a traced value (one rate per vmapped RM member).
+
+  A Python 0.0 is a no-op and draws no random numbers; otherwise uses the 'dropout' rng.
+  """
+  if isinstance(rate, (int, float)) and rate == 0.0:
+    return x
+  keep = 1.0 - jnp.asarray(rate, jnp.float32)
+  mask = jax.random.bernoulli(module.make_rng("dropout"), keep, x.shape)
+  return jnp.where(mask, x / keep.astype(x.dtype), jnp.zeros_like(x))
+
+
 def positions_from_mask(mask: Array) -> Array:
   """[batch, length] int positions counting real tokens from 0 (pads get the previous value)."""
   return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1, 0)
@@ -118,7 +130,7 @@ class Attention(nn.Module):
   config: TransformerConfig
 
   @nn.compact
-  def __call__(self, x: Array, mask: Array, positions: Array, deterministic: bool) -> Array:
+  def __call__(self, x: Array, mask: Array, positions: Array, rate: float | Array) -> Array:
     cfg = self.config
     h, kv, hd = cfg.num_heads, cfg.kv_heads, cfg.per_head_dim
     q = _dense((h, hd), ("embed", "heads", "head_dim"), cfg, "query")(x)
@@ -134,7 +146,7 @@ class Attention(nn.Module):
     out = dot_product_attention(q, k, v, causal_padding_mask(mask))
     out = nn.with_logical_constraint(out, ("batch", "length", "heads", "head_dim"))
     out = _dense(cfg.d_model, ("heads", "head_dim", "embed"), cfg, "out", num_in=2)(out)
-    return nn.Dropout(cfg.dropout_rate)(out, deterministic=deterministic)
+    return dropout(self, out, rate)
 
 
 def causal_padding_mask(mask: Array) -> Array:
@@ -172,7 +184,7 @@ class Mlp(nn.Module):
   config: TransformerConfig
 
   @nn.compact
-  def __call__(self, x: Array, deterministic: bool) -> Array:
+  def __call__(self, x: Array, rate: float | Array) -> Array:
     cfg = self.config
     act = {"gelu": nn.gelu, "relu": nn.relu, "swiglu": nn.silu, "geglu": nn.gelu}[
         cfg.mlp_activation]
@@ -181,18 +193,18 @@ class Mlp(nn.Module):
       hidden = hidden * _dense(cfg.mlp_dim, ("embed", "mlp"), cfg, "wi_gate")(x)
     hidden = nn.with_logical_constraint(hidden, ("batch", "length", "mlp"))
     out = _dense(cfg.d_model, ("mlp", "embed"), cfg, "wo")(hidden)
-    return nn.Dropout(cfg.dropout_rate)(out, deterministic=deterministic)
+    return dropout(self, out, rate)
 
 
 class DecoderBlock(nn.Module):
   config: TransformerConfig
 
   @nn.compact
-  def __call__(self, x, mask, positions, deterministic):
+  def __call__(self, x, mask, positions, rate):
     cfg = self.config
     x = x + Attention(cfg, name="attention")(
-        Norm(cfg, name="pre_attention_norm")(x), mask, positions, deterministic)
-    x = x + Mlp(cfg, name="mlp")(Norm(cfg, name="pre_mlp_norm")(x), deterministic)
+        Norm(cfg, name="pre_attention_norm")(x), mask, positions, rate)
+    x = x + Mlp(cfg, name="mlp")(Norm(cfg, name="pre_mlp_norm")(x), rate)
     return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
 
@@ -220,11 +232,15 @@ class Decoder(nn.Module):
       )
     self.blocks = [DecoderBlock(cfg, name=f"layer_{i}") for i in range(cfg.num_layers)]
     self.final_norm = Norm(cfg)
-    self.embed_dropout = nn.Dropout(cfg.dropout_rate)
 
   def __call__(self, tokens: Array, mask: Array | None = None, *,
-               deterministic: bool = True) -> Array:
+               deterministic: bool = True, dropout_rate: float | Array | None = None
+               ) -> Array:
+    """dropout_rate overrides config.dropout_rate (and may be traced); deterministic=True
+    disables dropout whatever the rate."""
     cfg = self.config
+    rate = 0.0 if deterministic else (cfg.dropout_rate if dropout_rate is None
+                                      else dropout_rate)
     if tokens.shape[-1] > cfg.max_len:
       raise ValueError(f"sequence length {tokens.shape[-1]} exceeds the model's max_len "
                        f"{cfg.max_len}: truncate the inputs or use a model with a larger max_len")
@@ -234,10 +250,10 @@ class Decoder(nn.Module):
     x = self.token_embed(tokens)
     if cfg.positions == "learned":
       x = x + self.position_embed(positions)
-    x = self.embed_dropout(x, deterministic=deterministic)
+    x = dropout(self, x, rate)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
     for block in self.blocks:
-      x = block(x, mask, positions, deterministic)
+      x = block(x, mask, positions, rate)
     return self.final_norm(x)
 
   def attend(self, hidden: Array) -> Array:
