@@ -91,6 +91,16 @@ def train(*, model_dir: str | None = None, objective: Any, optimizer: OptimizerC
   return state
 
 
+def run_stage(stage: Any = None) -> Any:
+  """What `python -m warm_jax.train` runs: `train` unless a stage file binds another stage,
+  e.g. `run_stage.stage = @linear_probe` (gin/linear_probe.gin) or `@train_reward_model`
+  (gin/rm.gin)."""
+  if stage is None:
+    import gin
+    stage = gin.get_configurable("train")
+  return stage()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   import gin
   from warm_jax import configurables
@@ -125,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   from warm_jax.trainer import NonFiniteError, Preempted
   try:
     with gin.unlock_config():
-      gin.get_configurable("train")()
+      gin.get_configurable("run_stage")()
   except Preempted as e:
     print(f"preempted: {e}", file=sys.stderr)
     return PREEMPTED_EXIT_CODE

@@ -1,0 +1,100 @@
+"""Batched, sharded reward scoring: rewards (and probe features) for many sequences.
+
+Where it sits: everything that *uses* a reward model rather than training it goes through
+`RewardScorer`: the linear probe (features of the SFT backbone), the RM evaluations (rewards of
+chosen/rejected on each subset, for members, WARM and ENS), LMC curves (many interpolated
+params through one compiled program), and best-of-N (rewards of N candidates per prompt).
+Params are placed once on the partitioner's shardings; the last batch is padded and the padding
+dropped, so any number of sequences can be scored with one compiled shape.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from warm_jax.models import RewardModel, TransformerConfig
+from warm_jax.partitioning import Partitioner
+
+
+class RewardScorer:
+  """Scores [n, length] token arrays with a reward model's params.
+
+  Args:
+    model_config: the reward model's shape (dropout is never applied here).
+    partitioner: mesh and rules for params and batches.
+    batch_size: sequences per compiled call (a multiple of the partitioner's batch divisor).
+  """
+
+  def __init__(self, *, model_config: TransformerConfig, partitioner: Partitioner,
+               batch_size: int = 64):
+    if batch_size % partitioner.batch_divisor:
+      raise ValueError(f"scoring batch_size {batch_size} is not divisible by the "
+                       f"{partitioner.batch_divisor} batch devices")
+    self.model = RewardModel(model_config)
+    self.partitioner, self.batch_size = partitioner, batch_size
+    boxed = jax.eval_shape(lambda: self.model.init(
+        jax.random.key(0), jnp.zeros((1, 2), jnp.int32), jnp.ones((1, 2), jnp.int32)))
+    self.param_shardings = partitioner.param_shardings(boxed["params"])
+    batch_sharding = partitioner.batch_sharding(2)
+
+    def rewards(params, tokens, mask):
+      with partitioner.activation_rules():
+        return self.model.apply({"params": params}, tokens, mask)
+
+    def features(params, tokens, mask):
+      with partitioner.activation_rules():
+        return self.model.apply({"params": params}, tokens, mask, method=RewardModel.features)
+
+    out = partitioner.batch_sharding(1)
+    self._rewards = jax.jit(rewards, in_shardings=(self.param_shardings, batch_sharding,
+                                                   batch_sharding), out_shardings=out)
+    self._features = jax.jit(features, in_shardings=(self.param_shardings, batch_sharding,
+                                                     batch_sharding),
+                             out_shardings=partitioner.batch_sharding(2))
+
+  def place(self, params: Any) -> Any:
+    """Host or device params -> arrays on this scorer's shardings (do it once per model)."""
+    return jax.tree_util.tree_map(lambda x, s: jax.device_put(np.asarray(x) if not isinstance(
+        x, jax.Array) else x, s), params, self.param_shardings)
+
+  def _run(self, fn, params, tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    n = len(tokens)
+    outputs = []
+    with self.partitioner.mesh_context():
+      for start in range(0, n, self.batch_size):
+        t = tokens[start:start + self.batch_size]
+        m = mask[start:start + self.batch_size]
+        pad = self.batch_size - len(t)
+        if pad:
+          t = np.concatenate([t, np.zeros((pad,) + t.shape[1:], t.dtype)])
+          m = np.concatenate([m, np.ones((pad,) + m.shape[1:], m.dtype)])
+        batch = self.partitioner.shard_batch({"t": t, "m": m}, self.batch_size)
+        outputs.append(np.asarray(jax.device_get(fn(params, batch["t"], batch["m"])))[
+            :self.batch_size - pad])
+    return np.concatenate(outputs) if outputs else np.zeros((0,), np.float32)
+
+  def rewards(self, params: Any, tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """[n] rewards read at each sequence's last real token; params from `place`."""
+    return self._run(self._rewards, params, tokens, mask)
+
+  def features(self, params: Any, tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """[n, d_model] final hidden state at each sequence's last real token."""
+    return self._run(self._features, params, tokens, mask)
+
+  def pair_rewards(self, params: Any, arrays: dict[str, np.ndarray]
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """(r_chosen, r_rejected) for preference arrays (chosen_/rejected_ tokens and masks)."""
+    return (self.rewards(params, arrays["chosen_tokens"], arrays["chosen_mask"]),
+            self.rewards(params, arrays["rejected_tokens"], arrays["rejected_mask"]))
+
+
+def unboxed_init(model: nn.Module, seed: int = 0) -> Any:
+  """Fresh host params of `model` (no logical-axis boxes)."""
+  variables = model.init(jax.random.key(seed), jnp.zeros((1, 2), jnp.int32),
+                         jnp.ones((1, 2), jnp.int32))
+  return jax.device_get(nn.unbox(variables)["params"])
