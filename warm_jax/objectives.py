@@ -106,13 +106,15 @@ class PreferenceObjective:
   def init_variables(self, rng: Array, batch: Batch) -> Any:
     return self.module.init(rng, batch["chosen_tokens"], batch["chosen_mask"])
 
-  def rewards(self, params: Any, batch: Batch, rng: Array | None = None
-              ) -> tuple[Array, Array]:
-    """(r_chosen [batch], r_rejected [batch])."""
+  def rewards(self, params: Any, batch: Batch, rng: Array | None = None,
+              dropout_rate: float | Array | None = None) -> tuple[Array, Array]:
+    """(r_chosen [batch], r_rejected [batch]); dropout only with an rng (rate: the config's
+    unless given, possibly traced: one rate per vmapped member)."""
     n = batch["chosen_tokens"].shape[0]
     tokens = jnp.concatenate([batch["chosen_tokens"], batch["rejected_tokens"]], axis=0)
     mask = jnp.concatenate([batch["chosen_mask"], batch["rejected_mask"]], axis=0)
     r = self.module.apply({"params": params}, tokens, mask, deterministic=rng is None,
+                          dropout_rate=dropout_rate,
                           rngs=None if rng is None else {"dropout": rng})
     return r[:n], r[n:]
 
@@ -130,9 +132,9 @@ class PreferenceObjective:
         "weight": jnp.sum(weights),
     }
 
-  def loss(self, params: Any, batch: Batch, rng: Array | None
-           ) -> tuple[Array, dict[str, Array]]:
-    r_chosen, r_rejected = self.rewards(params, batch, rng)
+  def loss(self, params: Any, batch: Batch, rng: Array | None,
+           dropout_rate: float | Array | None = None) -> tuple[Array, dict[str, Array]]:
+    r_chosen, r_rejected = self.rewards(params, batch, rng, dropout_rate)
     return self._sums(r_chosen, r_rejected, jnp.ones_like(r_chosen))
 
   def eval_metrics(self, params: Any, batch: Batch, valid: Array) -> dict[str, Array]:
