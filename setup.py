@@ -41,6 +41,10 @@ setup(
     entry_points={
         "console_scripts": [
             "warm-train=warm_jax.train:main",
+            "warm-average=warm_jax.average:main",
+            "warm-evaluate=warm_jax.evaluate:main",
+            "warm-experiment=warm_jax.experiment:main",
+            "warm-data-build=warm_jax.data.build:main",
         ],
     },
 )

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import tiny_config
 from warm_jax import checkpoints as ckpt
-from warm_jax.models import LanguageModel, RewardModel
+from warm_jax.models import RewardModel
 from warm_jax.objectives import LanguageModelObjective
 from warm_jax.optimizers import OptimizerConfig
 from warm_jax.partitioning import Partitioner

@@ -6,12 +6,12 @@ import socket
 import subprocess
 import sys
 
-import jax
 import numpy as np
 
 from conftest import REPO_ROOT
 
 ARGS = ["-m", "warm_jax.train", "--gin_file=gin/models/tiny.gin", "--gin_file=gin/pretrain.gin",
+        "--gin_file=gin/data/inline_bytes.gin",
         "--gin.BATCH_SIZE=8", "--gin.pretraining_dataset.num_docs=60", "--gin.TRAIN_STEPS=4",
         "--gin.TrainerConfig.eval_every=0", "--gin.TrainerConfig.peak_flops_per_device=1e11",
         "--gin.TrainerConfig.log_every=2", "--gin.DROPOUT_RATE=0.1"]

@@ -1,7 +1,6 @@
 """`python -m warm_jax.train` end to end: outputs, bad inputs, and SIGKILL-resume exactness."""
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -9,6 +8,7 @@ import pytest
 from conftest import run_cli
 
 BASE = ["-m", "warm_jax.train", "--gin_file=gin/models/tiny.gin", "--gin_file=gin/pretrain.gin",
+        "--gin_file=gin/data/inline_bytes.gin",
         "--gin.BATCH_SIZE=8", "--gin.pretraining_dataset.num_docs=60",
         "--gin.eval/pretraining_dataset.num_docs=8",
         "--gin.TrainerConfig.peak_flops_per_device=1e11"]

@@ -50,7 +50,7 @@ class TrainCheckpointer:
 
   def __init__(self, model_dir: str, *, save_every: int, keep: int | None = 3,
                async_save: bool = True):
-    self.directory = epath.Path(model_dir) / CHECKPOINTS_SUBDIR
+    self.directory = epath.Path(os.path.abspath(model_dir)) / CHECKPOINTS_SUBDIR
     options = ocp.CheckpointManagerOptions(
         save_interval_steps=save_every,
         max_to_keep=keep,
@@ -98,7 +98,7 @@ class TrainCheckpointer:
 def resolve_params_path(path: str) -> epath.Path:
   """A params checkpoint dir from any of: a plain orbax PyTree dir, `<step>/` (with params/),
   `checkpoints/` (latest step), or a stage's MODEL_DIR (latest step)."""
-  p = epath.Path(path)
+  p = epath.Path(os.path.abspath(path))  # orbax refuses relative paths
   if not p.exists():
     raise CheckpointError(f"checkpoint path {path} does not exist: pass a stage's model dir, "
                           f"its checkpoints/<step> dir, or a plain orbax checkpoint dir")
@@ -141,7 +141,7 @@ def load_params(path: str, abstract_params: Any | None = None) -> Any:
 
 def save_params(params: Any, path: str, *, force: bool = False) -> None:
   """Writes a plain orbax PyTree checkpoint of `params` (atomic: tmp dir, then rename)."""
-  p = epath.Path(path)
+  p = epath.Path(os.path.abspath(path))  # orbax refuses relative paths
   if p.exists() and not force:
     raise CheckpointError(f"{path} already exists; pick a new output path (nothing was "
                           "overwritten)")

@@ -19,8 +19,13 @@ def register() -> None:
     return
   from warm_jax import objectives, optimizers, partitioning, trainer
   from warm_jax.data import lm_data, vocab
+  from warm_jax.data import build as data_build, datasets, preferences, tokenizer
   from warm_jax.models import config as model_config
   from warm_jax import train as train_lib
+  from warm_jax import bon, rl, sampling, win_rates
+  from warm_jax import merging
+  from warm_jax import evaluate, experiment, linear_probe, members
+  from warm_jax import vmapped_members
 
   for fn_or_cls in (
       model_config.TransformerConfig,
@@ -28,10 +33,34 @@ def register() -> None:
       trainer.TrainerConfig,
       partitioning.Partitioner,
       objectives.LanguageModelObjective,
+      objectives.PreferenceObjective,
+      linear_probe.linear_probe,
+      linear_probe.ProbedRewardModelInit,
+      members.MemberSweep,
+      members.train_reward_model,
+      vmapped_members.train_reward_members,
+      vmapped_members.member_range,
+      evaluate.evaluate_reward_models,
+      experiment.run_experiment,
       lm_data.pretraining_dataset,
       vocab.ByteVocabulary,
       train_lib.InitFromCheckpoint,
+      merging.StreamConfig,
+      datasets.lm_dataset,
+      datasets.sft_dataset,
+      datasets.preference_dataset,
+      datasets.prompt_dataset,
+      preferences.WorldConfig,
+      tokenizer.TokenizerConfig,
+      data_build.build_dataset,
+      sampling.SamplingConfig,
+      bon.best_of_n,
+      rl.RLConfig,
+      rl.train_policy,
+      win_rates.policy_win_rates,
   ):
     gin.external_configurable(fn_or_cls, module=None)
   gin.external_configurable(train_lib.train, name="train")
+  gin.external_configurable(merging.average_checkpoints, name="average_checkpoints")
+  gin.external_configurable(train_lib.run_stage, name="run_stage")
   _REGISTERED = True

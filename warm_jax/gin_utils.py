@@ -15,8 +15,11 @@ error too, since gin would accept it silently.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import sys
+import tokenize
 from collections.abc import Sequence
 from typing import Any
 
@@ -91,7 +94,7 @@ def parse_gin(files: Sequence[str], bindings: Sequence[str],
                            f"{REPO_ROOT} and --gin_search_paths)")
   try:
     gin.parse_config_files_and_bindings(list(files), list(bindings), finalize_config=False)
-  except (ValueError, KeyError, SyntaxError, IOError) as e:
+  except (ValueError, KeyError, SyntaxError, IOError, tokenize.TokenError) as e:
     raise GinConfigError(f"bad gin configuration ({', '.join(files) or 'no files'}; "
                          f"bindings {list(bindings)}): {e}") from e
   macros = [b.split("=", 1)[0].strip() for b in bindings]
@@ -111,3 +114,61 @@ def write_operative_config(model_dir: str) -> str:
   os.makedirs(model_dir, exist_ok=True)
   atomic_write_text(os.path.join(model_dir, "config.gin"), text)
   return text
+
+
+PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what schedulers expect from a terminated job
+
+
+def gin_main(argv: Sequence[str] | None, *, entry: str, doc: str, example: str) -> int:
+  """The body of every gin-configured `python -m warm_jax.*` entry point.
+
+  Parses the gin flags (plus --multihost), calls the configurable `entry`, and turns known,
+  user-fixable failures into one clear message and a non-zero exit: 2 for a bad command line or
+  gin config (nothing was run), 1 for a failure while running (the traceback is logged at
+  DEBUG level: set WARM_JAX_LOGLEVEL=DEBUG), 143 for a preemption (a checkpoint was saved).
+  """
+  from warm_jax import configurables
+  from warm_jax.checkpoints import CheckpointError
+  from warm_jax.partitioning import maybe_initialize_distributed
+  from warm_jax.trainer import NonFiniteError, Preempted
+
+  argv = list(sys.argv[1:] if argv is None else argv)
+  logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s")
+  logging.getLogger().setLevel(os.environ.get("WARM_JAX_LOGLEVEL", "INFO"))
+  try:
+    files, bindings, paths, rest = split_gin_args(argv)
+  except GinConfigError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  distributed = False
+  for arg in rest:
+    if arg in ("--multihost", "--distributed"):
+      distributed = True
+    elif arg in ("-h", "--help"):
+      print(doc)
+      return 0
+    else:
+      print(f"error: unknown argument {arg!r}; expected --gin_file, --gin.NAME=VALUE, "
+            "--gin_bindings, --gin_search_paths or --multihost", file=sys.stderr)
+      return 2
+  if not files:
+    print(f"error: no --gin_file given (e.g. {example})", file=sys.stderr)
+    return 2
+  maybe_initialize_distributed(enable=distributed or None)
+  configurables.register()
+  try:
+    parse_gin(files, bindings, paths)
+  except GinConfigError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  try:
+    with gin.unlock_config():
+      gin.get_configurable(entry)()
+  except Preempted as e:
+    print(f"preempted: {e}", file=sys.stderr)
+    return PREEMPTED_EXIT_CODE
+  except (ValueError, CheckpointError, NonFiniteError, FileNotFoundError) as e:
+    logging.debug("%s failed", entry, exc_info=True)
+    print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+    return 1
+  return 0

@@ -157,21 +157,55 @@ def train_reward_model(*, members_dir: str | None = None, member_index: int = 0,
                        model_config: TransformerConfig, optimizer: OptimizerConfig,
                        trainer_config: TrainerConfig, dataset: ArrayDataset,
                        eval_dataset: ArrayDataset | None = None, seq_len: int,
-                       partitioner: Partitioner | None = None) -> Any:
-  """Trains member `member_index` of the sweep into MEMBERS_DIR/member_<index> (one job)."""
-  from warm_jax.train import train  # deferred: train.py registers the CLI around this module
-  if not members_dir:
-    raise ValueError("MEMBERS_DIR is not set: pass --gin.MEMBERS_DIR=\"'/path'\"")
+                       partitioner: Partitioner | None = None, output_dir: str | None = None,
+                       overrides: dict[str, Any] | None = None, from_scratch: bool = False
+                       ) -> Any:
+  """Trains member `member_index` of the sweep into MEMBERS_DIR/member_<index> (one job).
+
+  For the LMC diversity pairs (members that differ in exactly one hyper-parameter) and the
+  from-scratch RMs of Remark 1: `overrides` replaces drawn fields (learning_rate,
+  dropout_rate, data_seed, sft_step), `output_dir` replaces MEMBERS_DIR/member_<index>, and
+  `from_scratch` starts from a random decoder and head (no SFT, no probe).
+  """
   member = draw_member(sweep, member_index)
-  out = member_dir(members_dir, member_index)
-  write_hparams(out, member, {"sft_path": sft_checkpoint_path(sft_dir, member.sft_step),
-                              "probe_dir": probe_dir})
+  if overrides:
+    unknown = set(overrides) - {f.name for f in dataclasses.fields(MemberHParams)} - {"index"}
+    if unknown or "index" in overrides:
+      raise ValueError(f"train_reward_model.overrides has unknown or fixed fields "
+                       f"{sorted(unknown | ({'index'} & set(overrides)))}: override among "
+                       "learning_rate, dropout_rate, data_seed, sft_step")
+    member = dataclasses.replace(member, **overrides)
+  if not output_dir:
+    if not members_dir:
+      raise ValueError("MEMBERS_DIR is not set: pass --gin.MEMBERS_DIR=\"'/path'\"")
+    output_dir = member_dir(members_dir, member_index)
+  return train_member(
+      member=member, output_dir=output_dir,
+      sft_dir=sft_dir, probe_dir=None if from_scratch else probe_dir,
+      model_config=model_config, optimizer=optimizer,
+      trainer_config=trainer_config, dataset=dataset, eval_dataset=eval_dataset,
+      seq_len=seq_len, partitioner=partitioner)
+
+
+def train_member(*, member: MemberHParams, output_dir: str, sft_dir: str,
+                 probe_dir: str | None, model_config: TransformerConfig,
+                 optimizer: OptimizerConfig, trainer_config: TrainerConfig,
+                 dataset: ArrayDataset, eval_dataset: ArrayDataset | None = None, seq_len: int,
+                 partitioner: Partitioner | None = None) -> Any:
+  """Trains one reward model with explicit hyper-parameters into `output_dir`.
+
+  The experiment driver uses this for the LMC diversity pairs (members that differ in exactly
+  one hyper-parameter). probe_dir=None starts from a fresh head *and a fresh decoder* with
+  `trainer_config.seed`: the from-scratch RMs of Remark 1 (no pre-training).
+  """
+  from warm_jax.train import train  # deferred: train.py imports the stage modules lazily
+  sft_path = sft_checkpoint_path(sft_dir, member.sft_step) if probe_dir else None
+  write_hparams(output_dir, member, {"sft_path": sft_path, "probe_dir": probe_dir})
   model_cfg, opt_cfg, trainer_cfg = member_configs(
       member, model_config=model_config, optimizer=optimizer, trainer_config=trainer_config)
-  data = dataclasses.replace(dataset, seed=member.data_seed)
-  return train(model_dir=out, objective=PreferenceObjective(model_cfg), optimizer=opt_cfg,
-               trainer_config=trainer_cfg, dataset=data, eval_dataset=eval_dataset,
-               seq_len=seq_len, partitioner=partitioner,
-               init_from=ProbedRewardModelInit(
-                   sft_path=sft_checkpoint_path(sft_dir, member.sft_step),
-                   probe_path=probe_dir))
+  return train(model_dir=output_dir, objective=PreferenceObjective(model_cfg),
+               optimizer=opt_cfg, trainer_config=trainer_cfg,
+               dataset=dataclasses.replace(dataset, seed=member.data_seed),
+               eval_dataset=eval_dataset, seq_len=seq_len, partitioner=partitioner,
+               init_from=ProbedRewardModelInit(sft_path=sft_path, probe_path=probe_dir)
+               if probe_dir else None)

@@ -92,6 +92,13 @@ class PreferenceObjective:
   model_config: TransformerConfig
 
   batch_features = ("chosen_tokens", "chosen_mask", "rejected_tokens", "rejected_mask")
+  # Parameters that shift every reward by the same constant: Bradley-Terry sees only reward
+  # differences, so their gradient is exactly zero (rounding noise that Adafactor would turn
+  # into full-size random steps). They stay at their initial (probed) values.
+  frozen = ("reward_head/bias", "decoder/final_norm/bias")
+
+  def trainable(self, path: str) -> bool:
+    return path not in self.frozen
 
   @property
   def module(self) -> nn.Module:

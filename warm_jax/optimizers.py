@@ -8,7 +8,9 @@ RL; AdamW is offered for comparisons. Gradient clipping by global norm comes fir
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
+import jax
 import optax
 
 SCHEDULES = ("constant", "linear", "cosine", "rsqrt")
@@ -59,9 +61,15 @@ class OptimizerConfig:
                        "or None")
 
 
-def make_schedule(config: OptimizerConfig, total_steps: int) -> optax.Schedule:
-  """Warm-up then decay, as a function of the optimizer step."""
-  peak, warm = config.learning_rate, config.warmup_steps
+def make_schedule(config: OptimizerConfig, total_steps: int, *,
+                  learning_rate: float | jax.Array | None = None) -> optax.Schedule:
+  """Warm-up then decay, as a function of the optimizer step.
+
+  `learning_rate` replaces config.learning_rate as the peak and may be a traced value (one peak
+  per member when `warm_jax.vmapped_members` vmaps the step over RM members).
+  """
+  peak = config.learning_rate if learning_rate is None else learning_rate
+  warm = config.warmup_steps
   decay_steps = max(total_steps - warm, 1)
   floor = peak * config.final_lr_fraction
   if config.schedule == "constant":
@@ -77,10 +85,14 @@ def make_schedule(config: OptimizerConfig, total_steps: int) -> optax.Schedule:
   return optax.join_schedules([optax.linear_schedule(0.0, peak, warm), decay], [warm])
 
 
-def make_optimizer(config: OptimizerConfig, total_steps: int
+def make_optimizer(config: OptimizerConfig, total_steps: int, *,
+                   learning_rate: float | jax.Array | None = None,
+                   trainable: Callable[[str], bool] | None = None
                    ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """The optax transformation (clip -> optimizer) and its schedule."""
-  schedule = make_schedule(config, total_steps)
+  """The optax transformation (clip -> optimizer) and its schedule (peak: `learning_rate` if
+  given, possibly traced, else config.learning_rate; the state's structure does not depend on
+  it)."""
+  schedule = make_schedule(config, total_steps, learning_rate=learning_rate)
   if config.name == "adafactor":
     opt = optax.adafactor(
         learning_rate=schedule,
@@ -96,4 +108,18 @@ def make_optimizer(config: OptimizerConfig, total_steps: int
     opt = optax.sgd(schedule, momentum=config.momentum)
   chain = [opt] if config.clip_grad_norm is None else [
       optax.clip_by_global_norm(config.clip_grad_norm), opt]
-  return optax.chain(*chain), schedule
+  tx = optax.chain(*chain)
+  return (tx if trainable is None else freeze_untrainable(tx, trainable)), schedule
+
+
+def freeze_untrainable(tx: optax.GradientTransformation, trainable: Callable[[str], bool]
+                       ) -> optax.GradientTransformation:
+  """Zero updates (and no optimizer state) for params whose path ('decoder/layer_0/...') is
+  not trainable: the linear probe's frozen backbone, parameters a loss cannot see."""
+  from warm_jax.checkpoints import _path_str  # deferred: orbax import
+
+  def labels(params):
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: "train" if trainable(_path_str(path)) else "freeze", params)
+
+  return optax.multi_transform({"train": tx, "freeze": optax.set_to_zero()}, labels)

@@ -27,11 +27,10 @@ import jax
 from warm_jax import checkpoints as ckpt_lib
 from warm_jax.data.batching import ArrayDataset
 from warm_jax.optimizers import OptimizerConfig
-from warm_jax.partitioning import Partitioner, maybe_initialize_distributed
+from warm_jax.partitioning import Partitioner
 from warm_jax.trainer import Trainer, TrainerConfig
 
 DONE_MARKER = "DONE"
-PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what schedulers expect from a terminated job
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +51,9 @@ class InitFromCheckpoint:
   require_all_copied_from: str | None = "decoder/"
 
   def __call__(self, trainer: Trainer) -> Any:
+    if not self.path:
+      raise ValueError("InitFromCheckpoint.path is not set: pass the source stage's MODEL_DIR "
+                       "(e.g. --gin.PRETRAIN_DIR=\"'/path'\" for SFT)")
     fresh = trainer.init_state().params
     source = ckpt_lib.load_params(self.path)
     params, report = ckpt_lib.init_from_checkpoint(
@@ -72,10 +74,15 @@ def train(*, model_dir: str | None = None, objective: Any, optimizer: OptimizerC
           init_from: InitFromCheckpoint | None = None, write_config: bool = True) -> Any:
   """Trains one stage into `model_dir`; returns the final TrainState.
 
-  A finished stage (DONE present, same train_steps) is not retrained: its state is restored.
+  A finished stage (DONE present with the same train_steps) is skipped and None returned; an
+  interrupted one resumes from its latest checkpoint.
   """
   if not model_dir:
     raise ValueError("MODEL_DIR is not set: pass --gin.MODEL_DIR=\"'/path/to/dir'\"")
+  done = read_done(model_dir)
+  if done is not None and done.get("train_steps") == trainer_config.train_steps:
+    logging.info("%s is already trained (%s): skipped", model_dir, DONE_MARKER)
+    return None
   partitioner = partitioner or Partitioner()
   if write_config and jax.process_index() == 0:
     from warm_jax.gin_utils import write_operative_config
@@ -91,6 +98,15 @@ def train(*, model_dir: str | None = None, objective: Any, optimizer: OptimizerC
   return state
 
 
+def read_done(model_dir: str) -> dict[str, Any] | None:
+  """The completion marker of a stage dir, or None if it has not finished."""
+  path = os.path.join(model_dir, DONE_MARKER)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
 def run_stage(stage: Any = None) -> Any:
   """What `python -m warm_jax.train` runs: `train` unless a stage file binds another stage,
   e.g. `run_stage.stage = @linear_probe` (gin/linear_probe.gin) or `@train_reward_model`
@@ -102,49 +118,9 @@ def run_stage(stage: Any = None) -> Any:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  import gin
-  from warm_jax import configurables
-  from warm_jax.gin_utils import GinConfigError, parse_gin, split_gin_args
-
-  argv = list(sys.argv[1:] if argv is None else argv)
-  logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s")
-  logging.getLogger().setLevel(os.environ.get("WARM_JAX_LOGLEVEL", "INFO"))
-  files, bindings, paths, rest = split_gin_args(argv)
-  distributed = False
-  for arg in rest:
-    if arg in ("--multihost", "--distributed"):
-      distributed = True
-    elif arg in ("-h", "--help"):
-      print(__doc__)
-      return 0
-    else:
-      print(f"error: unknown argument {arg!r}; expected --gin_file, --gin.NAME=VALUE, "
-            "--gin_bindings, --gin_search_paths or --multihost", file=sys.stderr)
-      return 2
-  if not files:
-    print("error: no --gin_file given (e.g. --gin_file=gin/models/tiny.gin "
-          "--gin_file=gin/pretrain.gin)", file=sys.stderr)
-    return 2
-  maybe_initialize_distributed(enable=distributed or None)
-  configurables.register()
-  try:
-    parse_gin(files, bindings, paths)
-  except GinConfigError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  from warm_jax.trainer import NonFiniteError, Preempted
-  try:
-    with gin.unlock_config():
-      gin.get_configurable("run_stage")()
-  except Preempted as e:
-    print(f"preempted: {e}", file=sys.stderr)
-    return PREEMPTED_EXIT_CODE
-  except (ValueError, ckpt_lib.CheckpointError, NonFiniteError) as e:
-    # Known, user-fixable failures: one clear message (traceback with WARM_JAX_LOGLEVEL=DEBUG).
-    logging.debug("training failed", exc_info=True)
-    print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
-    return 1
-  return 0
+  from warm_jax.gin_utils import gin_main
+  return gin_main(argv, entry="run_stage", doc=__doc__,
+                  example="--gin_file=gin/models/tiny.gin --gin_file=gin/pretrain.gin")
 
 
 if __name__ == "__main__":

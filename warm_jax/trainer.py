@@ -129,10 +129,10 @@ class Trainer:
     if (config.batch_size // config.microbatches) % partitioner.batch_divisor:
       raise ValueError(f"microbatch size {config.batch_size // config.microbatches} is not "
                        f"divisible by the {partitioner.batch_divisor} batch devices")
-    tx, self.schedule = make_optimizer(optimizer, config.train_steps)
-    if trainable is not None:
-      tx = _freeze(tx, trainable)
-    self.tx = tx
+    # An objective may declare parameters its loss cannot see (the reward head's bias under
+    # Bradley-Terry): they are frozen, or Adafactor would random-walk them on rounding noise.
+    trainable = trainable or getattr(objective, "trainable", None)
+    self.tx, self.schedule = make_optimizer(optimizer, config.train_steps, trainable=trainable)
     self._base_key = jax.random.key(config.seed)
 
     # -- abstract state and its shardings (nothing materialised yet) --------------------------
@@ -183,38 +183,14 @@ class Trainer:
   # ---------------------------------------------------------------------------------------------
   def _grads(self, params, batch, key):
     """Summed loss gradient over microbatches, divided by the total weight."""
-    grad_fn = jax.grad(self.objective.loss, has_aux=True)
-    n = self.config.microbatches
-    if n == 1:
-      grads, sums = grad_fn(params, batch, key)
-    else:
-      micro = jax.tree_util.tree_map(
-          lambda x: x.reshape((n, x.shape[0] // n) + x.shape[1:]), batch)
-
-      def body(carry, xs):
-        index, mb = xs
-        g, s = grad_fn(params, mb, jax.random.fold_in(key, index))
-        return jax.tree_util.tree_map(jnp.add, carry, (g, s)), None
-
-      zeros = jax.eval_shape(grad_fn, params, jax.tree_util.tree_map(lambda x: x[0], micro),
-                             key)
-      zeros = jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype), zeros)
-      (grads, sums), _ = jax.lax.scan(body, zeros, (jnp.arange(n), micro))
-    weight = jnp.maximum(sums["weight"], 1e-9)
-    grads = jax.tree_util.tree_map(lambda g: g / weight, grads)
-    return grads, sums
+    return sum_grads(self.objective.loss, params, batch, key,
+                     microbatches=self.config.microbatches)
 
   def _train_step_fn(self, state: TrainState, batch: dict[str, Array]):
     with self.partitioner.activation_rules():
       key = jax.random.fold_in(self._base_key, state.step)
       grads, sums = self._grads(state.params, batch, key)
-    updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    metrics = dict(sums)
-    metrics["grad_norm"] = optax.tree.norm(grads)
-    metrics["param_norm"] = optax.tree.norm(params)
-    metrics["learning_rate"] = jnp.asarray(self.schedule(state.step), jnp.float32)
-    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    return optimizer_step(state, grads, sums, tx=self.tx, schedule=self.schedule)
 
   def shard_batch(self, host_batch: dict[str, np.ndarray]) -> dict[str, Array]:
     """This process's rows -> global sharded arrays, keeping the objective's features only
@@ -343,8 +319,10 @@ class Trainer:
                           force=done == cfg.train_steps)
         _maybe_inject_fault(done)
         if stop.requested(done):
-          checkpointer.save(done, state.params, state.opt_state, force=True)
           checkpointer.wait()
+          if checkpointer.latest_step() != done:  # this step may have just been saved
+            checkpointer.save(done, state.params, state.opt_state, force=True)
+            checkpointer.wait()
           raise Preempted(f"SIGTERM at step {done}: checkpoint saved in "
                           f"{checkpointer.directory}; rerun the same command to resume")
       if eval_dataset is not None:
@@ -360,6 +338,53 @@ class Trainer:
       checkpointer.close()
       writer.close()
     return state
+
+
+# -------------------------------------------------------------------------------------------------
+# The step's two halves, as pure functions: `Trainer` jits them for one model, and
+# `warm_jax.vmapped_members` vmaps them over a leading member axis (each member its own loss
+# dropout rate and optimizer), so both paths run the same arithmetic.
+# -------------------------------------------------------------------------------------------------
+def sum_grads(loss_fn: Callable[..., Any], params: Any, batch: dict[str, Array], key: Array, *,
+              microbatches: int = 1) -> tuple[Any, dict[str, Array]]:
+  """Loss gradient summed over `microbatches` sequential slices of the batch (microbatch i's
+  dropout key is fold_in(key, i)) and divided by the total weight; also the metric sums.
+
+  `loss_fn(params, batch, rng)` returns (loss sum, metric sums with a `weight` entry).
+  """
+  grad_fn = jax.grad(loss_fn, has_aux=True)
+  n = microbatches
+  if n == 1:
+    grads, sums = grad_fn(params, batch, key)
+  else:
+    micro = jax.tree_util.tree_map(
+        lambda x: x.reshape((n, x.shape[0] // n) + x.shape[1:]), batch)
+
+    def body(carry, xs):
+      index, mb = xs
+      g, s = grad_fn(params, mb, jax.random.fold_in(key, index))
+      return jax.tree_util.tree_map(jnp.add, carry, (g, s)), None
+
+    zeros = jax.eval_shape(grad_fn, params, jax.tree_util.tree_map(lambda x: x[0], micro), key)
+    zeros = jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype), zeros)
+    (grads, sums), _ = jax.lax.scan(body, zeros, (jnp.arange(n), micro))
+  weight = jnp.maximum(sums["weight"], 1e-9)
+  grads = jax.tree_util.tree_map(lambda g: g / weight, grads)
+  return grads, sums
+
+
+def optimizer_step(state: TrainState, grads: Any, sums: dict[str, Array], *,
+                   tx: optax.GradientTransformation, schedule: optax.Schedule
+                   ) -> tuple[TrainState, dict[str, Array]]:
+  """Applies `tx` to the gradients; returns the next state and the step's metrics (the loss
+  sums plus grad_norm, param_norm and learning_rate)."""
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = dict(sums)
+  metrics["grad_norm"] = optax.tree.norm(grads)
+  metrics["param_norm"] = optax.tree.norm(params)
+  metrics["learning_rate"] = jnp.asarray(schedule(state.step), jnp.float32)
+  return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
 def _window_means(window: list[dict[str, Any]]) -> dict[str, float]:
@@ -389,17 +414,6 @@ def _check_finite(metrics: dict[str, Any], step: int, checkpointer, model_dir: s
       f"grad_norm={grad_norm}, learning_rate={float(metrics['learning_rate']):.3g}. Nothing "
       f"non-finite was saved; {kept}. Lower the learning rate, enable gradient clipping, or "
       f"check the data for that step, then rerun (it resumes from the last good checkpoint).")
-
-
-def _freeze(tx: optax.GradientTransformation, trainable: Callable[[str], bool]
-            ) -> optax.GradientTransformation:
-  """Zero updates (and no optimizer state) for params whose path is not trainable."""
-
-  def labels(params):
-    return jax.tree_util.tree_map_with_path(
-        lambda path, _: "train" if trainable(ckpt_lib._path_str(path)) else "freeze", params)
-
-  return optax.multi_transform({"train": tx, "freeze": optax.set_to_zero()}, labels)
 
 
 FAULT_ENV = "WARM_JAX_FAULT_KILL_AT_STEP"

@@ -53,7 +53,7 @@ BUILD_COMMAND = ("python -m warm_jax.data.build --gin_file=gin/data/synthetic_tl
 
 _NUMBER = (int, float)
 RECORD_FIELDS: Mapping[str, Mapping[str, Any]] = {
-    "lm": {"post_id": str, "text": str},
+    "lm": {"text": str},
     "sft": {"post_id": str, "prompt": str, "target": str},
     "preferences": {
         "post_id": str, "prompt": str, "summary_a": str, "summary_b": str,
@@ -65,6 +65,23 @@ RECORD_FIELDS: Mapping[str, Mapping[str, Any]] = {
     POSTS_NAME: {"post_id": str, "facts": dict, "surfaces": dict, "text": str,
                  "reference": str},
 }
+
+# Per-pair metadata stored beside the preference token arrays, in the chosen/rejected frame of
+# the rows (name -> numpy dtype). Real-data pairs (tldr_comparisons) have no gold reward:
+# there the ints are UNKNOWN_INT and the floats NaN.
+PREFERENCE_METADATA: Mapping[str, str] = {
+    "corrupted": "int32",  # 1: the training label was swapped by label corruption
+    "gold_label": "int32",  # the truly better summary: 0 = chosen, 1 = rejected
+    "label_agrees_gold": "int32",  # 1: chosen is truly better (= 1 - gold_label)
+    "clean_label_agrees_gold": "int32",  # 1: the Bradley-Terry label before corruption agreed
+    "chosen_gold": "float32", "rejected_gold": "float32",  # gold rewards
+    "chosen_generator": "int32", "rejected_generator": "int32",  # ids into meta["generators"]
+    "chosen_length": "int32", "rejected_length": "int32",  # words (gold_reward.count_words)
+    "pair_index": "int32",  # line of the pair in text/preferences.<split>.jsonl, from 0
+}
+UNKNOWN_INT = -1
+PROMPT_INDEX = "prompt_index"  # prompt arrays: line in text/prompts.<split>.jsonl, from 0
+NUM_TRUNCATED = "num_truncated"  # prompt tokens removed to fit (sft, preferences, prompts)
 
 
 class DataDirError(ValueError):

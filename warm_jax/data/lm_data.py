@@ -1,9 +1,12 @@
-"""Language-modelling examples for the pre-training stage: text -> packed token windows.
+"""A quick in-memory language-modelling corpus: world text -> packed byte-token windows.
 
-Where it sits: `gin/pretrain.gin` binds `pretraining_dataset`, which tokenises a text corpus
-(by default the synthetic TL;DR world's posts with their reference TL;DRs, see
-`warm_jax.data.world`), joins the documents with EOS and cuts the stream into windows of
-`seq_len` tokens. Every token is a target, as in standard LM pre-training.
+Where it sits: the pre-training stage reads a built data dir (`gin/pretrain.gin` binds
+`datasets.lm_dataset` to DATA_DIR, SentencePiece tokens made through seqio by
+`python -m warm_jax.data.build`). This module is the no-build shortcut for ad-hoc runs and
+tests: `pretraining_dataset` tokenises posts of the synthetic world (with their reference
+TL;DRs, see `warm_jax.data.world`) with `ByteVocabulary`, joins the documents with EOS and cuts
+the stream into windows of `seq_len` tokens, every token a target. Bind it in place of
+`lm_dataset` with `train.dataset = @pretraining_dataset()` and VOCAB_SIZE = 259.
 """
 
 from __future__ import annotations

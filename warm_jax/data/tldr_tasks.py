@@ -3,10 +3,11 @@
 Where this sits in the pipeline: the real-data replacement for the synthetic world's tasks.
 `register_tldr_tasks` registers
 - "tldr_comparisons" (`PREFERENCE_TASK_NAME`): features `inputs` (the prompt), `chosen` and
-  `rejected` (the labeller's preferred and other summary). Point the `PREFERENCE_TASK` gin macro
-  at it to train and evaluate reward models on human labels.
+  `rejected` (the labeller's preferred and other summary). Point the data build's
+  `PREFERENCE_TASK` gin macro at it (`--gin.PREFERENCE_TASK="'tldr_comparisons'"`, see
+  docs/data.md) to train and evaluate reward models on human labels.
 - "tldr_sft" (`SFT_TASK_NAME`): features `inputs` (the prompt) and `targets` (the reference
-  TL;DR), for the SFT stage.
+  TL;DR), for the SFT stage (the build's `SFT_TASK` macro).
 Both read the TFDS builders of `warm_jax.data.tldr` (prepared on first use from the manual dir)
 and tokenize with whatever `seqio.Vocabulary` the model uses. `inputs` gets no EOS (the summary
 continues the prompt); `chosen`, `rejected` and `targets` end in EOS, so a reward model reads its

@@ -17,13 +17,15 @@ The choice (measured on the default world, see docs/data.md):
   Pieces crossing whitespace were rejected too: with them encode(prompt) + encode(summary)
   differs from encode(prompt + " " + summary), so a summary scored after its prompt would not
   be tokenised like the same text in the pre-training corpus.
-- Identity normalisation (the text is kept byte for byte; "TL;DR:" keeps its case) and one
-  training thread: the same texts give a byte-identical model.
+- Identity normalisation (the text is kept byte for byte; "TL;DR:" keeps its case), one
+  training thread, and a model trained in memory (SentencePiece would otherwise record the
+  output path in it): the same texts give a byte-identical spm.model wherever it is built.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 from collections.abc import Iterable
 
@@ -74,9 +76,12 @@ def train_sentencepiece(*, texts: Iterable[str], model_prefix: str,
     raise ValueError("train_sentencepiece got no non-empty texts: the world config produced "
                      "an empty corpus; raise WorldConfig.n_pretrain_posts")
   os.makedirs(os.path.dirname(os.path.abspath(model_prefix)), exist_ok=True)
+  # Trained into memory: with `model_prefix` SentencePiece would record the output path in the
+  # model, and two builds in different dirs would write different bytes.
+  model = io.BytesIO()
   try:
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(texts), model_prefix=model_prefix,
+        sentence_iterator=iter(texts), model_writer=model,
         vocab_size=config.vocab_size, model_type=config.model_type,
         byte_fallback=config.byte_fallback, character_coverage=1.0,
         normalization_rule_name="identity", pad_id=PAD_ID, eos_id=EOS_ID, unk_id=UNK_ID,
@@ -84,8 +89,15 @@ def train_sentencepiece(*, texts: Iterable[str], model_prefix: str,
   except RuntimeError as e:
     raise ValueError(
         f"SentencePiece could not train a {config.vocab_size}-piece {config.model_type} model "
-        f"on {len(texts)} texts ({e}): lower VOCAB_SIZE (in gin/data/common.gin, shared with "
-        "the stage gins) or use a larger world") from e
+        f"on {len(texts)} texts ({e}): set VOCAB_SIZE to a size this corpus supports (the "
+        "bound is in SentencePiece's message; VOCAB_SIZE lives in gin/data/common.gin, shared "
+        "with the stage gins) or build a larger world") from e
+  with open(f"{model_prefix}.model", "wb") as f:
+    f.write(model.getvalue())
+  processor = spm.SentencePieceProcessor(model_proto=model.getvalue())
+  with open(f"{model_prefix}.vocab", "w", encoding="utf-8") as f:  # for people: piece, score
+    for i in range(processor.get_piece_size()):
+      f.write(f"{processor.id_to_piece(i)}\t{processor.get_score(i):g}\n")
   vocabulary = SentencePieceVocabulary(f"{model_prefix}.model")
   if vocabulary.vocab_size != config.vocab_size:
     raise ValueError(f"trained SentencePiece model {model_prefix}.model has "

@@ -4,7 +4,8 @@ Where it sits: the pre-training and SFT stages train `LanguageModel`; the RM sta
 `RewardModel` (an SFT backbone plus a scalar head, the object WARM averages); RL trains the
 policy (`LanguageModel`) beside a `ValueModel`. All three keep the backbone under the same
 `decoder` key, so an SFT checkpoint initialises an RM or a value model by copying `decoder/*`
-(see `warm_jax.checkpoints.init_from_checkpoint`).
+(see `warm_jax.checkpoints.init_from_checkpoint`). `LanguageModel.decode` is the KV-cache
+decoding path of `warm_jax.sampling` (see `Decoder.extend`).
 
 Parameter trees:
   LanguageModel: {decoder: {...}, [lm_head: {kernel}] }     (lm_head only when untied)
@@ -19,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from warm_jax.models.config import TransformerConfig
-from warm_jax.models.transformer import Decoder
+from warm_jax.models.transformer import Decoder, KVCache
 
 Array = jax.Array
 
@@ -61,6 +62,15 @@ class LanguageModel(nn.Module):
                deterministic: bool = True, dropout_rate: float | Array | None = None
                ) -> Array:
     hidden = self.decoder(tokens, mask, deterministic=deterministic, dropout_rate=dropout_rate)
+    return self._logits(hidden)
+
+  def decode(self, tokens: Array, mask: Array, cache: KVCache) -> tuple[Array, KVCache]:
+    """KV-cache decoding (`Decoder.extend`): the next chunk [batch, chunk] -> (logits [batch,
+    chunk, vocab] float32, new cache); `warm_jax.sampling` drives it."""
+    hidden, cache = self.decoder.extend(tokens, mask, cache)
+    return self._logits(hidden), cache
+
+  def _logits(self, hidden: Array) -> Array:
     if self.config.tie_embeddings:
       logits = self.decoder.attend(hidden)
     else:

@@ -9,11 +9,19 @@ names a mesh axis.
 Padding: `mask[b, t] = 1` for real tokens. Positions count real tokens only (cumsum of the mask),
 so a left-padded and a right-padded copy of one sequence give identical hidden states on their
 real tokens; attention never looks at padded keys.
+
+Decoding (best-of-N, RL rollouts; `warm_jax.sampling`): `Decoder.extend` runs a chunk of new
+tokens against an explicit `KVCache` pytree (keys/values of every layer for a fixed number of
+slots, which slots hold real tokens, the next slot) and returns the updated cache. It is the
+same arithmetic as `__call__` on the whole sequence -- positions still count real tokens and
+attention still skips padded and future slots -- so cached decoding of a left-padded prompt
+equals recomputing everything. The training path (`__call__`) never touches a cache.
 """
 
 from __future__ import annotations
 
 import flax.linen as nn
+import flax.struct
 import jax
 import jax.numpy as jnp
 
@@ -47,6 +55,38 @@ def dropout(module: nn.Module, x: Array, rate: float | Array) -> Array:
 def positions_from_mask(mask: Array) -> Array:
   """[batch, length] int positions counting real tokens from 0 (pads get the previous value)."""
   return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+class KVCache(flax.struct.PyTreeNode):
+  """Decoding state of a `Decoder`: keys and values of every layer for `length` slots.
+
+  Attributes:
+    keys, values: one [batch, length, kv_heads, head_dim] array per layer (compute dtype).
+    mask: [batch, length] int32, 1 where a real token has been written (pads and empty slots 0).
+    index: [] int32, the next slot to write; slots >= index are empty.
+  """
+
+  keys: tuple[Array, ...]
+  values: tuple[Array, ...]
+  mask: Array
+  index: Array
+
+  @property
+  def length(self) -> int:
+    return self.mask.shape[-1]
+
+
+def init_kv_cache(config: TransformerConfig, *, batch_size: int, length: int) -> KVCache:
+  """An empty cache of `length` slots (prompt + new tokens) for `batch_size` rows."""
+  if length > config.max_len:
+    raise ValueError(f"a decoding cache of {length} slots (prompt + new tokens) exceeds the "
+                     f"model's max_len {config.max_len}: shorten the prompts or "
+                     "max_new_tokens, or use a model with a larger max_len")
+  shape = (batch_size, length, config.kv_heads, config.per_head_dim)
+  zeros = tuple(jnp.zeros(shape, config.compute_dtype) for _ in range(config.num_layers))
+  return KVCache(keys=zeros, values=tuple(jnp.zeros_like(z) for z in zeros),
+                 mask=jnp.zeros((batch_size, length), jnp.int32),
+                 index=jnp.zeros((), jnp.int32))
 
 
 def apply_rope(x: Array, positions: Array, theta: float) -> Array:
@@ -130,7 +170,15 @@ class Attention(nn.Module):
   config: TransformerConfig
 
   @nn.compact
-  def __call__(self, x: Array, mask: Array, positions: Array, rate: float | Array) -> Array:
+  def __call__(self, x: Array, mask: Array, positions: Array, rate: float | Array,
+               cache: tuple[Array, Array, Array, Array] | None = None):
+    """Training: x [batch, length, d_model] -> [batch, length, d_model].
+
+    Decoding: `cache` = (keys, values, index, allowed) with keys/values [batch, slots,
+    kv_heads, head_dim], `index` the slot of x's first token and `allowed` [batch, 1, chunk,
+    slots]; x's keys/values are written at slots index.. and x attends over every slot
+    `allowed` permits. Returns (output, (keys, values)).
+    """
     cfg = self.config
     h, kv, hd = cfg.num_heads, cfg.kv_heads, cfg.per_head_dim
     q = _dense((h, hd), ("embed", "heads", "head_dim"), cfg, "query")(x)
@@ -143,10 +191,19 @@ class Attention(nn.Module):
       q = apply_rope(q, positions, cfg.rope_theta)
       k = apply_rope(k, positions, cfg.rope_theta)
     q = nn.with_logical_constraint(q, ("batch", "length", "heads", "head_dim"))
-    out = dot_product_attention(q, k, v, causal_padding_mask(mask))
+    if cache is None:
+      out = dot_product_attention(q, k, v, causal_padding_mask(mask))
+    else:
+      keys, values, index, allowed = cache
+      keys = jax.lax.dynamic_update_slice(keys, k.astype(keys.dtype), (0, index, 0, 0))
+      values = jax.lax.dynamic_update_slice(values, v.astype(values.dtype), (0, index, 0, 0))
+      keys = nn.with_logical_constraint(keys, ("batch", "length", "kv_heads", "head_dim"))
+      values = nn.with_logical_constraint(values, ("batch", "length", "kv_heads", "head_dim"))
+      out = dot_product_attention(q, keys, values, allowed)
     out = nn.with_logical_constraint(out, ("batch", "length", "heads", "head_dim"))
     out = _dense(cfg.d_model, ("heads", "head_dim", "embed"), cfg, "out", num_in=2)(out)
-    return dropout(self, out, rate)
+    out = dropout(self, out, rate)
+    return out if cache is None else (out, (keys, values))
 
 
 def causal_padding_mask(mask: Array) -> Array:
@@ -200,12 +257,17 @@ class DecoderBlock(nn.Module):
   config: TransformerConfig
 
   @nn.compact
-  def __call__(self, x, mask, positions, rate):
+  def __call__(self, x, mask, positions, rate, cache=None):
+    """`cache`: see `Attention`; with it, returns (x, (keys, values))."""
     cfg = self.config
-    x = x + Attention(cfg, name="attention")(
-        Norm(cfg, name="pre_attention_norm")(x), mask, positions, rate)
+    attended = Attention(cfg, name="attention")(
+        Norm(cfg, name="pre_attention_norm")(x), mask, positions, rate, cache)
+    if cache is not None:
+      attended, layer_cache = attended
+    x = x + attended
     x = x + Mlp(cfg, name="mlp")(Norm(cfg, name="pre_mlp_norm")(x), rate)
-    return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    return x if cache is None else (x, layer_cache)
 
 
 class Decoder(nn.Module):
@@ -247,14 +309,44 @@ class Decoder(nn.Module):
     if mask is None:
       mask = jnp.ones(tokens.shape, jnp.int32)
     positions = positions_from_mask(mask)
-    x = self.token_embed(tokens)
-    if cfg.positions == "learned":
-      x = x + self.position_embed(positions)
-    x = dropout(self, x, rate)
-    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    x = self._embed(tokens, positions, rate)
     for block in self.blocks:
       x = block(x, mask, positions, rate)
     return self.final_norm(x)
+
+  def _embed(self, tokens: Array, positions: Array, rate: float | Array) -> Array:
+    x = self.token_embed(tokens)
+    if self.config.positions == "learned":
+      x = x + self.position_embed(positions)
+    x = dropout(self, x, rate)
+    return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+  def extend(self, tokens: Array, mask: Array, cache: KVCache) -> tuple[Array, KVCache]:
+    """Decoding: the next chunk of tokens [batch, chunk] (mask 1 = real) at slots
+    cache.index .. cache.index + chunk - 1 -> (hidden [batch, chunk, d_model], new cache).
+
+    A chunk is the (left-padded) prompt at prefill, then one token per step; a row that has
+    stopped feeds mask 0. Hidden states equal `__call__` on the whole sequence so far.
+    Deterministic (no dropout).
+    """
+    chunk = tokens.shape[-1]
+    mask = mask.astype(jnp.int32)
+    full_mask = jax.lax.dynamic_update_slice(cache.mask, mask, (0, cache.index))
+    # Positions count real tokens from the start of the sequence (as positions_from_mask).
+    seen = jnp.sum(cache.mask, axis=-1, keepdims=True)
+    positions = jnp.maximum(seen + jnp.cumsum(mask, axis=-1) - 1, 0)
+    query_slots = cache.index + jnp.arange(chunk)
+    causal = jnp.arange(cache.length)[None, :] <= query_slots[:, None]  # [chunk, slots]
+    allowed = causal[None, None] & full_mask.astype(jnp.bool_)[:, None, None, :]
+    x = self._embed(tokens, positions, 0.0)
+    keys, values = [], []
+    for block, k, v in zip(self.blocks, cache.keys, cache.values):
+      x, (k, v) = block(x, mask, positions, 0.0, (k, v, cache.index, allowed))
+      keys.append(k)
+      values.append(v)
+    new_cache = KVCache(keys=tuple(keys), values=tuple(values), mask=full_mask,
+                        index=cache.index + chunk)
+    return self.final_norm(x), new_cache
 
   def attend(self, hidden: Array) -> Array:
     """Tied-embedding logits: hidden [..., d_model] -> [..., vocab] in float32."""

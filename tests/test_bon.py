@@ -1,0 +1,164 @@
+"""Best-of-N and win rates: the argmax rule, the KL formula, the all-subsets estimator, win
+rates with ties split, and the stage end to end on a hand-made data dir (no TensorFlow)."""
+
+import itertools
+import json
+import math
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from warm_jax import bon, checkpoints as ckpt_lib, win_rates as wr
+from warm_jax.models import LanguageModel, RewardModel
+
+PROMPT_LEN = 20
+
+
+def make_policy_data_dir(path, *, num_prompts=8, vocab_size=320):
+  """A minimal data dir for best-of-N / RL: tokenizer, posts, prompts (text and arrays).
+
+  Built from the world's own posts without seqio/TF: prompts are encoded with the trained
+  SentencePiece model and left-truncated/padded to PROMPT_LEN like the real converter.
+  """
+  from warm_jax.data import data_dir as dd, world
+  from warm_jax.data.tokenizer import TokenizerConfig, train_sentencepiece
+  posts = world.generate_posts(seed=0, n=num_prompts * 2)
+  os.makedirs(os.path.join(path, dd.TEXT_SUBDIR))
+  vocab = train_sentencepiece(texts=[world.format_example(p.text, p.reference) for p in posts],
+                              model_prefix=os.path.join(path, dd.SPM_PREFIX),
+                              config=TokenizerConfig(vocab_size=vocab_size))
+  dd.write_jsonl(dd.text_path(path, dd.POSTS_NAME), [dd.post_record(p) for p in posts])
+  for split, chunk in (("train", posts[:num_prompts]), ("validation", posts[num_prompts:])):
+    dd.write_jsonl(dd.text_path(path, f"prompts.{split}"), [
+        {"post_id": p.post_id, "prompt": p.prompt, "reference": p.reference} for p in chunk])
+    tokens = np.zeros((len(chunk), PROMPT_LEN), np.int32)
+    mask = np.zeros_like(tokens)
+    for i, post in enumerate(chunk):
+      ids = vocab.encode(post.prompt)[-PROMPT_LEN:]
+      tokens[i, PROMPT_LEN - len(ids):], mask[i, PROMPT_LEN - len(ids):] = ids, 1
+    os.makedirs(os.path.join(path, dd.ARRAYS_SUBDIR), exist_ok=True)
+    np.savez(dd.arrays_path(path, f"prompts.{split}"), prompt_tokens=tokens, prompt_mask=mask,
+             prompt_index=np.arange(len(chunk), dtype=np.int32))
+  for name, content in ((dd.META_FILE, {"format_version": dd.FORMAT_VERSION,
+                                        "vocab_size": vocab.vocab_size}), (dd.STATS_FILE, {})):
+    with open(os.path.join(path, name), "w") as f:
+      json.dump(content, f)
+  return path
+
+
+def random_params(module, seed):
+  """Params of `module` drawn with numpy (shapes from eval_shape: nothing to compile)."""
+  shapes = jax.eval_shape(lambda: nn.unbox(module.init(
+      jax.random.key(0), jnp.ones((1, 4), jnp.int32), jnp.ones((1, 4), jnp.int32)))["params"])
+  rng = np.random.default_rng(seed)
+
+  def draw(path, leaf):
+    noise = rng.normal(size=leaf.shape).astype(leaf.dtype)
+    return 1.0 + 0.1 * noise if ckpt_lib._path_str(path).endswith("scale") else 0.1 * noise
+
+  return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+def save_random_model(module, path, seed):
+  ckpt_lib.save_params(random_params(module, seed), path)
+  return path
+
+
+def test_bon_picks_the_argmax_of_the_rm_among_the_first_n():
+  rng = np.random.default_rng(0)
+  rm = rng.integers(0, 5, (50, 8)).astype(float)  # many ties
+  oracle = rng.normal(size=(50, 8))
+  for n in (1, 2, 3, 8):
+    idx = bon.best_of_n_indices(rm, n)
+    for p in range(50):
+      best = max(range(n), key=lambda j: (rm[p, j], -j))  # highest, earliest on ties
+      assert idx[p] == best
+  curves = bon.bon_curves(oracle=oracle, rm_scores={"a": rm, "b": -rm}, ns=[1, 4],
+                          reference=oracle[:, 0])
+  expected = np.mean([oracle[p, bon.best_of_n_indices(rm, 4)[p]] for p in range(50)])
+  assert curves["selectors"]["a"]["oracle"][1] == pytest.approx(expected)
+  assert curves["selectors"]["a"]["oracle"][0] == pytest.approx(oracle[:, 0].mean())
+  with pytest.raises(ValueError, match="outside 1..8"):
+    bon.best_of_n_indices(rm, 9)
+
+
+def test_kl_of_best_of_n_formula_and_its_limit():
+  assert bon.kl_best_of_n(1) == 0.0
+  assert bon.kl_best_of_n(2) == pytest.approx(math.log(2) - 0.5)
+  assert bon.kl_best_of_n(64) == pytest.approx(math.log(64) - 63 / 64)
+  # Independently: BoN of a uniform distribution over M ranked outcomes puts probability
+  # (i/M)^N - ((i-1)/M)^N on the i-th; its KL to uniform tends to log N - (N-1)/N.
+  m = 200_000
+  for n in (2, 8, 32):
+    i = np.arange(1, m + 1)
+    p = (i / m) ** n - ((i - 1) / m) ** n
+    kl = float(np.sum(p * np.log(p * m + 1e-300)))
+    assert kl == pytest.approx(bon.kl_best_of_n(n), abs=2e-3)
+  assert bon.default_ns(64) == (1, 2, 4, 8, 16, 32, 64)
+  assert bon.default_ns(48) == (1, 2, 4, 8, 16, 32, 48)
+
+
+def test_all_subsets_estimate_equals_brute_force_enumeration():
+  rng = np.random.default_rng(1)
+  rm = rng.integers(0, 3, (4, 6)).astype(float)
+  oracle = rng.normal(size=(4, 6))
+  for n in (1, 2, 3, 6):
+    brute = [np.mean([oracle[p, s[int(np.argmax(rm[p, list(s)]))]]
+                      for s in itertools.combinations(range(6), n)]) for p in range(4)]
+    np.testing.assert_allclose(bon.all_subsets_expectation(rm, oracle, n), brute, atol=1e-12)
+
+
+def test_win_rates_split_ties_and_a_strategy_against_itself_is_one_half():
+  rng = np.random.default_rng(2)
+  x = rng.normal(size=300)
+  same = wr.win_rate(x, x)
+  assert same.rate == 0.5 and same.ties == 300 and same.low <= 0.5 <= same.high
+  w = wr.win_rate(np.array([1.0, 2.0, 3.0, 0.0]), np.array([0.0, 2.0, 4.0, -1.0]),
+                  method="wilson")
+  assert (w.wins, w.ties, w.losses, w.rate) == (2, 1, 1, 0.625)
+  # Two independent draws of one policy: 0.5 within the interval.
+  other = wr.win_rate(rng.normal(size=400), rng.normal(size=400), seed=3)
+  assert other.low < 0.5 < other.high
+  # Wilson against a hand computation: 8 of 10 at 95% -> [0.4902, 0.9433].
+  assert wr.wilson_interval(8, 10, 0.95) == pytest.approx((0.4902, 0.9433), abs=1e-4)
+  # The grouped bootstrap resamples prompts: identical rows per prompt widen nothing here.
+  a, b = rng.normal(size=40), rng.normal(size=40)
+  grouped = wr.win_rate(np.repeat(a, 3), np.repeat(b, 3), groups=np.repeat(np.arange(40), 3))
+  plain = wr.win_rate(a, b)
+  assert grouped.rate == plain.rate and grouped.high - grouped.low == pytest.approx(
+      plain.high - plain.low, abs=0.06)
+
+
+def test_best_of_n_stage_end_to_end(tmp_path):
+  data = make_policy_data_dir(str(tmp_path / "data"))
+  cfg = tiny_config(vocab_size=320, max_len=32)
+  sft = save_random_model(LanguageModel(cfg), str(tmp_path / "sft"), 0)
+  members = [save_random_model(RewardModel(cfg), str(tmp_path / f"rm_{i}"), i + 1)
+             for i in range(2)]
+  from warm_jax.sampling import SamplingConfig
+  result = bon.best_of_n(
+      output_dir=str(tmp_path / "bon"), data_dir=data, sft_path=sft, model_config=cfg,
+      reward_models={"rm_0": members[0], "ens_2": members, "warm_2": {"warm": members}},
+      sampling=SamplingConfig(max_new_tokens=6), n_max=4, batch_size=8,
+      prompt_len=PROMPT_LEN, vocab_size=320)
+  curves = result["curves"]
+  assert curves["n"] == [1, 2, 4] and set(curves["selectors"]) == {
+      "rm_0", "ens_2", "warm_2", bon.ORACLE_BEST}
+  scores = np.load(tmp_path / "bon" / bon.SCORES_FILE)
+  assert scores["oracle"].shape == (8, 5)
+  # The curve is the oracle of the RM's argmax, recomputed from the saved scores.
+  for name in ("rm_0", "ens_2"):
+    rm = scores[f"rm/{name}"][:, :4]
+    for i, n in enumerate(curves["n"]):
+      choice = bon.take_rows(scores["oracle"][:, :4], bon.best_of_n_indices(rm, n))
+      assert curves["selectors"][name]["oracle"][i] == pytest.approx(choice.mean(), abs=1e-5)
+  # ENS is the mean of the members' rewards; N = 1 is the first candidate for everyone.
+  assert curves["selectors"]["ens_2"]["oracle"][0] == curves["selectors"]["rm_0"]["oracle"][0]
+  for path in result["plots"]:
+    assert os.path.getsize(path) > 0
+  assert os.path.exists(tmp_path / "bon" / "DONE")

@@ -1,0 +1,123 @@
+"""RM evaluations against independent computations: accuracy, ENS, WARM, LMC, vs-M, pairs."""
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from warm_jax import evaluation as ev
+from warm_jax.models import RewardModel
+from warm_jax.partitioning import Partitioner
+from warm_jax.scoring import RewardScorer, unboxed_init
+
+SEQ = 10
+
+
+def test_pair_accuracy_counts_ties_and_follows_the_target():
+  rc, rr = np.array([1.0, 0.0, 2.0, 3.0]), np.array([0.0, 0.0, 5.0, 1.0])
+  assert ev.pair_accuracy(rc, rr, np.zeros(4, int)) == 0.75  # the tie counts as correct
+  assert ev.pair_accuracy(rc, rr, np.array([1, 1, 1, 0])) == 0.75  # 0<=1? no; tie; 5>=2; 3>=1
+
+
+def _arrays(rng, n, vocab=40):
+  def side():
+    tokens = rng.integers(3, vocab, (n, SEQ)).astype(np.int32)
+    mask = np.ones_like(tokens)
+    lengths = rng.integers(4, SEQ + 1, n)
+    mask[np.arange(SEQ)[None] >= lengths[:, None]] = 0
+    return tokens * mask, mask
+  ct, cm = side()
+  rt, rm = side()
+  return {"chosen_tokens": ct, "chosen_mask": cm, "rejected_tokens": rt, "rejected_mask": rm}
+
+
+def _splits(seed=0):
+  rng = np.random.default_rng(seed)
+  train = _arrays(rng, 24)
+  train["corrupted"] = (np.arange(24) % 4 == 0).astype(np.int32)
+  id_val, ood = _arrays(rng, 16), _arrays(rng, 16)
+  id_val["gold_label"] = rng.integers(0, 2, 16).astype(np.int32)
+  ood["gold_label"] = rng.integers(0, 2, 16).astype(np.int32)
+  return train, id_val, ood
+
+
+@pytest.fixture(scope="module")
+def setup():
+  cfg = tiny_config()
+  members = [unboxed_init(RewardModel(cfg), seed) for seed in range(3)]
+  scorer = RewardScorer(model_config=cfg, partitioner=Partitioner(
+      mesh_shape={"data": 2}, devices=jax.devices()[:2]), batch_size=8)
+  train, id_val, ood = _splits()
+  subsets = ev.subsets_from_splits(rm_train=train, id_val=id_val, ood=ood)
+  return cfg, members, ev.Evaluator(scorer=scorer, subsets=subsets), (train, id_val, ood)
+
+
+def _direct_rewards(cfg, params, tokens, mask):
+  return np.asarray(RewardModel(cfg).apply({"params": params}, tokens, mask))
+
+
+def _direct_accuracy(cfg, params, arrays, target):
+  rc = _direct_rewards(cfg, params, arrays["chosen_tokens"], arrays["chosen_mask"])
+  rr = _direct_rewards(cfg, params, arrays["rejected_tokens"], arrays["rejected_mask"])
+  good = np.where(target == 0, rc >= rr, rr >= rc)
+  return float(good.mean())
+
+
+def test_subsets_split_train_by_corruption_and_use_gold_for_val(setup):
+  _, _, evaluator, (train, id_val, ood) = setup
+  s = evaluator.subsets
+  assert len(s["train_clean"]) == 18 and len(s["train_corrupt"]) == 6
+  np.testing.assert_array_equal(s["train_corrupt"].arrays["chosen_tokens"],
+                                train["chosen_tokens"][::4])
+  np.testing.assert_array_equal(s["id_val"].target, id_val["gold_label"])
+
+
+def test_table_members_warm_and_ens_match_direct_computation(setup):
+  cfg, members, evaluator, _ = setup
+  table = evaluator.table(members, ms=[2, 3])
+  for i, params in enumerate(members):
+    for name, subset in evaluator.subsets.items():
+      assert table["rows"][f"member_{i}"][name] == pytest.approx(
+          _direct_accuracy(cfg, params, subset.arrays, subset.target))
+  top2 = [int(n.split("_")[1]) for n in table["ranking"][:2]]
+  mean_params = jax.tree_util.tree_map(lambda a, b: (np.asarray(a) + np.asarray(b)) / 2,
+                                       members[top2[0]], members[top2[1]])
+  ood = evaluator.subsets["ood"]
+  assert table["rows"]["warm_2"]["ood"] == pytest.approx(
+      _direct_accuracy(cfg, mean_params, ood.arrays, ood.target))
+  rc = np.mean([_direct_rewards(cfg, members[i], ood.arrays["chosen_tokens"],
+                                ood.arrays["chosen_mask"]) for i in top2], 0)
+  rr = np.mean([_direct_rewards(cfg, members[i], ood.arrays["rejected_tokens"],
+                                ood.arrays["rejected_mask"]) for i in top2], 0)
+  assert table["rows"]["ens_2"]["ood"] == pytest.approx(ev.pair_accuracy(rc, rr, ood.target))
+  # Ranking is best first on ID val.
+  accs = [table["rows"][n]["id_val"] for n in table["ranking"]]
+  assert accs == sorted(accs, reverse=True)
+
+
+def test_lmc_curve_endpoints_line_and_ens(setup):
+  cfg, members, evaluator, _ = setup
+  curve = evaluator.lmc_curve(members[0], members[1], lambdas=(0.0, 0.5, 1.0))
+  acc0 = evaluator.accuracy(evaluator.rewards(members[0]))
+  acc1 = evaluator.accuracy(evaluator.rewards(members[1]))
+  for s in evaluator.subsets:
+    assert curve["wa"][s][0] == acc0[s] and curve["wa"][s][-1] == acc1[s]
+    assert curve["line"][s][1] == pytest.approx((acc0[s] + acc1[s]) / 2)
+    assert curve["ens"][s][0] == acc0[s] and curve["ens"][s][-1] == acc1[s]
+  half = jax.tree_util.tree_map(lambda a, b: (np.asarray(a) + np.asarray(b)) / 2,
+                                members[0], members[1])
+  ood = evaluator.subsets["ood"]
+  assert curve["wa"]["ood"][1] == pytest.approx(_direct_accuracy(cfg, half, ood.arrays,
+                                                                 ood.target))
+  assert curve["bump"]["ood"] == pytest.approx(curve["wa"]["ood"][1] - curve["line"]["ood"][1])
+
+
+def test_accuracy_vs_m_and_pairs(setup):
+  _, members, evaluator, _ = setup
+  rewards = [evaluator.rewards(p) for p in members]
+  vs_m = evaluator.accuracy_vs_m(members, rewards, {"given": [2, 0, 1]})
+  assert vs_m["given"]["m"] == [1, 2, 3]
+  assert vs_m["given"]["wa"][0] == evaluator.accuracy(rewards[2])
+  pairs = evaluator.wa_minus_ens_over_pairs(members, rewards)
+  assert pairs["pairs"] == [[0, 1], [0, 2], [1, 2]]
+  assert all(len(v) == 3 for v in pairs["diff"].values())

@@ -1,0 +1,172 @@
+"""RL: the REINFORCE gradient against the analytic one on a bandit, the KL terms, the baselines,
+and a tiny run end to end (metrics, checkpoints, value warm-up)."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from test_bon import PROMPT_LEN, make_policy_data_dir, save_random_model
+from warm_jax import checkpoints as ckpt_lib
+from warm_jax import policy_objective as po
+from warm_jax import rl
+from warm_jax.data.datasets import prompt_dataset
+from warm_jax.metrics_writer import read_metrics
+from warm_jax.models import LanguageModel, RewardModel
+from warm_jax.optimizers import OptimizerConfig
+from warm_jax.sampling import SamplingConfig
+from warm_jax.trainer import TrainerConfig
+
+ARMS = 5
+
+
+def _bandit(seed=0):
+  rng = np.random.default_rng(seed)
+  return (jnp.asarray(rng.normal(size=ARMS)), jnp.asarray(rng.normal(size=ARMS)),
+          jnp.asarray(rng.normal(size=ARMS)))  # policy logits, rewards, reference logits
+
+
+def test_reinforce_gradient_on_a_bandit_matches_the_analytic_one():
+  theta, reward, ref_logits = _bandit()
+  p = jax.nn.softmax(theta)
+  analytic = p * (reward - p @ reward)  # d/dtheta sum_a p_a r_a
+
+  def reinforce_loss(theta, arms, weights, baseline):
+    log_probs = jax.nn.log_softmax(theta)[arms][None]
+    advantages = (reward[arms] - baseline)[None]
+    return po.policy_gradient_sums(log_probs, advantages, weights[None])[0]
+
+  # Exact expectation: every arm weighted by its probability; any baseline.
+  for baseline in (0.0, 0.7):
+    exact = -jax.grad(reinforce_loss)(theta, jnp.arange(ARMS), p, baseline)
+    np.testing.assert_allclose(exact, analytic, atol=1e-6)
+  # Monte Carlo with the mean reward as baseline: within sampling noise of the analytic one.
+  n = 40_000
+  arms = jax.random.categorical(jax.random.key(0), theta, shape=(n,))
+  estimate = -jax.grad(reinforce_loss)(theta, arms, jnp.full((n,), 1.0 / n), p @ reward)
+  np.testing.assert_allclose(estimate, analytic, atol=0.02)
+
+
+def test_kl_folded_into_the_reward_or_the_loss_gives_the_regularised_gradient():
+  theta, reward, ref_logits = _bandit(1)
+  alpha = 0.3
+  log_q = jax.nn.log_softmax(ref_logits)
+
+  def objective(theta):  # E[r] - alpha KL(pi || ref)
+    log_p = jax.nn.log_softmax(theta)
+    return jnp.exp(log_p) @ reward - alpha * jnp.exp(log_p) @ (log_p - log_q)
+
+  analytic = jax.grad(objective)(theta)
+  p = jax.lax.stop_gradient(jax.nn.softmax(theta))
+
+  # Each arm is a one-token response in its own row, weighted by its probability (the exact
+  # expectation); the RM reward sits on that token.
+  def per_arm_loss(theta, mode):
+    log_p = jax.nn.log_softmax(theta)[:, None]
+    config = rl.RLConfig(kl_coef=alpha, kl_penalty=mode, baseline="none",
+                         kl_estimator="k1" if mode == "reward" else "k2")
+    adv = rl.compute_advantages(log_probs=jax.lax.stop_gradient(log_p),
+                                ref_log_probs=log_q[:, None], response_mask=jnp.ones((ARMS, 1)),
+                                rewards=reward, values=jnp.zeros((ARMS, 1)), config=config)
+    return po.policy_gradient_sums(log_p, adv["advantages"], p[:, None],
+                                   ref_log_probs=log_q[:, None], kl_coef=alpha,
+                                   kl_estimator=config.kl_estimator,
+                                   kl_in_loss=mode == "loss")[0]
+
+  for mode in ("reward", "loss"):
+    np.testing.assert_allclose(-jax.grad(per_arm_loss)(theta, mode), analytic, atol=1e-6)
+
+
+def test_kl_is_zero_when_the_policy_is_the_reference_and_the_baselines():
+  rng = np.random.default_rng(0)
+  log_probs = jnp.asarray(rng.normal(size=(4, 6)))
+  mask = jnp.asarray([[0, 0, 1, 1, 1, 0], [0, 1, 1, 1, 1, 1], [0, 0, 0, 1, 0, 0],
+                      [0, 1, 1, 0, 0, 0]], jnp.float32)
+  rewards, values = jnp.asarray([1.0, 3.0, -2.0, 0.5]), jnp.asarray(rng.normal(size=(4, 6)))
+  for estimator in po.KL_ESTIMATORS:
+    assert np.all(po.kl_estimate(log_probs, log_probs, estimator) == 0)
+    out = rl.compute_advantages(log_probs=log_probs, ref_log_probs=log_probs,
+                                response_mask=mask, rewards=rewards, values=values,
+                                config=rl.RLConfig(kl_estimator=estimator, kl_coef=0.5))
+    assert np.all(out["kl"] == 0)
+    # No KL: the return of every response token is the final reward.
+    np.testing.assert_allclose(out["returns"], rewards[:, None] * mask)
+    np.testing.assert_allclose(out["advantages"], (rewards[:, None] - values) * mask, atol=1e-6)
+  # k1 KL folded into the rewards: G_t = R - alpha * sum_{t' >= t} d_t'.
+  ref = log_probs - 0.1
+  out = rl.compute_advantages(log_probs=log_probs, ref_log_probs=ref, response_mask=mask,
+                              rewards=rewards, values=values, config=rl.RLConfig(kl_coef=0.5))
+  np.testing.assert_allclose(out["returns"][1], (3.0 - 0.5 * 0.1 * np.array(
+      [0, 5, 4, 3, 2, 1])) * np.asarray(mask[1]), atol=1e-6)
+  # Leave-one-out over K = 2 samples per prompt: A_i = total_i - total_other.
+  loo = rl.compute_advantages(log_probs=log_probs, ref_log_probs=log_probs, response_mask=mask,
+                              rewards=rewards, values=values, config=rl.RLConfig(
+                                  baseline="leave_one_out", samples_per_prompt=2))
+  np.testing.assert_allclose(loo["advantages"][:, 3], [-2.0, 2.0, -2.5, 0.0])
+  with pytest.raises(ValueError, match="needs >= 2 samples"):
+    rl.RLConfig(baseline="leave_one_out")
+
+
+def _run(tmp_path, name, *, steps, rl_config, data, sft, rm):
+  cfg = tiny_config(vocab_size=320, max_len=32, num_layers=1)
+  return rl.train_policy(
+      model_dir=str(tmp_path / name), sft_path=sft, reward_model=rm, model_config=cfg,
+      optimizer=OptimizerConfig(learning_rate=1e-2),
+      trainer_config=TrainerConfig(train_steps=steps, batch_size=8, log_every=1, save_every=2,
+                                   keep_checkpoints=None),
+      dataset=prompt_dataset(data_dir=data, split="train", prompt_len=PROMPT_LEN),
+      eval_dataset=prompt_dataset(data_dir=data, split="validation", shuffle=False),
+      rl=rl_config, sampling=SamplingConfig(max_new_tokens=6), data_dir=data,
+      write_config=False)
+
+
+def test_tiny_rl_run_writes_metrics_checkpoints_and_warms_up_the_value(tmp_path):
+  """Value baseline with warm-up, an ENS reward of two RMs, and WARP's EMA anchor."""
+  data = make_policy_data_dir(str(tmp_path / "data"))
+  cfg = tiny_config(vocab_size=320, max_len=32, num_layers=1)
+  sft = save_random_model(LanguageModel(cfg), str(tmp_path / "sft"), 0)
+  rms = [save_random_model(RewardModel(cfg), str(tmp_path / f"rm_{i}"), i + 1) for i in (0, 1)]
+  last = _run(tmp_path, "rl", steps=3, data=data, sft=sft, rm=rms, rl_config=rl.RLConfig(
+      value_warmup_steps=1, anchor="ema", anchor_ema_rate=0.5))
+  records = read_metrics(str(tmp_path / "rl"))
+  assert [r["step"] for r in records] == [1, 2, 3]
+  for r in records:
+    missing = set(rl.METRIC_KEYS + rl.VALUE_METRIC_KEYS) - set(r)
+    assert not missing, missing
+  assert set(last) <= set(records[-1]) and "eval/oracle_reward" in last
+  # The policy (and the anchor) is the SFT policy until the first update, after the rollout
+  # of step 2: the KL terms are exactly zero at init.
+  assert [r["policy/updated"] for r in records] == [0.0, 1.0, 1.0]
+  for r in records[:2]:
+    assert r["rewards/kl_to_sft"] == r["rewards/kl_to_ref"] == r["rewards/kl_penalty"] == 0.0
+  assert records[2]["rewards/kl_to_sft"] != 0.0
+  assert records[2]["rewards/kl_to_ref"] != records[2]["rewards/kl_to_sft"]
+  for sub in ("checkpoints", "value/checkpoints", "anchor"):
+    assert sorted(os.listdir(tmp_path / "rl" / sub)) == ["2", "3"]
+  assert json.load(open(tmp_path / "rl" / "DONE"))["step"] == 3
+  # One update so far at step 2: the anchor is (1 - mu) SFT + mu policy.
+  anchor = ckpt_lib.load_params(str(tmp_path / "rl" / "anchor" / "2"))
+  policy = ckpt_lib.load_params(str(tmp_path / "rl" / "checkpoints" / "2"))
+  expected = jax.tree_util.tree_map(lambda s, p: 0.5 * s + 0.5 * p, ckpt_lib.load_params(sft),
+                                    policy)
+  jax.tree_util.tree_map(lambda a, e: np.testing.assert_allclose(a, e, atol=1e-6), anchor,
+                         expected)
+
+
+@pytest.mark.parametrize("stage,required", [("bon", "OUTPUT_DIR"), ("rl", "DATA_DIR"),
+                                            ("win_rates", "OUTPUT_DIR")])
+def test_stage_gin_files_bind_their_stage_and_name_missing_inputs(stage, required):
+  import gin
+  from warm_jax import configurables
+  from warm_jax.gin_utils import parse_gin
+  configurables.register()
+  try:
+    parse_gin(["gin/models/tiny.gin", f"gin/{stage}.gin"], [])
+    with gin.unlock_config(), pytest.raises(ValueError, match=required):
+      gin.get_configurable("run_stage")()
+  finally:
+    gin.clear_config()

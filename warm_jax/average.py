@@ -1,0 +1,153 @@
+"""`python -m warm_jax.average`: merge reward-model checkpoints into one (WARM and friends).
+
+  python -m warm_jax.average --inputs runs/rm_0 runs/rm_1 runs/rm_2 --output runs/warm_3
+  python -m warm_jax.average --inputs A B --output AB_03 --method interpolate --lambda 0.3
+  python -m warm_jax.average --inputs A B C --output W --method weighted --weights 2 1 1
+  python -m warm_jax.average --inputs P1 P2 --init SFT --output P --method liti --eta 0.3 \
+      --head none
+  python -m warm_jax.average --gin_file=gin/average.gin --gin.INPUTS="['A', 'B']" \
+      --gin.OUTPUT="'W'"
+
+Each input is a plain orbax PyTree checkpoint dir, a `checkpoints/<step>` dir or a stage's
+MODEL_DIR (its latest step). The output is a new plain orbax checkpoint with OUTPUT/manifest.json
+(inputs, steps, content hashes, weights, method, time, peak memory). Flags:
+
+  --inputs DIR [DIR ...]  the members, in the order --weights refers to
+  --output DIR            the new checkpoint (refused if it exists, unless --overwrite)
+  --method NAME           uniform (default), weighted, interpolate, greedy, slerp, liti
+  --weights W [W ...]     weighted: one non-negative weight per input
+  --lambda X              interpolate (required) and slerp/liti of 2 members: in [0, 1]
+  --init DIR              slerp, liti: the checkpoint the members were fine-tuned from
+  --eta X                 liti: (1 - eta) init + eta merged, in [0, 1] (default 0.3)
+  --base NAME             liti: merge the members by slerp (default) or uniform first
+  --head NAME|none        a node the inputs must have and the output keeps (reward_head)
+  --overwrite             replace an existing output (never an input)
+  --gin_file, --gin.NAME=VALUE, --gin_bindings, --gin_search_paths   as in warm_jax.train;
+                          flags given on the command line win over gin bindings
+
+Nothing is written on any refusal (exit status 1; 2 for a malformed command line). The
+averager is a host program: it reads and writes numpy arrays and never uses an accelerator.
+Greedy selection needs a validation score function, so it runs from Python or gin
+(`average_checkpoints.score_fn`), not from the flags alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from warm_jax.checkpoints import CheckpointError
+from warm_jax.merging import MergeConfigError, average_checkpoints, memory, method_names
+
+__all__ = ["average_checkpoints", "main"]
+
+USAGE_EXIT_CODE = 2
+REFUSED_EXIT_CODE = 1
+
+
+class _Parser(argparse.ArgumentParser):
+  def error(self, message):
+    raise _UsageError(message)
+
+
+class _UsageError(Exception):
+  pass
+
+
+def _parser() -> argparse.ArgumentParser:
+  """Each flag's dest is the average_checkpoints keyword it sets; unset flags are absent (so
+  gin bindings apply)."""
+  p = _Parser(prog="python -m warm_jax.average", add_help=False,
+              argument_default=argparse.SUPPRESS)
+  p.add_argument("--inputs", nargs="+")
+  p.add_argument("--output")
+  p.add_argument("--method", choices=method_names())
+  p.add_argument("--weights", nargs="+", type=float)
+  p.add_argument("--lambda", dest="lam", type=float)
+  p.add_argument("--init")
+  p.add_argument("--eta", type=float)
+  p.add_argument("--base")
+  p.add_argument("--head")
+  p.add_argument("--overwrite", action="store_true")
+  p.add_argument("-h", "--help", action="store_true")
+  return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  import gin
+  from warm_jax import configurables
+  from warm_jax.gin_utils import GinConfigError, parse_gin, split_gin_args
+
+  argv = list(sys.argv[1:] if argv is None else argv)
+  logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s")
+  logging.getLogger().setLevel(os.environ.get("WARM_JAX_LOGLEVEL", "INFO"))
+  logging.getLogger("absl").setLevel(logging.WARNING)  # orbax narrates every save at INFO
+  try:
+    files, bindings, paths, rest = split_gin_args(argv)
+    flags = vars(_parser().parse_args(rest))
+  except (GinConfigError, _UsageError) as e:
+    print(f"error: {e}\n(see python -m warm_jax.average --help)", file=sys.stderr)
+    return USAGE_EXIT_CODE
+  if flags.pop("help", False):
+    print(__doc__)
+    return 0
+  if "head" in flags and flags["head"].lower() in ("none", ""):
+    flags["head"] = None
+
+  # A host-only program: keep jax (imported by orbax) off any accelerator.
+  import jax
+  jax.config.update("jax_platforms", "cpu")
+  # Freed bands go straight back to the OS, so peak memory stays flat in M.
+  memory.pin_mmap_threshold()
+
+  use_gin = bool(files or bindings)
+  if use_gin:
+    # Only with gin input: registering every configurable imports the whole library (seconds).
+    configurables.register()
+    try:
+      parse_gin(files, bindings, paths)
+    except GinConfigError as e:
+      print(f"error: {e}", file=sys.stderr)
+      return USAGE_EXIT_CODE
+  kwargs = dict(flags)
+  for required in ("inputs", "output"):
+    if required not in kwargs and not (use_gin and _gin_has(f"average_checkpoints.{required}")):
+      print(f"error: no --{required} (nor average_checkpoints.{required} in gin); see --help",
+            file=sys.stderr)
+      return USAGE_EXIT_CODE
+  try:
+    if use_gin:
+      with gin.unlock_config():
+        manifest = gin.get_configurable("average_checkpoints")(**kwargs)
+    else:
+      manifest = average_checkpoints(**kwargs)
+  except (MergeConfigError, CheckpointError, ValueError) as e:
+    logging.debug("averaging refused", exc_info=True)
+    # gin appends "In call to configurable ..." to the message; the message alone is clearer.
+    message = str(e).split("\n  In call to configurable")[0]
+    if "nothing was written" not in message:
+      message += "\nnothing was written"
+    print(f"error: {type(e).__name__}: {message}", file=sys.stderr)
+    return REFUSED_EXIT_CODE
+  print(json.dumps({"output": manifest["output"]["path"],
+                    "content_hash": manifest["output"]["content_hash"],
+                    "wall_s": manifest["wall_s"], "peak_rss_bytes": manifest["peak_rss_bytes"],
+                    "bytes_read": manifest["bytes_read"]}))
+  return 0
+
+
+def _gin_has(name: str) -> bool:
+  import gin
+  try:
+    gin.query_parameter(name)
+  except ValueError:
+    return False
+  return True
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,134 @@
+"""Training data from a built data dir, without TensorFlow: token arrays -> `ArrayDataset`.
+
+Where it sits: the stage gins bind these functions (gin/pretrain.gin: `lm_dataset`,
+gin/sft.gin: `sft_dataset`; the RM stage `preference_dataset`, best-of-N / RL
+`prompt_dataset`) to `DATA_DIR`, a dir written once by `python -m warm_jax.data.build`. They
+load `DIR/arrays/<kind>.<split>.npz` (made through the seqio tasks) and wrap it in
+`batching.ArrayDataset`, whose batch of step s is a pure function of (seed, s): a resumed run
+reads the same batches as an uninterrupted one.
+
+Each loader checks the dir against the stage's configuration: `seq_len` (or `prompt_len`)
+must equal the arrays' length and `vocab_size` the tokenizer's, so a model and a data dir built
+for different shapes fail at start-up with the fix in the message.
+
+Batches (all int32 unless noted; L = SEQ_LEN, P = PROMPT_LEN, masks 1 = real token):
+  lm, sft:      tokens, mask, loss_mask [n, L] right-padded (sft: loss_mask 1 exactly on the
+                summary tokens and its EOS)
+  preferences:  chosen_tokens, chosen_mask, rejected_tokens, rejected_mask [n, L] and the
+                per-pair metadata of `data_dir.PREFERENCE_METADATA` [n] (gold rewards float32)
+  prompts:      prompt_tokens, prompt_mask [n, P] LEFT-padded, prompt_index [n]
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from warm_jax.data import data_dir as data_dir_lib
+from warm_jax.data.batching import ArrayDataset
+from warm_jax.data.vocab import SentencePieceVocabulary
+
+LM_FEATURES = ("tokens", "mask", "loss_mask")
+PREFERENCE_TOKEN_FEATURES = ("chosen_tokens", "chosen_mask", "rejected_tokens", "rejected_mask")
+PREFERENCE_FEATURES = PREFERENCE_TOKEN_FEATURES + tuple(data_dir_lib.PREFERENCE_METADATA)
+PROMPT_FEATURES = ("prompt_tokens", "prompt_mask", data_dir_lib.PROMPT_INDEX)
+_LENGTH_FEATURE = {"lm": "tokens", "sft": "tokens", "preferences": "chosen_tokens",
+                   "prompts": "prompt_tokens"}
+
+
+def load_vocabulary(data_dir: str) -> SentencePieceVocabulary:
+  """The data dir's tokenizer (same ids as seqio.SentencePieceVocabulary on its spm.model)."""
+  data_dir_lib.read_meta(data_dir)
+  return SentencePieceVocabulary(os.path.join(data_dir, data_dir_lib.SPM_MODEL_FILE))
+
+
+def load_arrays(data_dir: str, *, kind: str, split: str, length: int | None = None,
+                vocab_size: int | None = None) -> dict[str, np.ndarray]:
+  """All arrays of one split, checked against the expected length and vocab size."""
+  meta = data_dir_lib.read_meta(data_dir)
+  name = data_dir_lib.dataset_name(kind, split)
+  if vocab_size is not None and vocab_size != meta["vocab_size"]:
+    raise data_dir_lib.DataDirError(
+        f"VOCAB_SIZE is {vocab_size} but the tokenizer of {data_dir} has {meta['vocab_size']} "
+        "pieces: set VOCAB_SIZE (gin/data/common.gin or --gin.VOCAB_SIZE) to "
+        f"{meta['vocab_size']}, or rebuild the data with --gin.VOCAB_SIZE={vocab_size}")
+  path = data_dir_lib.arrays_path(data_dir, name)
+  if not os.path.isfile(path):
+    raise data_dir_lib.DataDirError(f"{path} does not exist: the data dir is incomplete; "
+                                    f"rebuild it with `{data_dir_lib.BUILD_COMMAND}`")
+  try:
+    with np.load(path, allow_pickle=False) as npz:
+      arrays = {k: npz[k] for k in npz.files}
+  except (OSError, ValueError) as e:
+    raise data_dir_lib.DataFormatError(f"{path} is not a readable npz file ({e}): rebuild "
+                                       f"the data dir with `{data_dir_lib.BUILD_COMMAND}`"
+                                       ) from e
+  stored = arrays[_LENGTH_FEATURE[kind]].shape[1]
+  if length is not None and length != stored:
+    macro = "PROMPT_LEN" if kind == "prompts" else "SEQ_LEN"
+    raise data_dir_lib.DataDirError(
+        f"{macro} is {length} but {path} holds sequences of {stored} tokens: set {macro}="
+        f"{stored} (gin/data/common.gin), or rebuild the data with --gin.{macro}={length}")
+  return arrays
+
+
+def _dataset(arrays: dict[str, np.ndarray], features: Sequence[str], *, path: str, seed: int,
+             shuffle: bool) -> ArrayDataset:
+  missing = [f for f in features if f not in arrays]
+  if missing:
+    raise data_dir_lib.DataDirError(f"{path} has no feature(s) {missing} (it has "
+                                    f"{sorted(arrays)}): choose features among those")
+  if not len(arrays[features[0]]):
+    raise data_dir_lib.DataDirError(f"{path} has no examples: the build's WorldConfig gave "
+                                    "this split zero posts or pairs")
+  return ArrayDataset({f: arrays[f] for f in features}, seed=seed, shuffle=shuffle)
+
+
+def _load(kind: str, *, data_dir: str, split: str, features: Sequence[str], seed: int,
+          shuffle: bool, length: int | None, vocab_size: int | None) -> ArrayDataset:
+  arrays = load_arrays(data_dir, kind=kind, split=split, length=length, vocab_size=vocab_size)
+  path = data_dir_lib.arrays_path(data_dir, data_dir_lib.dataset_name(kind, split))
+  return _dataset(arrays, tuple(features), path=path, seed=seed, shuffle=shuffle)
+
+
+def lm_dataset(*, data_dir: str | None, split: str = "train", seed: int = 0,
+               shuffle: bool = True, seq_len: int | None = None,
+               vocab_size: int | None = None) -> ArrayDataset:
+  """Packed pre-training windows {tokens, mask, loss_mask} [n, L] (every token a target)."""
+  return _load("lm", data_dir=data_dir, split=split, features=LM_FEATURES, seed=seed,
+               shuffle=shuffle, length=seq_len, vocab_size=vocab_size)
+
+
+def sft_dataset(*, data_dir: str | None, split: str = "train", seed: int = 0,
+                shuffle: bool = True, seq_len: int | None = None,
+                vocab_size: int | None = None) -> ArrayDataset:
+  """SFT examples {tokens, mask, loss_mask} [n, L]: prompt then summary + EOS, right-padded;
+  loss_mask is 1 only on the summary and its EOS."""
+  return _load("sft", data_dir=data_dir, split=split, features=LM_FEATURES, seed=seed,
+               shuffle=shuffle, length=seq_len, vocab_size=vocab_size)
+
+
+def preference_dataset(*, data_dir: str | None, split: str = "rm_train", seed: int = 0,
+                       shuffle: bool = True, seq_len: int | None = None,
+                       vocab_size: int | None = None,
+                       features: Sequence[str] | None = None) -> ArrayDataset:
+  """Preference pairs: chosen/rejected tokens and masks [n, L] plus per-pair metadata [n].
+
+  split: rm_train, id_val or ood. features: the subset to keep (default PREFERENCE_FEATURES:
+  tokens, masks and every metadata array).
+  """
+  return _load("preferences", data_dir=data_dir, split=split,
+               features=features or PREFERENCE_FEATURES, seed=seed, shuffle=shuffle,
+               length=seq_len, vocab_size=vocab_size)
+
+
+def prompt_dataset(*, data_dir: str | None, split: str = "train", seed: int = 0,
+                   shuffle: bool = True, prompt_len: int | None = None,
+                   vocab_size: int | None = None,
+                   features: Sequence[str] | None = None) -> ArrayDataset:
+  """Prompts for decoding: prompt_tokens, prompt_mask [n, P] LEFT-padded and prompt_index [n]
+  (the line of the prompt in text/prompts.<split>.jsonl: its post_id, for the gold reward)."""
+  return _load("prompts", data_dir=data_dir, split=split, features=features or PROMPT_FEATURES,
+               seed=seed, shuffle=shuffle, length=prompt_len, vocab_size=vocab_size)

@@ -1,0 +1,155 @@
+"""`python -m warm_jax.evaluate`: the paper's reward-model evaluations, written as JSON + plots.
+
+  python -m warm_jax.evaluate --gin_file=gin/models/tiny.gin --gin_file=gin/evaluate.gin \
+      --gin.DATA_DIR="'/tmp/data'" --gin.MEMBERS_DIR="'/tmp/members'" \
+      --gin.OUTPUT_DIR="'/tmp/eval'"
+
+Reads every finished member under MEMBERS_DIR (member_<i> with DONE, latest checkpoint) or an
+explicit list of params paths, and writes OUTPUT_DIR/eval.json:
+
+  table        accuracy per subset (train_clean, train_corrupt, id_val, ood) of each member,
+               WARM M and ENS M (members ranked best first on ID val), plus the ranking
+  lmc          per named pair: WA / ENS / straight line vs lambda (11 points) per subset, and
+               the bump (mean of curve - line over interior lambdas)
+  vs_m         accuracy of WA and ENS of the first M members for the orders best-to-worst,
+               worst-to-best, random (seeded) and greedy (kept members only)
+  wa_minus_ens Acc(WA) - Acc(ENS) per subset for every pair of members (lambda = 1/2)
+
+and OUTPUT_DIR/plots/*.png. See warm_jax/evaluation.py for the definitions.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from warm_jax import checkpoints as ckpt_lib
+from warm_jax import evaluation as ev
+from warm_jax import plots
+from warm_jax.models import TransformerConfig
+from warm_jax.partitioning import Partitioner
+from warm_jax.scoring import RewardScorer
+
+EVAL_FILE = "eval.json"
+
+
+def finished_members(members_dir: str) -> list[str]:
+  """member_<i> dirs with a DONE marker, by index."""
+  if not os.path.isdir(members_dir):
+    raise FileNotFoundError(f"members dir {members_dir} does not exist: train members first "
+                            "(gin/rm.gin or gin/rm_members.gin)")
+  found = []
+  for name in os.listdir(members_dir):
+    m = re.fullmatch(r"member_(\d+)", name)
+    if m and os.path.exists(os.path.join(members_dir, name, "DONE")):
+      found.append((int(m.group(1)), os.path.join(members_dir, name)))
+  if not found:
+    raise FileNotFoundError(f"no finished member (member_<i>/DONE) in {members_dir}")
+  return [path for _, path in sorted(found)]
+
+
+def load_subsets(data_dir: str, *, seq_len: int | None, vocab_size: int | None
+                 ) -> dict[str, ev.PairSet]:
+  from warm_jax.data.datasets import load_arrays
+  splits = {split: load_arrays(data_dir, kind="preferences", split=split, length=seq_len,
+                               vocab_size=vocab_size) for split in ("rm_train", "id_val", "ood")}
+  return ev.subsets_from_splits(**splits)
+
+
+def evaluate_reward_models(*, output_dir: str | None, data_dir: str,
+                           model_config: TransformerConfig, members_dir: str | None = None,
+                           member_paths: Sequence[str] = (), ms: Sequence[int] = (2, 6),
+                           lmc_pairs: Mapping[str, Sequence[str]] | None = None,
+                           pairs_histogram: bool = True, orders_seed: int = 0,
+                           batch_size: int = 64, seq_len: int | None = None,
+                           vocab_size: int | None = None,
+                           partitioner: Partitioner | None = None) -> dict[str, Any]:
+  """Runs the evaluations and writes OUTPUT_DIR/eval.json and plots (see module docstring).
+
+  lmc_pairs: {name: (params_path_a, params_path_b)}, e.g. the four diversity levels.
+  """
+  if not output_dir:
+    raise ValueError("OUTPUT_DIR is not set: pass --gin.OUTPUT_DIR=\"'/path'\"")
+  t0 = time.time()
+  paths = list(member_paths) or (finished_members(members_dir) if members_dir else [])
+  if not paths and not lmc_pairs:
+    raise ValueError("nothing to evaluate: give MEMBERS_DIR, member_paths or lmc_pairs")
+  if len(set(map(os.path.realpath, paths))) != len(paths):
+    raise ValueError(f"duplicate member paths in {paths}")
+  scorer = RewardScorer(model_config=model_config, partitioner=partitioner or Partitioner(),
+                        batch_size=batch_size)
+  evaluator = ev.Evaluator(scorer=scorer, subsets=load_subsets(
+      data_dir, seq_len=seq_len, vocab_size=vocab_size))
+  result: dict[str, Any] = {"members": paths,
+                            "subset_sizes": {k: len(v) for k, v in evaluator.subsets.items()}}
+  if paths:
+    members = [ckpt_lib.load_params(p) for p in paths]
+    names = [os.path.basename(os.path.normpath(p)) for p in paths]
+    table = evaluator.table(members, ms, member_names=names)
+    member_rewards = table.pop("_member_rewards")
+    result["table"] = table
+    member_acc = [table["rows"][n] for n in names]
+    ranked = ev.rank_members(member_acc)
+    rng = np.random.default_rng(orders_seed)
+    orders = {"best_to_worst": ranked, "worst_to_best": ranked[::-1],
+              "random": [int(i) for i in rng.permutation(len(members))]}
+    if len(members) > 1:
+      from warm_jax.merging import greedy_selection
+      greedy = greedy_selection(
+          num_members=len(members), load_member=lambda i: members[i],
+          score_fn=lambda p: evaluator.accuracy(evaluator.rewards(p))[ev.RANKING_SUBSET])
+      orders["greedy"] = [step["member"] for step in greedy["steps"] if step["accepted"]]
+      result["vs_m"] = evaluator.accuracy_vs_m(members, member_rewards, orders)
+      if pairs_histogram:
+        result["wa_minus_ens"] = evaluator.wa_minus_ens_over_pairs(members, member_rewards)
+  if lmc_pairs:
+    result["lmc"] = {name: evaluator.lmc_curve(ckpt_lib.load_params(a),
+                                               ckpt_lib.load_params(b))
+                     for name, (a, b) in lmc_pairs.items()}
+  result["wall_s"] = round(time.time() - t0, 2)
+  write_outputs(output_dir, result)
+  logging.info("evaluation written to %s (%.1fs)", output_dir, result["wall_s"])
+  return result
+
+
+def write_outputs(output_dir: str, result: dict[str, Any]) -> None:
+  plot_dir = os.path.join(output_dir, "plots")
+  os.makedirs(plot_dir, exist_ok=True)
+  if "table" in result:
+    plots.plot_accuracy_table(result["table"]["rows"], os.path.join(plot_dir, "accuracy.png"),
+                              title="Pairwise accuracy: members, WARM M, ENS M")
+  for subset in ("id_val", "ood"):
+    if "vs_m" in result and subset in next(iter(result["vs_m"].values()))["wa"][0]:
+      plots.plot_accuracy_vs_m(result["vs_m"], subset,
+                               os.path.join(plot_dir, f"accuracy_vs_m_{subset}.png"))
+  if "wa_minus_ens" in result:
+    plots.plot_wa_minus_ens(result["wa_minus_ens"]["diff"],
+                            os.path.join(plot_dir, "wa_minus_ens.png"),
+                            title="Acc(WA) - Acc(ENS) over member pairs")
+  if "lmc" in result:
+    subsets = next(iter(result["lmc"].values()))["wa"]
+    for subset in subsets:
+      plots.plot_lmc(result["lmc"], subset, os.path.join(plot_dir, f"lmc_{subset}.png"))
+    for name, curve in result["lmc"].items():
+      plots.plot_lmc_subsets(curve, os.path.join(plot_dir, f"lmc_pair_{name}.png"),
+                             title=f"WA vs ENS along {name.replace('_', ' ')}")
+  ckpt_lib.atomic_write_text(os.path.join(output_dir, EVAL_FILE),
+                             json.dumps(result, indent=1, sort_keys=True) + "\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  from warm_jax.gin_utils import gin_main
+  return gin_main(argv, entry="evaluate_reward_models", doc=__doc__,
+                  example="--gin_file=gin/models/tiny.gin --gin_file=gin/evaluate.gin")
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,228 @@
+"""The paper's reward-model evaluations: accuracy per subset for members, WARM and ENS, LMC
+curves, accuracy vs M by selection order, and Acc(WA) - Acc(ENS) over member pairs.
+
+Where it sits: after the members are trained (and averaged). `python -m warm_jax.evaluate`
+(warm_jax/evaluate.py) and the experiment driver call these functions; figures come from
+`warm_jax.plots`.
+
+Subsets (PAPER.md figs 4-5), from a built data dir's preference splits:
+  train_clean    rm_train pairs whose label was not corrupted; accuracy vs the training label
+  train_corrupt  rm_train pairs whose label was swapped; accuracy vs the (swapped) training
+                 label = how much of the corruption the model memorised (lower is better)
+  id_val         held-out posts, ID generator mix; accuracy vs the gold sign
+  ood            held-out posts, OOD mix (length no longer predictive); accuracy vs gold
+Pairwise accuracy counts ties as correct (r+ >= r-), as in the paper.
+
+Models: a member is a params tree; WARM M = the uniform weight average of the M members ranked
+best first by ID-val accuracy (the paper ranks on OOD, which leaks the test distribution into
+the selection; we rank on ID val and say so); ENS M = the mean of the same M members' rewards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from warm_jax.scoring import RewardScorer
+
+SUBSETS = ("train_clean", "train_corrupt", "id_val", "ood")
+RANKING_SUBSET = "id_val"
+LAMBDAS = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))
+
+
+@dataclasses.dataclass
+class PairSet:
+  """Tokenised pairs of one subset and which side the accuracy counts as correct.
+
+  `target[i] = 0` when the chosen side should score higher, 1 when the rejected side should.
+  """
+
+  name: str
+  arrays: dict[str, np.ndarray]
+  target: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.target)
+
+
+def subsets_from_splits(*, rm_train: dict[str, np.ndarray], id_val: dict[str, np.ndarray],
+                        ood: dict[str, np.ndarray]) -> dict[str, PairSet]:
+  """The four evaluation subsets from preference arrays (with metadata) of the three splits."""
+  token_keys = ("chosen_tokens", "chosen_mask", "rejected_tokens", "rejected_mask")
+
+  def take(arrays, rows):
+    return {k: arrays[k][rows] for k in token_keys}
+
+  corrupted = rm_train["corrupted"].astype(bool)
+  sets = {
+      "train_clean": PairSet("train_clean", take(rm_train, ~corrupted),
+                             np.zeros(int((~corrupted).sum()), np.int32)),
+      "train_corrupt": PairSet("train_corrupt", take(rm_train, corrupted),
+                               np.zeros(int(corrupted.sum()), np.int32)),
+      "id_val": PairSet("id_val", take(id_val, slice(None)), id_val["gold_label"].astype(np.int32)),
+      "ood": PairSet("ood", take(ood, slice(None)), ood["gold_label"].astype(np.int32)),
+  }
+  return {k: v for k, v in sets.items() if len(v)}
+
+
+def pair_accuracy(r_chosen: np.ndarray, r_rejected: np.ndarray, target: np.ndarray) -> float:
+  """Mean of 1{r_preferred >= r_other}, the preferred side given by `target` (ties correct)."""
+  if len(target) == 0:
+    return float("nan")
+  margin = np.where(target == 0, r_chosen - r_rejected, r_rejected - r_chosen)
+  return float(np.mean(margin >= 0))
+
+
+Rewards = dict[str, tuple[np.ndarray, np.ndarray]]  # subset -> (r_chosen, r_rejected)
+
+
+def score_subsets(scorer: RewardScorer, params: Any, subsets: dict[str, PairSet]) -> Rewards:
+  """Rewards of both sides of every pair of every subset, in ONE pass over the concatenated
+  sequences (so an LMC point or a vs-M point costs ceil(2 * total pairs / batch) calls)."""
+  placed = scorer.place(params)
+  tokens = np.concatenate([s.arrays[f"{side}_tokens"] for s in subsets.values()
+                           for side in ("chosen", "rejected")])
+  mask = np.concatenate([s.arrays[f"{side}_mask"] for s in subsets.values()
+                         for side in ("chosen", "rejected")])
+  rewards = scorer.rewards(placed, tokens, mask)
+  out, start = {}, 0
+  for name, s in subsets.items():
+    n = len(s)
+    out[name] = (rewards[start:start + n], rewards[start + n:start + 2 * n])
+    start += 2 * n
+  return out
+
+
+def accuracies(rewards: Rewards, subsets: dict[str, PairSet]) -> dict[str, float]:
+  return {name: pair_accuracy(*rewards[name], subsets[name].target) for name in rewards}
+
+
+def ensemble_rewards(members: Sequence[Rewards], weights: Sequence[float] | None = None
+                     ) -> Rewards:
+  """ENS: the (weighted) mean of the members' rewards, subset by subset."""
+  w = np.full(len(members), 1.0 / len(members)) if weights is None else np.asarray(weights)
+  w = w / w.sum()
+  return {name: (sum(wi * m[name][0] for wi, m in zip(w, members)),
+                 sum(wi * m[name][1] for wi, m in zip(w, members)))
+          for name in members[0]}
+
+
+def weight_average(trees: Sequence[Any], weights: Sequence[float] | None = None) -> Any:
+  """In-memory weighted average of params trees (float32 accumulation)."""
+  from warm_jax.merging import merge_params
+  if weights is None:
+    return merge_params("uniform", trees)
+  return merge_params("weighted", trees, weights=list(weights))
+
+
+def rank_members(member_accuracies: Sequence[dict[str, float]],
+                 subset: str = RANKING_SUBSET) -> list[int]:
+  """Member indices best first by accuracy on `subset` (ties: lower index first)."""
+  return sorted(range(len(member_accuracies)),
+                key=lambda i: (-member_accuracies[i][subset], i))
+
+
+@dataclasses.dataclass
+class Evaluator:
+  """Scores params and rewards on the subsets; caches member rewards by name."""
+
+  scorer: RewardScorer
+  subsets: dict[str, PairSet]
+
+  def rewards(self, params: Any) -> Rewards:
+    return score_subsets(self.scorer, params, self.subsets)
+
+  def accuracy(self, rewards: Rewards) -> dict[str, float]:
+    return accuracies(rewards, self.subsets)
+
+  # -- the accuracy table (members, WARM M, ENS M) ------------------------------------------
+  def table(self, members: Sequence[Any], ms: Sequence[int], *,
+            member_names: Sequence[str] | None = None) -> dict[str, Any]:
+    names = list(member_names or [f"member_{i}" for i in range(len(members))])
+    member_rewards = [self.rewards(p) for p in members]
+    member_acc = [self.accuracy(r) for r in member_rewards]
+    order = rank_members(member_acc)
+    rows = {names[i]: member_acc[i] for i in range(len(members))}
+    for m in ms:
+      if m > len(members):
+        continue
+      top = order[:m]
+      rows[f"warm_{m}"] = self.accuracy(self.rewards(weight_average([members[i] for i in top])))
+      rows[f"ens_{m}"] = self.accuracy(ensemble_rewards([member_rewards[i] for i in top]))
+    return {"rows": rows, "ranking": [names[i] for i in order],
+            "ranking_subset": RANKING_SUBSET,
+            "mean_member": {s: float(np.mean([a[s] for a in member_acc])) for s in self.subsets},
+            "best_member": names[order[0]],
+            "_member_rewards": member_rewards}
+
+  # -- LMC (fig. 3, 4-5) ------------------------------------------------------------------
+  def lmc_curve(self, params_a: Any, params_b: Any, *, lambdas: Sequence[float] = LAMBDAS,
+                rewards_a: Rewards | None = None, rewards_b: Rewards | None = None
+                ) -> dict[str, Any]:
+    """WA (weights interpolated), ENS (rewards interpolated) and the straight line between the
+    endpoints' accuracies, per subset, at each lambda (lambda = weight of b)."""
+    rewards_a = rewards_a or self.rewards(params_a)
+    rewards_b = rewards_b or self.rewards(params_b)
+    acc_a, acc_b = self.accuracy(rewards_a), self.accuracy(rewards_b)
+    curve = {"lambdas": [float(x) for x in lambdas], "wa": {}, "ens": {}, "line": {}}
+    for s in self.subsets:
+      curve["wa"][s], curve["ens"][s], curve["line"][s] = [], [], []
+    for lam in lambdas:
+      if lam == 0.0:
+        wa = acc_a
+      elif lam == 1.0:
+        wa = acc_b
+      else:
+        wa = self.accuracy(self.rewards(weight_average([params_a, params_b],
+                                                       [1.0 - lam, lam])))
+      ens = self.accuracy(ensemble_rewards([rewards_a, rewards_b], [1.0 - lam, lam]))
+      for s in self.subsets:
+        curve["wa"][s].append(wa[s])
+        curve["ens"][s].append(ens[s])
+        curve["line"][s].append((1.0 - lam) * acc_a[s] + lam * acc_b[s])
+    curve["bump"] = {s: lmc_bump(curve["wa"][s], curve["line"][s]) for s in self.subsets}
+    curve["ens_bump"] = {s: lmc_bump(curve["ens"][s], curve["line"][s]) for s in self.subsets}
+    return curve
+
+  # -- accuracy vs M by selection order (fig. 10) -------------------------------------------
+  def accuracy_vs_m(self, members: Sequence[Any], member_rewards: Sequence[Rewards],
+                    orders: dict[str, Sequence[int]]) -> dict[str, Any]:
+    out = {}
+    for name, order in orders.items():
+      out[name] = {"order": [int(i) for i in order], "m": [], "wa": [], "ens": []}
+      for m in range(1, len(order) + 1):
+        top = list(order[:m])
+        out[name]["m"].append(m)
+        out[name]["wa"].append(self.accuracy(self.rewards(
+            weight_average([members[i] for i in top]))))
+        out[name]["ens"].append(self.accuracy(ensemble_rewards(
+            [member_rewards[i] for i in top])))
+    return out
+
+  # -- Acc(WA) - Acc(ENS) over pairs (figs 4-5 histograms) ----------------------------------
+  def wa_minus_ens_over_pairs(self, members: Sequence[Any], member_rewards: Sequence[Rewards]
+                              ) -> dict[str, Any]:
+    diffs = {s: [] for s in self.subsets}
+    pairs = list(itertools.combinations(range(len(members)), 2))
+    for i, j in pairs:
+      wa = self.accuracy(self.rewards(weight_average([members[i], members[j]])))
+      ens = self.accuracy(ensemble_rewards([member_rewards[i], member_rewards[j]]))
+      for s in self.subsets:
+        diffs[s].append(wa[s] - ens[s])
+    return {"pairs": [list(p) for p in pairs], "diff": diffs,
+            "mean": {s: float(np.mean(v)) if v else float("nan") for s, v in diffs.items()}}
+
+
+def lmc_bump(curve: Sequence[float], line: Sequence[float]) -> float:
+  """Mean over interior lambdas of (curve - straight line): > 0 means above the line."""
+  interior = np.asarray(curve[1:-1]) - np.asarray(line[1:-1])
+  return float(np.mean(interior)) if len(interior) else 0.0
+
+
+def strip_private(result: dict[str, Any]) -> dict[str, Any]:
+  """Drops cached arrays (keys starting with '_') before writing JSON."""
+  return {k: v for k, v in result.items() if not k.startswith("_")}

@@ -1,0 +1,109 @@
+"""Writing the averager's output: atomically, with its manifest, never over an input.
+
+Where it sits: the last step of `streaming.average_checkpoints` (and the memory bookkeeping it
+reports). orbax writes the tree to OUTPUT.tmp-<pid> (itself through its own
+`.orbax-checkpoint-tmp` dir and a rename), manifest.json goes inside (orbax ignores extra
+files: `StandardCheckpointer().restore(OUTPUT)` works), and one rename publishes OUTPUT. A
+process killed at any point leaves at most OUTPUT.tmp-<pid>, which nothing mistakes for the
+output; the next run warns about it.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import orbax.checkpoint as ocp
+
+from warm_jax import checkpoints as ckpt_lib
+from warm_jax.merging import checks
+from warm_jax.merging.reader import DEFAULT_BAND_BYTES, content_hash
+
+MANIFEST_NAME = "manifest.json"
+TMP_INFIX = ".tmp-"
+OLD_INFIX = ".old-"
+
+
+def save_tree(path: str, tree: Any) -> None:
+  """orbax writes `path` (itself via a tmp dir and a rename); synchronous.
+
+  orbax's default NumpyHandler deep-copies every host array before writing (so an async save
+  can't see later mutations): one more model in memory. This save is synchronous and the tree
+  is never mutated, so the copy is turned off.
+  """
+  registry = ocp.type_handlers.create_type_handler_registry(
+      (np.ndarray, ocp.type_handlers.NumpyHandler(deepcopy_host_arrays=False)),
+      *[(t, ocp.type_handlers.ScalarHandler()) for t in (int, float, np.number)])
+  checkpointer = ocp.Checkpointer(ocp.PyTreeCheckpointHandler(type_handler_registry=registry))
+  checkpointer.save(path, args=ocp.args.PyTreeSave(tree))
+  checkpointer.close()
+
+
+def write_manifest(directory: str, manifest: dict[str, Any]) -> None:
+  ckpt_lib.atomic_write_text(os.path.join(directory, MANIFEST_NAME),
+                             json.dumps(manifest, indent=2, default=str) + "\n")
+
+
+def publish(tmp: str, output: str, overwrite: bool) -> None:
+  """Makes `tmp` appear at `output` in one rename (two with --overwrite: old aside, new in)."""
+  old = None
+  if os.path.lexists(output):
+    if not overwrite:
+      raise checks.MergeInputError(f"output {output} appeared while averaging; nothing was "
+                                   "published (the result is left at " + tmp + ")")
+    old = f"{output}{OLD_INFIX}{os.getpid()}"
+    os.rename(output, old)
+  os.rename(tmp, output)
+  dir_fd = os.open(os.path.dirname(output) or ".", os.O_RDONLY)
+  try:
+    os.fsync(dir_fd)
+  finally:
+    os.close(dir_fd)
+  if old is not None:
+    shutil.rmtree(old) if os.path.isdir(old) and not os.path.islink(old) else os.remove(old)
+
+
+def remove_tmp(tmp: str) -> None:
+  for path in [tmp, *glob.glob(glob.escape(tmp) + ".orbax-checkpoint-tmp*")]:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def write_checkpoint(tree: Any, *, output: str, overwrite: bool,
+                     finish_manifest: Callable[[], dict[str, Any]],
+                     verify_content_hash: str | None = None,
+                     band_bytes: int = DEFAULT_BAND_BYTES) -> None:
+  """Publishes `tree` at `output` with OUTPUT/manifest.json, or leaves nothing at `output`.
+
+  Args:
+    tree: the merged params (host numpy arrays).
+    output: absolute path of the new checkpoint dir.
+    overwrite: replace an existing `output` (the caller has checked it is not an input).
+    finish_manifest: called once the arrays are on disk; returns the manifest to write.
+    verify_content_hash: if set, the written checkpoint is read back and must hash to this.
+  """
+  tmp = f"{output}{TMP_INFIX}{os.getpid()}"
+  stale = [p for p in glob.glob(glob.escape(output) + TMP_INFIX + "*") if p != tmp]
+  if stale:
+    logging.warning("found %s, left by an averager that was killed; it is not a usable "
+                    "output and can be deleted", ", ".join(stale))
+  os.makedirs(os.path.dirname(output), exist_ok=True)
+  remove_tmp(tmp)
+  try:
+    save_tree(tmp, tree)
+    if verify_content_hash is not None:
+      written = content_hash(tmp, band_bytes=band_bytes)
+      if written != verify_content_hash:
+        raise ckpt_lib.CheckpointError(f"the written checkpoint {tmp} reads back as {written}, "
+                                       f"not {verify_content_hash}: a disk or orbax error; "
+                                       "nothing was published")
+    write_manifest(tmp, finish_manifest())
+    publish(tmp, output, overwrite)
+  except BaseException:
+    remove_tmp(tmp)
+    raise
