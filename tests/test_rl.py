@@ -13,7 +13,7 @@ from conftest import tiny_config
 from test_bon import PROMPT_LEN, make_policy_data_dir, save_random_model
 from warm_jax import checkpoints as ckpt_lib
 from warm_jax import policy_objective as po
-from warm_jax import rl
+from warm_jax import rl, win_rates
 from warm_jax.data.datasets import prompt_dataset
 from warm_jax.metrics_writer import read_metrics
 from warm_jax.models import LanguageModel, RewardModel
@@ -148,6 +148,10 @@ def test_tiny_rl_run_writes_metrics_checkpoints_and_warms_up_the_value(tmp_path)
   for sub in ("checkpoints", "value/checkpoints", "anchor"):
     assert sorted(os.listdir(tmp_path / "rl" / sub)) == ["2", "3"]
   assert json.load(open(tmp_path / "rl" / "DONE"))["step"] == 3
+  calibration = json.load(open(tmp_path / "rl" / rl.CALIBRATION_FILE))
+  assert calibration["scale"] > 0 and calibration["num_samples"] == 8
+  assert win_rates.best_checkpoint(str(tmp_path / "rl")).endswith(os.path.join(
+      "checkpoints", "3"))  # the only step with both a checkpoint and eval metrics
   # One update so far at step 2: the anchor is (1 - mu) SFT + mu policy.
   anchor = ckpt_lib.load_params(str(tmp_path / "rl" / "anchor" / "2"))
   policy = ckpt_lib.load_params(str(tmp_path / "rl" / "checkpoints" / "2"))

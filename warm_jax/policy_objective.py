@@ -70,6 +70,39 @@ def last_response_token(response_mask: Array) -> Array:
   return response_mask * (1 - following)
 
 
+def advantages(*, log_probs: Array, ref_log_probs: Array, response_mask: Array, rewards: Array,
+               values: Array, kl_coef: float, kl_estimator: str = "k1",
+               kl_in_reward: bool = True, baseline: str = "value",
+               samples_per_prompt: int = 1) -> dict[str, Array]:
+  """Per-token KL estimates, rewards, returns and advantages of a rollout ([batch, L] each;
+  `rewards` [batch] is the RM's, `values` [batch, L] V(state before token j)).
+
+  Token rewards: the RM reward on the last response token, minus kl_coef * KL estimate on
+  every response token when kl_in_reward. Returns G_j: their undiscounted sum from j on.
+  Advantages: G_j - V_j ('value'), G_j ('none'), or ('leave_one_out', rows of one prompt
+  contiguous in groups of samples_per_prompt) each response's total reward minus the mean of
+  the other responses to its prompt, on every token (RLOO).
+  """
+  mask = response_mask.astype(jnp.float32)
+  kl = kl_estimate(log_probs, ref_log_probs, kl_estimator) * mask
+  token_rewards = rewards[:, None] * last_response_token(mask)
+  if kl_in_reward:
+    token_rewards = token_rewards - kl_coef * kl
+  returns = returns_to_go(token_rewards, mask)
+  if baseline == "value":
+    adv = (returns - values) * mask
+  elif baseline == "none":
+    adv = returns
+  elif baseline == "leave_one_out":
+    k = samples_per_prompt
+    total = jnp.sum(token_rewards * mask, axis=-1).reshape(-1, k)
+    others = (jnp.sum(total, axis=1, keepdims=True) - total) / (k - 1)
+    adv = (total - others).reshape(-1)[:, None] * mask
+  else:
+    raise ValueError(f"baseline={baseline!r}: use 'value', 'leave_one_out' or 'none'")
+  return {"kl": kl, "token_rewards": token_rewards, "returns": returns, "advantages": adv}
+
+
 def policy_gradient_sums(log_probs: Array, advantages: Array, mask: Array, *,
                          ref_log_probs: Array | None = None, kl_coef: float = 0.0,
                          kl_estimator: str = "k1", kl_in_loss: bool = False

@@ -23,6 +23,9 @@ One step s (gin/rl.gin; `python -m warm_jax.train --gin_file=... --gin_file=gin/
      "policy warmup": the value is trained first). Each has its own `Trainer` (Adafactor).
   5. Anchor: the KL reference is the SFT policy, or (anchor='ema', WARP) an EMA of the policy,
      ref <- (1 - mu) ref + mu policy after each policy update.
+The RM reward is standardised with its mean and std on SFT samples (`reward_normalization`;
+MODEL_DIR/reward_calibration.json) unless turned off; `rewards/proxy` is always the raw RM
+reward and `rewards/total` the regularised objective (normalised reward - KL penalty).
 Logged per step (MODEL_DIR/metrics.jsonl, TensorBoard): `METRIC_KEYS`; eval/* on held-out
 prompts every eval_every steps. Checkpoints: MODEL_DIR/checkpoints/<step> (policy; a params
 dir later stages and win rates load), MODEL_DIR/value/, MODEL_DIR/anchor/ (ema only). A rerun
@@ -61,6 +64,8 @@ Array = jax.Array
 BASELINES = ("value", "leave_one_out", "none")
 KL_PENALTIES = ("reward", "loss")
 ANCHORS = ("sft", "ema")
+REWARD_NORMALIZATIONS = ("sft_samples", "none")
+CALIBRATION_FILE = "reward_calibration.json"
 # Written at every log step (`value/*` only with the value baseline).
 METRIC_KEYS = (
     "rewards/proxy", "rewards/proxy_std", "rewards/oracle", "rewards/oracle_std",
@@ -88,6 +93,11 @@ class RLConfig:
     value_warmup_steps: steps that train only the value model before policy updates start.
     anchor: KL reference 'sft' (paper) or 'ema' (WARP: an EMA of the policy).
     anchor_ema_rate: mu of the EMA anchor (WARP: ~0.01).
+    reward_normalization: 'sft_samples' standardises the RM reward with the mean and std of
+      its rewards on one batch of SFT samples (drawn before training, the same on resume), so
+      rewards start centred (the zero-initialised value head is right on average) and one
+      kl_coef means the same for RMs of different scales (a member, WARM, ENS); 'none' uses
+      the raw reward (the paper's setting, with its RM's scale).
     eval_every: evaluate on the eval prompts every N steps (0: only at the end).
     num_eval_prompts: eval prompts used (None: all).
   """
@@ -100,6 +110,7 @@ class RLConfig:
   value_warmup_steps: int = 0
   anchor: str = "sft"
   anchor_ema_rate: float = 0.01
+  reward_normalization: str = "sft_samples"
   eval_every: int = 0
   num_eval_prompts: int | None = None
 
@@ -110,7 +121,8 @@ class RLConfig:
     if self.kl_coef < 0:
       bad("kl_coef", "must be >= 0")
     for field, options in (("kl_estimator", po.KL_ESTIMATORS), ("kl_penalty", KL_PENALTIES),
-                           ("baseline", BASELINES), ("anchor", ANCHORS)):
+                           ("baseline", BASELINES), ("anchor", ANCHORS),
+                           ("reward_normalization", REWARD_NORMALIZATIONS)):
       if getattr(self, field) not in options:
         bad(field, f"use one of {options}")
     if self.samples_per_prompt < 1:
@@ -130,29 +142,16 @@ class RLConfig:
 
 def compute_advantages(*, log_probs: Array, ref_log_probs: Array, response_mask: Array,
                        rewards: Array, values: Array, config: RLConfig) -> dict[str, Array]:
-  """Per-token KL estimates, rewards, returns and advantages of a rollout ([batch, L] each;
-  `rewards` is the RM's [batch]); see the module docstring, step 3."""
-  mask = response_mask.astype(jnp.float32)
-  kl = po.kl_estimate(log_probs, ref_log_probs, config.kl_estimator) * mask
-  token_rewards = rewards[:, None] * po.last_response_token(mask)
-  if config.kl_penalty == "reward":
-    token_rewards = token_rewards - config.kl_coef * kl
-  returns = po.returns_to_go(token_rewards, mask)
-  if config.baseline == "value":
-    advantages = (returns - values) * mask
-  elif config.baseline == "none":
-    advantages = returns
-  else:  # RLOO: rows of one prompt are contiguous
-    k = config.samples_per_prompt
-    total = jnp.sum(token_rewards * mask, axis=-1).reshape(-1, k)
-    others = (jnp.sum(total, axis=1, keepdims=True) - total) / (k - 1)
-    advantages = (total - others).reshape(-1)[:, None] * mask
-  return {"kl": kl, "token_rewards": token_rewards, "returns": returns,
-          "advantages": advantages}
+  """`policy_objective.advantages` with this config's KL and baseline settings."""
+  return po.advantages(log_probs=log_probs, ref_log_probs=ref_log_probs,
+                       response_mask=response_mask, rewards=rewards, values=values,
+                       kl_coef=config.kl_coef, kl_estimator=config.kl_estimator,
+                       kl_in_reward=config.kl_penalty == "reward", baseline=config.baseline,
+                       samples_per_prompt=config.samples_per_prompt)
 
 
-def _score_rollout(policy, ref, sft, value, reward_trees, prompt_tokens, prompt_mask,
-                   response_tokens, response_mask, *, lm, rm, vm, temperature, config,
+def _score_rollout(policy, ref, sft, value, reward_trees, reward_shift, reward_scale,
+                   prompt_tokens, prompt_mask, response_tokens, response_mask, *, lm, rm, vm, temperature, config,
                    partitioner):
   """Step 2-3 on device: the two Trainers' batches and [batch] per-row statistics."""
   with partitioner.activation_rules():
@@ -169,13 +168,15 @@ def _score_rollout(policy, ref, sft, value, reward_trees, prompt_tokens, prompt_
     values = (jnp.zeros(tokens.shape, jnp.float32) if value is None else
               po.state_values(vm.apply({"params": value}, tokens, mask)))
     adv = compute_advantages(log_probs=log_probs, ref_log_probs=ref_log_probs,
-                             response_mask=rmask, rewards=rewards, values=values,
+                             response_mask=rmask, rewards=(rewards - reward_shift) / reward_scale,
+                             values=values,
                              config=config)
   fm = rmask.astype(jnp.float32)
   rows = {"proxy": rewards, "length": jnp.sum(fm, -1), "entropy": jnp.sum(entropy * fm, -1),
           "kl_to_sft": jnp.sum((log_probs - sft_log_probs) * fm, -1),
           "kl_to_ref": jnp.sum((log_probs - ref_log_probs) * fm, -1),
           "kl_penalty": config.kl_coef * jnp.sum(adv["kl"], -1),
+          "normalized_reward": (rewards - reward_shift) / reward_scale,
           "adv_sum": jnp.sum(adv["advantages"] * fm, -1),
           "adv_sq": jnp.sum(jnp.square(adv["advantages"]) * fm, -1),
           "ret_err_sq": jnp.sum(jnp.square(adv["returns"] - values) * fm, -1),
@@ -354,7 +355,8 @@ def train_policy(*, model_dir: str | None, sft_path: str | None, reward_model: A
       ref = anchor if anchor is not None else sft
       pbatch, vbatch, stats = score(params, ref, sft if anchor is not None else None,
                                     None if value is None else value.params, reward_trees,
-                                    rows["t"], rows["m"], out["tokens"], out["mask"])
+                                    *calibration, rows["t"], rows["m"], out["tokens"],
+                                    out["mask"])
     host = _to_host({"tokens": out["tokens"], "mask": out["mask"], **stats})
     host["ended"] = response_ended(host["tokens"], host["mask"], sampling.eos_id)
     host["oracle"] = judge.score(
@@ -380,6 +382,19 @@ def train_policy(*, model_dir: str | None, sft_path: str | None, reward_model: A
             "eval/oracle_reward": float(cat["oracle"].mean()),
             "eval/kl_to_sft": float(cat["kl_to_sft"].mean()),
             "eval/length": float(cat["length"].mean()), "eval/num_prompts": n}
+
+  # -- reward calibration on SFT samples (before any update; recomputed identically on resume) --
+  calibration = (jnp.zeros((), jnp.float32), jnp.ones((), jnp.float32))
+  if rl.reward_normalization == "sft_samples":
+    sft_rewards = rollout(sft, dataset.batch(0, batch, process_index=0, process_count=1),
+                          oracle, cfg.seed + 2, 0)[2]["proxy"]
+    shift, scale = float(np.mean(sft_rewards)), max(float(np.std(sft_rewards)), 1e-6)
+    calibration = (jnp.asarray(shift, jnp.float32), jnp.asarray(scale, jnp.float32))
+    logging.info("RM reward on %d SFT samples: mean %.4g, std %.4g (the reward is "
+                 "standardised with them)", batch, shift, scale)
+    if jax.process_index() == 0:
+      ckpt_lib.atomic_write_text(os.path.join(model_dir, CALIBRATION_FILE), json.dumps(
+          {"shift": shift, "scale": scale, "num_samples": batch}) + "\n")
 
   # -- the loop ---------------------------------------------------------------------------------
   writer = MetricsWriter(model_dir, resume_step=start)
@@ -444,24 +459,6 @@ def train_policy(*, model_dir: str | None, sft_path: str | None, reward_model: A
   return last_eval
 
 
-def best_checkpoint(model_dir: str, *, metric: str = "eval/oracle_reward") -> str:
-  """The saved policy checkpoint (MODEL_DIR/checkpoints/<step>) whose step logged the highest
-  `metric` (the paper compares policies "at their best step"). Only steps that have both a
-  checkpoint and the metric count."""
-  from warm_jax.metrics_writer import read_metrics
-  directory = os.path.join(model_dir, ckpt_lib.CHECKPOINTS_SUBDIR)
-  saved = {int(d) for d in os.listdir(directory) if d.isdigit()} if os.path.isdir(
-      directory) else set()
-  logged = {r["step"]: r[metric] for r in read_metrics(model_dir)
-            if metric in r and isinstance(r[metric], (int, float))}
-  candidates = sorted(saved & set(logged))
-  if not candidates:
-    raise ValueError(f"{model_dir} has no checkpoint at a step that logged {metric} (saved: "
-                     f"{sorted(saved)}): set EVAL_EVERY to a multiple of SAVE_EVERY")
-  best = max(candidates, key=lambda step: (logged[step], -step))
-  return os.path.join(directory, str(best))
-
-
 def _step_scalars(host: Mapping[str, Any], metrics: Mapping[str, Any], updated: bool,
                   update_s: float, with_value: bool) -> dict[str, float]:
   """One step's scalars (METRIC_KEYS): per-row statistics averaged over the batch."""
@@ -472,7 +469,7 @@ def _step_scalars(host: Mapping[str, Any], metrics: Mapping[str, Any], updated: 
       "rewards/oracle": mean("oracle"), "rewards/oracle_std": float(np.std(host["oracle"])),
       "rewards/kl_to_sft": mean("kl_to_sft"), "rewards/kl_to_ref": mean("kl_to_ref"),
       "rewards/kl_penalty": mean("kl_penalty"),
-      "rewards/total": mean("proxy") - mean("kl_penalty"),
+      "rewards/total": mean("normalized_reward") - mean("kl_penalty"),
       "generation/length": mean("length"),
       "generation/eos_rate": mean("ended"),
       "generation/entropy": float(np.sum(host["entropy"])) / tokens,

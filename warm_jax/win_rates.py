@@ -11,7 +11,7 @@ when several samples share one, via `groups`) or the Wilson score interval with 
 half a success. A strategy against itself has win rate exactly 0.5 (every prompt ties).
 
 `policy_win_rates` is the stage (gin/win_rates.gin) that compares saved policies, e.g. RL
-checkpoints at their best steps (`warm_jax.rl.best_checkpoint`), and writes win_rates.json.
+checkpoints at their best steps (`best_checkpoint`), and writes win_rates.json.
 """
 
 from __future__ import annotations
@@ -156,6 +156,25 @@ def compare_policies(*, sampler: Any, policies: Mapping[str, Any], prompt_tokens
           "mean_length": lengths,
           "win_rates": pairwise_win_rates(scores, groups=rows, **win_rate_kwargs),
           "num_prompts": int(len(prompt_tokens)), "samples_per_prompt": k}
+
+
+def best_checkpoint(model_dir: str, *, metric: str = "eval/oracle_reward") -> str:
+  """The saved policy checkpoint (MODEL_DIR/checkpoints/<step>) whose step logged the highest
+  `metric` (the paper compares policies "at their best step"). Only steps that have both a
+  checkpoint and the metric count."""
+  from warm_jax import checkpoints as ckpt_lib
+  from warm_jax.metrics_writer import read_metrics
+  directory = os.path.join(model_dir, ckpt_lib.CHECKPOINTS_SUBDIR)
+  saved = {int(d) for d in os.listdir(directory) if d.isdigit()} if os.path.isdir(
+      directory) else set()
+  logged = {r["step"]: r[metric] for r in read_metrics(model_dir)
+            if metric in r and isinstance(r[metric], (int, float))}
+  candidates = sorted(saved & set(logged))
+  if not candidates:
+    raise ValueError(f"{model_dir} has no checkpoint at a step that logged {metric} (saved: "
+                     f"{sorted(saved)}): set EVAL_EVERY to a multiple of SAVE_EVERY")
+  best = max(candidates, key=lambda step: (logged[step], -step))
+  return os.path.join(directory, str(best))
 
 
 def policy_win_rates(*, output_dir: str | None, data_dir: str | None,
