@@ -15,7 +15,7 @@ from warm_jax.models.transformer import init_kv_cache
 from warm_jax.partitioning import Partitioner
 from warm_jax.policy_objective import token_log_probs
 from warm_jax.sampling import (Sampler, SamplingConfig, check_left_padded, filter_logits,
-                               join_prompt_and_response)
+                               join_prompt_and_response, trim_padding)
 
 LLAMA = dict(norm="rmsnorm", positions="rotary", mlp_activation="swiglu", tie_embeddings=False,
              use_bias=False, num_kv_heads=2)
@@ -135,6 +135,10 @@ def test_filters_and_left_padding_check():
   # probs of row 0: .09 .64 .24 .03 -> the nucleus for 0.7 is {1, 2}; row 1 is {2}.
   nucleus = np.asarray(filter_logits(logits, top_p=0.7))
   np.testing.assert_array_equal(np.isfinite(nucleus), [[0, 1, 1, 0], [0, 0, 1, 0]])
+  tokens, mask = trim_padding(np.array([[0, 5, 6, 0], [0, 0, 7, 0]]),
+                              np.array([[0, 1, 1, 0], [0, 0, 1, 0]]))
+  np.testing.assert_array_equal(tokens, [[5, 6], [0, 7]])
+  np.testing.assert_array_equal(mask, [[1, 1], [0, 1]])
   with pytest.raises(ValueError, match="LEFT-padded"):
     check_left_padded(np.array([[1, 1, 0]]))
   with pytest.raises(ValueError, match="temperature"):

@@ -313,6 +313,16 @@ def join_prompt_and_response(prompt_tokens, prompt_mask, response_tokens, respon
           xp.concatenate([prompt_mask, response_mask], axis=1).astype(xp.int32))
 
 
+def trim_padding(tokens: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Drops the leading and trailing columns of [n, L] arrays where no row has a real token
+  (scoring then pays for the longest sequence, not for P + max_new_tokens)."""
+  real = np.asarray(mask).any(axis=0)
+  if not real.any():
+    return tokens, mask
+  first, last = int(np.argmax(real)), len(real) - int(np.argmax(real[::-1]))
+  return tokens[:, first:last], mask[:, first:last]
+
+
 # -------------------------------------------------------------------------------------------------
 # Benchmark: decode tokens/s with and without the KV cache, in one run
 # -------------------------------------------------------------------------------------------------
