@@ -35,7 +35,9 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8"],
-        "hf": ["torch==2.13.0", "transformers", "safetensors"],
+        # Converting needs safetensors (+ tokenizers for tokenizer.json); the parity tests build
+        # reference models with torch/transformers. torch is pinned to the CPU wheel CI has.
+        "hf": ["torch==2.13.0", "transformers>=5", "safetensors>=0.4", "tokenizers>=0.20"],
         "bench": ["psutil"],
     },
     entry_points={
@@ -45,6 +47,7 @@ setup(
             "warm-evaluate=warm_jax.evaluate:main",
             "warm-experiment=warm_jax.experiment:main",
             "warm-data-build=warm_jax.data.build:main",
+            "warm-convert=warm_jax.convert:main",
         ],
     },
 )

@@ -72,6 +72,41 @@ def test_subsets_split_train_by_corruption_and_use_gold_for_val(setup):
   np.testing.assert_array_equal(s["id_val"].target, id_val["gold_label"])
 
 
+def test_max_pairs_keeps_a_seeded_sample_of_each_subset_in_data_order():
+  train, id_val, ood = _splits()
+  full = ev.subsets_from_splits(rm_train=train, id_val=id_val, ood=ood)
+  small = ev.subsets_from_splits(rm_train=train, id_val=id_val, ood=ood, max_pairs=10)
+  again = ev.subsets_from_splits(rm_train=train, id_val=id_val, ood=ood, max_pairs=10)
+  assert {k: len(v) for k, v in small.items()} == {"train_clean": 10, "train_corrupt": 6,
+                                                   "id_val": 10, "ood": 10}
+  for name, subset in small.items():
+    rows = [int(np.flatnonzero((full[name].arrays["chosen_tokens"] == r).all(1))[0])
+            for r in subset.arrays["chosen_tokens"]]
+    assert rows == sorted(rows) and len(set(rows)) == len(rows)  # a subset, in data order
+    np.testing.assert_array_equal(subset.target, full[name].target[rows])
+    np.testing.assert_array_equal(subset.arrays["chosen_tokens"],
+                                  again[name].arrays["chosen_tokens"])  # deterministic
+  with pytest.raises(ValueError, match="max_pairs=0"):
+    ev.subsets_from_splits(rm_train=train, id_val=id_val, ood=ood, max_pairs=0)
+
+
+def test_uniform_averages_are_scored_once_per_set_of_members(setup, monkeypatch):
+  _, members, evaluator, _ = setup
+  evaluator.__dict__.pop("_wa_cache", None)
+  calls = []
+  real = evaluator.rewards
+  monkeypatch.setattr(evaluator, "rewards", lambda p: calls.append(1) or real(p))
+  member_rewards = [real(p) for p in members]
+  a = evaluator.uniform_wa_rewards(members, (0, 2), member_rewards)
+  b = evaluator.uniform_wa_rewards(members, (2, 0), member_rewards)
+  single = evaluator.uniform_wa_rewards(members, (1,), member_rewards)
+  assert len(calls) == 1 and a is b and single is member_rewards[1]
+  direct = real(ev.weight_average([members[0], members[2]]))
+  for name in direct:
+    np.testing.assert_allclose(a[name][0], direct[name][0], rtol=1e-6)
+  evaluator.__dict__.pop("_wa_cache", None)
+
+
 def test_table_members_warm_and_ens_match_direct_computation(setup):
   cfg, members, evaluator, _ = setup
   table = evaluator.table(members, ms=[2, 3])

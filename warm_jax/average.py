@@ -125,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         manifest = gin.get_configurable("average_checkpoints")(**kwargs)
     else:
       manifest = average_checkpoints(**kwargs)
-  except (MergeConfigError, CheckpointError, ValueError) as e:
+  except (MergeConfigError, CheckpointError, ValueError, OSError) as e:
     logging.debug("averaging refused", exc_info=True)
     # gin appends "In call to configurable ..." to the message; the message alone is clearer.
     message = str(e).split("\n  In call to configurable")[0]

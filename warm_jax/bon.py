@@ -250,11 +250,18 @@ def best_of_n(*, output_dir: str | None, data_dir: str | None, sft_path: str | N
                                   response_mask=samples.mask).reshape(count, per_prompt)
   seq_tokens, seq_mask = trim_padding(*join_prompt_and_response(tokens, mask, samples.tokens,
                                                                 samples.mask))
-  rm_all = {}
+  rm_all, by_path = {}, {}  # ENS reuses its members' rewards: each checkpoint scored once
   for source in sources:
-    trees = [scorer.place(tree) for tree in source.load()]
-    rm_all[source.name] = score_with_source(scorer, trees, seq_tokens, seq_mask).reshape(
-        count, per_prompt)
+    if source.combine == "ens" or len(source.paths) == 1:
+      for path in source.paths:
+        if path not in by_path:
+          tree = scorer.place(ckpt_lib.load_params(path))
+          by_path[path] = scorer.rewards(tree, seq_tokens, seq_mask)
+      rewards = np.mean([by_path[p] for p in source.paths], axis=0)
+    else:
+      trees = [scorer.place(tree) for tree in source.load()]
+      rewards = score_with_source(scorer, trees, seq_tokens, seq_mask)
+    rm_all[source.name] = rewards.reshape(count, per_prompt)
     logging.info("scored with %s (%s of %d)", source.name, source.combine, len(source.paths))
 
   # -- 3-4. curves and win rates ----------------------------------------------------------------

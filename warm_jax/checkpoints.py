@@ -38,6 +38,10 @@ class CheckpointError(RuntimeError):
   """A checkpoint is missing, unreadable or does not fit the model."""
 
 
+class CheckpointWriteError(CheckpointError, OSError):
+  """A checkpoint could not be written (disk full, unwritable dir); earlier ones are intact."""
+
+
 class TrainCheckpointer:
   """A CheckpointManager over MODEL_DIR/checkpoints with params and opt_state items.
 
@@ -60,6 +64,7 @@ class TrainCheckpointer:
     )
     self.manager = ocp.CheckpointManager(
         self.directory, options=options, item_names=(PARAMS_ITEM, OPT_STATE_ITEM))
+    self._in_flight: int | None = None  # the step of an asynchronous save not yet waited for
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -68,10 +73,20 @@ class TrainCheckpointer:
     return self.manager.all_steps()
 
   def save(self, step: int, params: Any, opt_state: Any, *, force: bool = False) -> bool:
-    return self.manager.save(step, args=ocp.args.Composite(**{
-        PARAMS_ITEM: ocp.args.StandardSave(params),
-        OPT_STATE_ITEM: ocp.args.StandardSave(opt_state),
-    }), force=force)
+    """Saves (asynchronously if configured) when `step` is due or `force`; a failed write
+    (this one or the previous asynchronous one) raises CheckpointWriteError."""
+    if not (force or self.manager.should_save(step)):
+      return False
+    self.wait()  # orbax waits for the previous save here anyway; this names its failure
+    try:
+      saved = self.manager.save(step, args=ocp.args.Composite(**{
+          PARAMS_ITEM: ocp.args.StandardSave(params),
+          OPT_STATE_ITEM: ocp.args.StandardSave(opt_state),
+      }), force=force)
+    except (OSError, ValueError) as e:
+      raise self._write_error(step, e) from e
+    self._in_flight = step if saved else None
+    return saved
 
   def restore(self, step: int, abstract_params: Any, abstract_opt_state: Any
               ) -> tuple[Any, Any]:
@@ -81,15 +96,44 @@ class TrainCheckpointer:
           PARAMS_ITEM: ocp.args.StandardRestore(abstract_params),
           OPT_STATE_ITEM: ocp.args.StandardRestore(abstract_opt_state),
       }))
-    except (ValueError, KeyError, FileNotFoundError) as e:
+    except (ValueError, KeyError, OSError) as e:
+      earlier = [s for s in self.complete_steps() if s < step]
+      damaged = (f"delete {self.directory / str(step)} to resume from step {earlier[-1]}"
+                 if earlier else f"delete {self.directory} to start over")
       raise CheckpointError(
-          f"cannot restore step {step} from {self.directory}: {e}\nThe checkpoint does not "
-          f"match this model/optimizer config; resume with the config it was written with "
-          f"(see config.gin beside it) or use a new MODEL_DIR.") from e
+          f"cannot restore step {step} from {self.directory}: {e}\nEither the checkpoint "
+          f"does not match this model/optimizer config (resume with the config it was written "
+          f"with, see config.gin beside it, or use a new MODEL_DIR), or its files are damaged "
+          f"({damaged}).") from e
     return restored[PARAMS_ITEM], restored[OPT_STATE_ITEM]
 
   def wait(self):
-    self.manager.wait_until_finished()
+    """Blocks until an asynchronous save is on disk; raises CheckpointWriteError if it failed."""
+    try:
+      self.manager.wait_until_finished()
+    except (OSError, ValueError) as e:
+      raise self._write_error(self._in_flight, e) from e
+    self._in_flight = None
+
+  def complete_steps(self) -> list[int]:
+    """The steps whose checkpoint is complete on disk (orbax publishes a step dir by renaming
+    its temporary dir, so a `<step>` dir exists only once fully written)."""
+    if not self.directory.is_dir():
+      return []
+    return sorted(int(p.name) for p in self.directory.iterdir()
+                  if p.name.isdigit() and p.is_dir())
+
+  def _write_error(self, step: int | None, error: BaseException) -> CheckpointWriteError:
+    complete = self.complete_steps()
+    kept = (f"the last complete checkpoint is step {complete[-1]}, intact" if complete
+            else "no checkpoint had been written yet")
+    what = f"step {step}" if step is not None else "a step"
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return CheckpointWriteError(
+        f"writing the checkpoint of {what} to {self.directory} failed: {reason}. Nothing of "
+        f"that step was published (orbax writes to a temporary dir and renames it when "
+        f"complete); {kept}. Free disk space or make the directory writable, then rerun the "
+        "same command: it resumes from the last complete checkpoint.")
 
   def close(self):
     self.manager.close()
@@ -135,8 +179,9 @@ def load_params(path: str, abstract_params: Any | None = None) -> Any:
     restore_args = jax.tree_util.tree_map(
         lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
     return checkpointer.restore(p, args=ocp.args.PyTreeRestore(restore_args=restore_args))
-  except (ValueError, KeyError) as e:
-    raise CheckpointError(f"cannot restore params from {p}: {e}") from e
+  except (ValueError, KeyError, OSError) as e:
+    raise CheckpointError(f"cannot restore params from {p}: {e}; the checkpoint is incomplete "
+                          "or corrupt: use another step or rewrite it") from e
 
 
 def save_params(params: Any, path: str, *, force: bool = False) -> None:
@@ -206,6 +251,7 @@ def init_from_checkpoint(target_params: Any, source_params: Any,
     if np.dtype(value.dtype) != np.dtype(target_leaf.dtype):
       raise CheckpointError(f"{source_name} leaf {src_name} has dtype {value.dtype} but the "
                             f"target's {name} has {target_leaf.dtype}")
+    check_finite_leaf(source_name, src_name, value)
     used.add(src_name)
     report["copied"].append(name)
     sharding = getattr(target_leaf, "sharding", None)
@@ -216,6 +262,18 @@ def init_from_checkpoint(target_params: Any, source_params: Any,
   logging.info("init_from_checkpoint: copied %d leaves, %d fresh, %d source leaves unused",
                len(report["copied"]), len(report["fresh"]), len(report["unused_source"]))
   return out, report
+
+
+def check_finite_leaf(source_name: str, path: str, value: Any) -> None:
+  """Refuses a float leaf with NaN/inf values: a diverged run must not seed another stage."""
+  value = np.asarray(value)
+  if not np.issubdtype(value.dtype, np.floating) and value.dtype.name != "bfloat16":
+    return
+  bad = int(value.size - np.count_nonzero(np.isfinite(value.astype(np.float32))))
+  if bad:
+    raise CheckpointError(
+        f"{source_name} leaf {path} has {bad} non-finite (NaN/inf) values: the checkpoint comes "
+        "from a diverged run; use an earlier checkpoint of that run, or retrain it")
 
 
 def atomic_write_text(path: str, text: str) -> None:

@@ -7,7 +7,8 @@
 Reads every finished member under MEMBERS_DIR (member_<i> with DONE, latest checkpoint) or an
 explicit list of params paths, and writes OUTPUT_DIR/eval.json:
 
-  table        accuracy per subset (train_clean, train_corrupt, id_val, ood) of each member,
+  table        accuracy per subset (train_clean, train_corrupt, id_val, ood, and ood_policy
+               when POLICY_PAIRS_DIR is given) of each member,
                WARM M and ENS M (members ranked best first on ID val), plus the ranking
   lmc          per named pair: WA / ENS / straight line vs lambda (11 points) per subset, and
                the bump (mean of curve - line over interior lambdas)
@@ -52,16 +53,23 @@ def finished_members(members_dir: str) -> list[str]:
     if m and os.path.exists(os.path.join(members_dir, name, "DONE")):
       found.append((int(m.group(1)), os.path.join(members_dir, name)))
   if not found:
-    raise FileNotFoundError(f"no finished member (member_<i>/DONE) in {members_dir}")
+    raise FileNotFoundError(f"no finished member (member_<i>/DONE) in {members_dir}: train "
+                            "the members first (gin/rm.gin), or point MEMBERS_DIR at their dir")
   return [path for _, path in sorted(found)]
 
 
-def load_subsets(data_dir: str, *, seq_len: int | None, vocab_size: int | None
-                 ) -> dict[str, ev.PairSet]:
+def load_subsets(data_dir: str, *, seq_len: int | None, vocab_size: int | None,
+                 policy_pairs_dir: str | None = None,
+                 max_pairs: int | None = None) -> dict[str, ev.PairSet]:
+  """The evaluation subsets of DATA_DIR, plus `ood_policy` from a policy-pairs dir if given."""
   from warm_jax.data.datasets import load_arrays
   splits = {split: load_arrays(data_dir, kind="preferences", split=split, length=seq_len,
                                vocab_size=vocab_size) for split in ("rm_train", "id_val", "ood")}
-  return ev.subsets_from_splits(**splits)
+  if policy_pairs_dir:
+    from warm_jax.data.policy_pairs import load_policy_pairs
+    splits[ev.POLICY_SUBSET] = load_policy_pairs(policy_pairs_dir, data_dir=data_dir,
+                                                 seq_len=seq_len, vocab_size=vocab_size)
+  return ev.subsets_from_splits(**splits, max_pairs=max_pairs)
 
 
 def evaluate_reward_models(*, output_dir: str | None, data_dir: str,
@@ -71,13 +79,21 @@ def evaluate_reward_models(*, output_dir: str | None, data_dir: str,
                            pairs_histogram: bool = True, orders_seed: int = 0,
                            batch_size: int = 64, seq_len: int | None = None,
                            vocab_size: int | None = None,
+                           policy_pairs_dir: str | None = None,
+                           max_pairs_per_subset: int | None = None,
                            partitioner: Partitioner | None = None) -> dict[str, Any]:
   """Runs the evaluations and writes OUTPUT_DIR/eval.json and plots (see module docstring).
 
   lmc_pairs: {name: (params_path_a, params_path_b)}, e.g. the four diversity levels.
+  policy_pairs_dir: a `python -m warm_jax.data.policy_pairs` output built from DATA_DIR;
+    adds the subset `ood_policy` to every table, curve and histogram (None: not evaluated).
+  max_pairs_per_subset: evaluate a seeded sample of at most this many pairs per subset (None:
+    all); the sizes used are in eval.json's subset_sizes.
   """
   if not output_dir:
     raise ValueError("OUTPUT_DIR is not set: pass --gin.OUTPUT_DIR=\"'/path'\"")
+  if any(int(m) < 1 for m in ms):
+    raise ValueError(f"WARM_MS={tuple(ms)}: every M (members averaged) must be >= 1")
   t0 = time.time()
   paths = list(member_paths) or (finished_members(members_dir) if members_dir else [])
   if not paths and not lmc_pairs:
@@ -87,11 +103,16 @@ def evaluate_reward_models(*, output_dir: str | None, data_dir: str,
   scorer = RewardScorer(model_config=model_config, partitioner=partitioner or Partitioner(),
                         batch_size=batch_size)
   evaluator = ev.Evaluator(scorer=scorer, subsets=load_subsets(
-      data_dir, seq_len=seq_len, vocab_size=vocab_size))
+      data_dir, seq_len=seq_len, vocab_size=vocab_size, policy_pairs_dir=policy_pairs_dir,
+      max_pairs=max_pairs_per_subset))
   result: dict[str, Any] = {"members": paths,
                             "subset_sizes": {k: len(v) for k, v in evaluator.subsets.items()}}
+  if policy_pairs_dir:
+    result["policy_pairs_dir"] = os.path.abspath(policy_pairs_dir)
   if paths:
     members = [ckpt_lib.load_params(p) for p in paths]
+    for path, params in zip(paths, members):  # another architecture or NaN: refuse by name
+      scorer.check_params(params, name=path)
     names = [os.path.basename(os.path.normpath(p)) for p in paths]
     table = evaluator.table(members, ms, member_names=names)
     member_rewards = table.pop("_member_rewards")
@@ -126,7 +147,7 @@ def write_outputs(output_dir: str, result: dict[str, Any]) -> None:
   if "table" in result:
     plots.plot_accuracy_table(result["table"]["rows"], os.path.join(plot_dir, "accuracy.png"),
                               title="Pairwise accuracy: members, WARM M, ENS M")
-  for subset in ("id_val", "ood"):
+  for subset in ("id_val", "ood", ev.POLICY_SUBSET):
     if "vs_m" in result and subset in next(iter(result["vs_m"].values()))["wa"][0]:
       plots.plot_accuracy_vs_m(result["vs_m"], subset,
                                os.path.join(plot_dir, f"accuracy_vs_m_{subset}.png"))

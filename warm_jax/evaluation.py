@@ -11,6 +11,8 @@ Subsets (PAPER.md figs 4-5), from a built data dir's preference splits:
                  label = how much of the corruption the model memorised (lower is better)
   id_val         held-out posts, ID generator mix; accuracy vs the gold sign
   ood            held-out posts, OOD mix (length no longer predictive); accuracy vs gold
+  ood_policy     optional (a `python -m warm_jax.data.policy_pairs` dir): OOD pairs with
+                 high-temperature samples of the SFT policy; accuracy vs gold
 Pairwise accuracy counts ties as correct (r+ >= r-), as in the paper.
 
 Models: a member is a params tree; WARM M = the uniform weight average of the M members ranked
@@ -30,6 +32,7 @@ import numpy as np
 from warm_jax.scoring import RewardScorer
 
 SUBSETS = ("train_clean", "train_corrupt", "id_val", "ood")
+POLICY_SUBSET = "ood_policy"  # present only when the evaluation is given policy pairs
 RANKING_SUBSET = "id_val"
 LAMBDAS = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))
 
@@ -50,8 +53,15 @@ class PairSet:
 
 
 def subsets_from_splits(*, rm_train: dict[str, np.ndarray], id_val: dict[str, np.ndarray],
-                        ood: dict[str, np.ndarray]) -> dict[str, PairSet]:
-  """The four evaluation subsets from preference arrays (with metadata) of the three splits."""
+                        ood: dict[str, np.ndarray],
+                        ood_policy: dict[str, np.ndarray] | None = None,
+                        max_pairs: int | None = None, seed: int = 0) -> dict[str, PairSet]:
+  """The four evaluation subsets from preference arrays (with metadata) of the three splits,
+  plus `ood_policy` (accuracy vs gold) when the policy-sample pairs are given.
+
+  max_pairs: keep at most this many pairs per subset, a seeded uniform sample (in data order);
+    every evaluation costs one pass over all subsets, so this bounds an LMC point's cost.
+  """
   token_keys = ("chosen_tokens", "chosen_mask", "rejected_tokens", "rejected_mask")
 
   def take(arrays, rows):
@@ -66,6 +76,18 @@ def subsets_from_splits(*, rm_train: dict[str, np.ndarray], id_val: dict[str, np
       "id_val": PairSet("id_val", take(id_val, slice(None)), id_val["gold_label"].astype(np.int32)),
       "ood": PairSet("ood", take(ood, slice(None)), ood["gold_label"].astype(np.int32)),
   }
+  if ood_policy is not None:
+    sets[POLICY_SUBSET] = PairSet(POLICY_SUBSET, take(ood_policy, slice(None)),
+                                  ood_policy["gold_label"].astype(np.int32))
+  if max_pairs is not None:
+    if max_pairs <= 0:
+      raise ValueError(f"max_pairs={max_pairs}: must be positive (None: every pair)")
+    rng = np.random.default_rng(seed)
+    for name, pairs in sets.items():
+      if len(pairs) > max_pairs:
+        rows = np.sort(rng.choice(len(pairs), max_pairs, replace=False))
+        sets[name] = PairSet(name, {k: v[rows] for k, v in pairs.arrays.items()},
+                             pairs.target[rows])
   return {k: v for k, v in sets.items() if len(v)}
 
 
@@ -136,6 +158,19 @@ class Evaluator:
   def rewards(self, params: Any) -> Rewards:
     return score_subsets(self.scorer, params, self.subsets)
 
+  def uniform_wa_rewards(self, members: Sequence[Any], group: Sequence[int],
+                         member_rewards: Sequence[Rewards] | None = None) -> Rewards:
+    """Rewards of the uniform weight average of members[group], computed once per set of
+    members (the table, accuracy vs M and the pair histograms share many of them)."""
+    key = (id(members), tuple(sorted(set(int(i) for i in group))))
+    cache = self.__dict__.setdefault("_wa_cache", {})
+    if key not in cache:  # the entry keeps `members` alive, so its id is never reused
+      if len(key[1]) == 1 and member_rewards is not None:
+        cache[key] = (members, member_rewards[key[1][0]])
+      else:
+        cache[key] = (members, self.rewards(weight_average([members[i] for i in key[1]])))
+    return cache[key][1]
+
   def accuracy(self, rewards: Rewards) -> dict[str, float]:
     return accuracies(rewards, self.subsets)
 
@@ -151,7 +186,7 @@ class Evaluator:
       if m > len(members):
         continue
       top = order[:m]
-      rows[f"warm_{m}"] = self.accuracy(self.rewards(weight_average([members[i] for i in top])))
+      rows[f"warm_{m}"] = self.accuracy(self.uniform_wa_rewards(members, top, member_rewards))
       rows[f"ens_{m}"] = self.accuracy(ensemble_rewards([member_rewards[i] for i in top]))
     return {"rows": rows, "ranking": [names[i] for i in order],
             "ranking_subset": RANKING_SUBSET,
@@ -197,8 +232,8 @@ class Evaluator:
       for m in range(1, len(order) + 1):
         top = list(order[:m])
         out[name]["m"].append(m)
-        out[name]["wa"].append(self.accuracy(self.rewards(
-            weight_average([members[i] for i in top]))))
+        out[name]["wa"].append(self.accuracy(self.uniform_wa_rewards(members, top,
+                                                                     member_rewards)))
         out[name]["ens"].append(self.accuracy(ensemble_rewards(
             [member_rewards[i] for i in top])))
     return out
@@ -209,7 +244,7 @@ class Evaluator:
     diffs = {s: [] for s in self.subsets}
     pairs = list(itertools.combinations(range(len(members)), 2))
     for i, j in pairs:
-      wa = self.accuracy(self.rewards(weight_average([members[i], members[j]])))
+      wa = self.accuracy(self.uniform_wa_rewards(members, (i, j), member_rewards))
       ens = self.accuracy(ensemble_rewards([member_rewards[i], member_rewards[j]]))
       for s in self.subsets:
         diffs[s].append(wa[s] - ens[s])

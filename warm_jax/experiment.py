@@ -1,7 +1,11 @@
 """`python -m warm_jax.experiment`: the whole paper pipeline as resumable stages.
 
   python -m warm_jax.experiment --gin_file=gin/experiments/warm_synthetic_tldr.gin \
-      --output_dir=runs/demo [--gin.SCALE="'tiny'"] [--gin.NAME=VALUE ...]
+      --output_dir=runs/demo [--gin.SCALE="'tiny'"] [--gin.NAME=VALUE ...] [--dry_run]
+
+--dry_run prints the stages and their commands without running or writing anything.
+gin/experiments/ holds the embedded default, its tiny smoke variant, the real-data TL;DR
+experiment (warm_tldr_real.gin) and the ablations (ablations/*.gin, which set OVERRIDES).
 
 Where it sits: on top of everything. Each stage is one of the gin-configured programs of the
 codebase (`python -m warm_jax.data.build`, `warm_jax.train` with a stage gin file,
@@ -13,12 +17,24 @@ command of every stage is recorded in OUTPUT/commands.sh, so any stage can be re
 Stages (the embedded default; the scale preset picks sizes and steps):
   data/{clean,corrupt}     the synthetic world, labels clean and 25% corrupted
   pretrain, sft            LM pre-training, SFT keeping the Baklava checkpoints
+  policy_pairs             OOD pairs of high-temperature SFT samples (eval subset ood_policy)
   probe/{clean,corrupt}    the shared linear-probed head
   members/{clean,corrupt}  M diverse RMs (lr x dropout x data order x Baklava SFT step)
   pairs/*                  the LMC diversity pairs (one hyper-parameter changed) and two
                            from-scratch RMs (Remark 1)
   eval/{clean,corrupt}     accuracy tables, LMC curves, accuracy vs M, WA-ENS histograms
+  average/warm_<M>         WARM M: the M best clean members (ranked on ID val by eval/clean)
+                           averaged into one plain orbax checkpoint (`warm_jax.average`)
+  bon                      best-of-N from the SFT policy, selected by every member, WARM M and
+                           ENS M, judged by the oracle
+  rl/<reward>              REINFORCE + value baseline + KL against each reward in
+                           `rl_rewards` (best single member, ENS M, WARM M)
+  win_rates                oracle win rates between the RL policies at their best steps
 Then OUTPUT/metrics.json, OUTPUT/report.md and OUTPUT/plots/ (`warm_jax.report`).
+
+Stages after eval/clean take arguments known only then (the member ranking, the RL runs' best
+steps): their commands are resolved when they start and added to commands.sh. Every stage
+shares one persistent XLA compile cache (OUTPUT/cache/jax) and one timed matmul for MFU.
 """
 
 from __future__ import annotations
@@ -26,18 +42,26 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from warm_jax.checkpoints import atomic_write_text
 
 STAGE_DONE = "STAGE_DONE"
+
+
+class StageFailed(RuntimeError):
+  """A stage exited non-zero; its log says why. Rerunning the experiment resumes it."""
+
+
 SETTINGS = ("clean", "corrupt")
+DIVERSITY_SOURCES = ("all", "data_order", "learning_rate", "dropout", "baklava")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +85,32 @@ class ExperimentScale:
   corruption_rate: float = 0.25
   vmapped_members: bool = True
   eval_batch: int = 64
+  eval_max_pairs: int | None = None  # per evaluation subset (a seeded sample); None: all
+  # the OOD split of high-temperature SFT samples (evaluation subset `ood_policy`); 0: off
+  policy_pairs: int | None = None  # pairs to build; None: as many as the world's OOD split
   extra_data_bindings: tuple[str, ...] = ()
+  # policy side (PAPER.md figs 6-9); bon_prompts=0 / rl_steps=0 skip those stages
+  max_new_tokens: int = 48
+  bon_prompts: int = 64
+  bon_n_max: int = 16
+  policy_batch: int = 64
+  rl_steps: int = 100
+  rl_batch: int = 32
+  rl_learning_rate: float = 1e-4
+  rl_kl_coef: float = 0.003
+  rl_value_warmup: int = 10
+  rl_eval_every: int = 10
+  rl_eval_prompts: int = 64
+  rl_rewards: tuple[str, ...] = ("best_member", "ens_2", "warm_2", "warm_6")
+  rl_kl_coefs: tuple[float, ...] = ()  # the alpha sweep: every reward x alpha (rl/<reward>_kl<a>)
+  win_rate_prompts: int = 128
+  # the diversity ablation: which sources make the M members differ ('all', or only one of
+  # 'data_order', 'learning_rate', 'dropout', 'baklava'; the others fixed at member 0's)
+  member_diversity: str = "all"
+  # the data: 'synthetic' (the embedded world, with its oracle) or 'tldr' (OpenAI's human
+  # comparisons from run_experiment.tldr_manual_dir; no oracle, so no corrupted setting, BoN
+  # or RL: the RM evaluations run against the human labels)
+  data_source: str = "synthetic"
 
   def __post_init__(self):
     for name in ("pretrain_steps", "sft_steps", "rm_steps", "num_members", "scratch_rm_steps"):
@@ -79,17 +128,54 @@ class ExperimentScale:
     if self.rm_steps % 2:
       raise ValueError(f"ExperimentScale.rm_steps={self.rm_steps}: must be even (the "
                        "'two checkpoints of one run' pair uses the half-way checkpoint)")
+    for m in self.warm_ms:
+      if not 2 <= m <= self.num_members:
+        raise ValueError(f"ExperimentScale.warm_ms={self.warm_ms}: each M must be in "
+                         f"2..num_members={self.num_members}")
+    for name in self.rl_rewards:
+      kind, _, m = name.partition("_")
+      if name != "best_member" and not (kind in ("warm", "ens") and m.isdigit() and
+                                        2 <= int(m) <= self.num_members):
+        raise ValueError(f"ExperimentScale.rl_rewards: {name!r} is not 'best_member', "
+                         f"'warm_<M>' or 'ens_<M>' with M in 2..{self.num_members}")
+    if self.member_diversity not in DIVERSITY_SOURCES:
+      raise ValueError(f"ExperimentScale.member_diversity={self.member_diversity!r}: use one of "
+                       f"{DIVERSITY_SOURCES}")
+    if self.data_source not in ("synthetic", "tldr"):
+      raise ValueError(f"ExperimentScale.data_source={self.data_source!r}: 'synthetic' or "
+                       "'tldr'")
+    if self.data_source == "tldr" and (self.bon_prompts or self.rl_steps):
+      raise ValueError("ExperimentScale: real TL;DR data has no oracle to judge best-of-N or "
+                       "RL; set bon_prompts=0 and rl_steps=0 (or judge with a control RM by "
+                       "running gin/bon.gin with CONTROL_RM yourself)")
+    if any(a < 0 for a in self.rl_kl_coefs):
+      raise ValueError(f"ExperimentScale.rl_kl_coefs={self.rl_kl_coefs}: must be >= 0")
+    if self.rl_steps and self.rl_eval_every <= 0:
+      raise ValueError("ExperimentScale.rl_eval_every must be positive (the win rates compare "
+                       "the RL policies at their best evaluated step)")
 
 
 @dataclasses.dataclass
 class Stage:
+  """One program of the pipeline. `argv` is a list, or a function returning it for stages whose
+  arguments come from earlier stages' outputs (called when the stage starts)."""
+
   name: str
-  argv: list[str]
+  argv: list[str] | Callable[[], list[str]]
   output: str
 
   @property
   def done_path(self) -> str:
     return os.path.join(self.output, STAGE_DONE)
+
+  @property
+  def resolved(self) -> bool:
+    return not callable(self.argv)
+
+  def resolve(self) -> list[str]:
+    if callable(self.argv):
+      self.argv = list(self.argv())
+    return self.argv
 
 
 def _gin(name: str, value: Any) -> str:
@@ -103,8 +189,31 @@ def _py(module: str, *args: str) -> list[str]:
 class ExperimentPlan:
   """The stages of one experiment and where each writes."""
 
-  def __init__(self, *, output_dir: str, scale: ExperimentScale, seed: int = 0):
+  def __init__(self, *, output_dir: str, scale: ExperimentScale, seed: int = 0,
+               tldr_manual_dir: str | None = None):
     self.out, self.scale, self.seed = os.path.abspath(output_dir), scale, seed
+    self.tldr_manual_dir = tldr_manual_dir
+    if scale.data_source == "tldr" and not tldr_manual_dir:
+      raise ValueError("this experiment reads the real TL;DR comparisons: pass "
+                       "--gin.TLDR_MANUAL_DIR=\"'/path/to/openai_tldr'\" (the dir that holds "
+                       "OpenAI's summarize-from-feedback files; see docs/data.md)")
+
+  @property
+  def has_policy_pairs(self) -> bool:
+    """Whether the policy-sample OOD split is built (synthetic data only: it needs the oracle)."""
+    return self.scale.data_source == "synthetic" and self.scale.policy_pairs != 0
+
+  @property
+  def settings(self) -> tuple[str, ...]:
+    """The label settings: clean and 25%-corrupted (synthetic); the human labels (real)."""
+    return SETTINGS if self.scale.data_source == "synthetic" else ("clean",)
+
+  def _data_bindings(self) -> list[str]:
+    if self.scale.data_source != "tldr":
+      return []
+    return [_gin("PREFERENCE_TASK", "tldr_comparisons"), _gin("SFT_TASK", "tldr_sft"),
+            _gin("TLDR_MANUAL_DIR", os.path.abspath(self.tldr_manual_dir)),
+            _gin("TLDR_DATA_DIR", self.path("data", "tfds"))]
 
   def path(self, *parts: str) -> str:
     return os.path.join(self.out, *parts)
@@ -128,47 +237,158 @@ class ExperimentPlan:
 
   def stages(self) -> list[Stage]:
     s, out = self.scale, []
-    for setting in SETTINGS:
+    for setting in self.settings:
       rate = 0.0 if setting == "clean" else s.corruption_rate
       out.append(Stage(f"data/{setting}", _py(
           "warm_jax.data.build", f"--gin_file={s.data_gin}",
           f"--output_dir={self.data_dir(setting)}", _gin("CORRUPTION_RATE", rate),
-          *s.extra_data_bindings), self.data_dir(setting)))
+          *self._data_bindings(), *s.extra_data_bindings), self.data_dir(setting)))
     out.append(Stage("pretrain", self._train(
         "gin/pretrain.gin", _gin("DATA_DIR", self.data_dir("clean")),
         _gin("MODEL_DIR", self.path("pretrain")), _gin("TRAIN_STEPS", s.pretrain_steps),
         _gin("BATCH_SIZE", s.pretrain_batch), _gin("SEED", self.seed)), self.path("pretrain")))
-    sft_every = min(s.baklava_steps)
+    sft_every = math.gcd(*s.baklava_steps)  # every Baklava step must be a saved checkpoint
     out.append(Stage("sft", self._train(
         "gin/sft.gin", _gin("DATA_DIR", self.data_dir("clean")),
         _gin("PRETRAIN_DIR", self.path("pretrain")), _gin("MODEL_DIR", self.path("sft")),
         _gin("TRAIN_STEPS", s.sft_steps), _gin("BATCH_SIZE", s.sft_batch),
         _gin("SAVE_EVERY", sft_every), _gin("SEED", self.seed)), self.path("sft")))
-    for setting in SETTINGS:
+    if self.has_policy_pairs:
+      out.append(Stage("policy_pairs", _py(
+          "warm_jax.data.policy_pairs", f"--gin_file={s.model_gin}",
+          "--gin_file=gin/data/policy_pairs.gin", _gin("DATA_DIR", self.data_dir("clean")),
+          _gin("POLICY_DIR", self.path("sft")), _gin("OUTPUT_DIR", self.path("policy_pairs")),
+          _gin("NUM_PAIRS", s.policy_pairs), _gin("MAX_NEW_TOKENS", s.max_new_tokens),
+          _gin("BATCH_SIZE", s.policy_batch), _gin("SEED", self.seed)),
+          self.path("policy_pairs")))
+    for setting in self.settings:
       out.append(Stage(f"probe/{setting}", self._train(
           "gin/linear_probe.gin", _gin("DATA_DIR", self.data_dir(setting)),
           _gin("SFT_DIR", self.path("sft")), _gin("MODEL_DIR", self.path("probe", setting))),
           self.path("probe", setting)))
-    for setting in SETTINGS:
+    for setting in self.settings:
       members_dir = self.path("members", setting)
+      sweep = self._member_sweep_bindings()
       if s.vmapped_members:
         out.append(Stage(f"members/{setting}", self._train(
-            "gin/rm_members.gin", *self._rm_common(setting), _gin("MEMBERS_DIR", members_dir),
-            _gin("NUM_MEMBERS", s.num_members)), members_dir))
+            "gin/rm_members.gin", *self._rm_common(setting), *sweep,
+            _gin("MEMBERS_DIR", members_dir), _gin("NUM_MEMBERS", s.num_members)), members_dir))
       else:
         for i in range(s.num_members):
           out.append(Stage(f"members/{setting}/member_{i}", self._train(
-              "gin/rm.gin", *self._rm_common(setting), _gin("MEMBERS_DIR", members_dir),
+              "gin/rm.gin", *self._rm_common(setting), *sweep, _gin("MEMBERS_DIR", members_dir),
               _gin("MEMBER_INDEX", i)), os.path.join(members_dir, f"member_{i}")))
     out += self._pair_stages()
-    for setting in SETTINGS:
+    for setting in self.settings:
       out.append(Stage(f"eval/{setting}", _py(
           "warm_jax.evaluate", f"--gin_file={s.model_gin}", "--gin_file=gin/evaluate.gin",
           _gin("DATA_DIR", self.data_dir(setting)),
           _gin("MEMBERS_DIR", self.path("members", setting)),
           _gin("OUTPUT_DIR", self.path("eval", setting)), _gin("WARM_MS", tuple(s.warm_ms)),
-          _gin("BATCH_SIZE", s.eval_batch),
+          _gin("BATCH_SIZE", s.eval_batch), _gin("MAX_PAIRS", s.eval_max_pairs),
+          _gin("POLICY_PAIRS_DIR", self.path("policy_pairs") if self.has_policy_pairs
+               else None),
           f"--gin.LMC_PAIRS={self.lmc_pairs(setting)!r}"), self.path("eval", setting)))
+    out += self._policy_stages()
+    return out
+
+  # -- WARM checkpoints and the policy side (figs 6-9) -----------------------------------------
+  def ranked_members(self, setting: str = "clean") -> list[str]:
+    """Member dirs best first, by the ID-val ranking eval/<setting> computed."""
+    path = self.path("eval", setting, "eval.json")
+    with open(path) as f:
+      ranking = json.load(f)["table"]["ranking"]
+    return [self.path("members", setting, name) for name in ranking]
+
+  def warm_dir(self, m: int) -> str:
+    return self.path("average", f"warm_{m}", "checkpoint")
+
+  def reward_spec(self, name: str) -> Any:
+    """The gin spec of a reward (warm_jax.reward_sources): a member, WARM M or ENS M."""
+    ranked = self.ranked_members()
+    if name == "best_member":
+      return ranked[0]
+    kind, m = name.split("_")
+    return self.warm_dir(int(m)) if kind == "warm" else ranked[:int(m)]
+
+  def rl_runs(self) -> list[tuple[str, str, float]]:
+    """(run name, reward name, KL coefficient) of every RL stage."""
+    s = self.scale
+    if not s.rl_kl_coefs:
+      return [(reward, reward, s.rl_kl_coef) for reward in s.rl_rewards]
+    return [(f"{reward}_kl{alpha:g}", reward, alpha) for alpha in s.rl_kl_coefs
+            for reward in s.rl_rewards]
+
+  def rl_run_names(self) -> list[str]:
+    return [run for run, _, _ in self.rl_runs()] if self.scale.rl_steps else []
+
+  def _warm_ms_needed(self) -> list[int]:
+    ms = set(self.scale.warm_ms) if self.scale.bon_prompts else set()
+    ms |= {int(n.split("_")[1]) for n in self.scale.rl_rewards if n.startswith("warm_")}
+    return sorted(ms) if (self.scale.bon_prompts or self.scale.rl_steps) else []
+
+  def _policy_common(self) -> list[str]:
+    s = self.scale
+    return [_gin("DATA_DIR", self.data_dir("clean")), _gin("SEED", self.seed),
+            _gin("MAX_NEW_TOKENS", s.max_new_tokens)]
+
+  def _policy_stages(self) -> list[Stage]:
+    s, out = self.scale, []
+    for m in self._warm_ms_needed():
+      out.append(Stage(f"average/warm_{m}", lambda m=m: _py(
+          "warm_jax.average", "--inputs", *self.ranked_members()[:m],
+          "--output", self.warm_dir(m), "--overwrite"), self.path("average", f"warm_{m}")))
+    if s.bon_prompts:
+      def bon_argv():
+        ranked = self.ranked_members()
+        models = {os.path.basename(p): p for p in ranked}
+        for m in s.warm_ms:
+          models[f"warm_{m}"] = self.warm_dir(m)
+          models[f"ens_{m}"] = ranked[:m]
+        return _py("warm_jax.train", f"--gin_file={s.model_gin}", "--gin_file=gin/bon.gin",
+                   *self._policy_common(), _gin("SFT_DIR", self.path("sft")),
+                   _gin("OUTPUT_DIR", self.path("bon")), _gin("N_MAX", s.bon_n_max),
+                   _gin("NUM_PROMPTS", s.bon_prompts), _gin("BATCH_SIZE", s.policy_batch),
+                   f"--gin.REWARD_MODELS={models!r}")
+      out.append(Stage("bon", bon_argv, self.path("bon")))
+    if s.rl_steps:
+      for run, reward, kl_coef in self.rl_runs():
+        out.append(Stage(f"rl/{run}", lambda run=run, reward=reward, kl_coef=kl_coef: _py(
+            "warm_jax.train", f"--gin_file={s.model_gin}", "--gin_file=gin/rl.gin",
+            *self._policy_common(), _gin("SFT_DIR", self.path("sft")),
+            _gin("MODEL_DIR", self.path("rl", run)),
+            f"--gin.REWARD_MODEL={self.reward_spec(reward)!r}",
+            _gin("TRAIN_STEPS", s.rl_steps), _gin("BATCH_SIZE", s.rl_batch),
+            _gin("LEARNING_RATE", s.rl_learning_rate), _gin("KL_COEF", kl_coef),
+            _gin("VALUE_WARMUP_STEPS", s.rl_value_warmup),
+            _gin("EVAL_EVERY", s.rl_eval_every), _gin("SAVE_EVERY", s.rl_eval_every),
+            _gin("NUM_EVAL_PROMPTS", s.rl_eval_prompts)), self.path("rl", run)))
+      if s.rl_rewards and s.win_rate_prompts:
+        def win_argv():
+          from warm_jax.win_rates import best_checkpoint
+          policies = {run: best_checkpoint(self.path("rl", run)) for run in self.rl_run_names()}
+          policies["sft"] = self.path("sft")
+          return _py("warm_jax.train", f"--gin_file={s.model_gin}",
+                     "--gin_file=gin/win_rates.gin", *self._policy_common(),
+                     _gin("OUTPUT_DIR", self.path("win_rates")),
+                     _gin("PROMPT_OFFSET", s.rl_eval_prompts),
+                     _gin("NUM_PROMPTS", s.win_rate_prompts),
+                     _gin("BATCH_SIZE", s.policy_batch), f"--gin.POLICIES={policies!r}")
+        out.append(Stage("win_rates", win_argv, self.path("win_rates")))
+    return out
+
+  def _member_sweep_bindings(self) -> list[str]:
+    """Overrides of the members' sweep for the diversity ablation (none for 'all')."""
+    source = self.scale.member_diversity
+    if source == "all":
+      return []
+    base, s = self.base_member(), self.scale
+    pools = {"learning_rate": ("LEARNING_RATES", tuple(s.learning_rates), (base.learning_rate,)),
+             "dropout": ("DROPOUT_RATES", tuple(s.dropout_rates), (base.dropout_rate,)),
+             "baklava": ("SFT_STEPS", tuple(s.baklava_steps), (base.sft_step,))}
+    out = [_gin(macro, full if name == source else fixed)
+           for name, (macro, full, fixed) in pools.items()]
+    out.append(f"--gin.MemberSweep.vary_data_order={source == 'data_order'}")
     return out
 
   # -- LMC diversity pairs (fig. 3) and Remark 1 ---------------------------------------------
@@ -220,8 +440,80 @@ class ExperimentPlan:
     return pairs
 
 
-def run_stages(stages: Sequence[Stage], *, log_dir: str) -> dict[str, float]:
-  """Runs the stages in order, skipping finished ones; returns wall time per stage."""
+def stage_environment(cache_dir: str) -> dict[str, str]:
+  """The environment every stage runs in: one persistent XLA compile cache for the whole
+  experiment (the two settings, the LMC pairs and the RL runs compile the same programs) and
+  the FLOP/s of one timed matmul, so that each stage's MFU uses the same reference."""
+  env = dict(os.environ)
+  env.setdefault("JAX_COMPILATION_CACHE_DIR", cache_dir)
+  env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+  if "WARM_JAX_MATMUL_FLOPS" not in env:
+    from warm_jax import flops as flops_lib
+    env["WARM_JAX_MATMUL_FLOPS"] = repr(flops_lib.measure_matmul_flops())
+  return env
+
+
+def _run_subprocess(stage: Stage, log_path: str, env: Mapping[str, str] | None) -> int:
+  with open(log_path, "w") as log:
+    proc = subprocess.Popen(stage.argv, stdout=log, stderr=subprocess.PIPE, text=True,
+                            cwd=_repo_root(), env=None if env is None else dict(env))
+    for line in proc.stderr:  # child progress lines are shown, everything is logged
+      log.write(line)
+      if line.startswith("[") or line.startswith("error"):
+        print(f"  {line.rstrip()}", file=sys.stderr, flush=True)
+    return proc.wait()
+
+
+def _run_in_process(stage: Stage, log_path: str, env: Mapping[str, str] | None) -> int:
+  """Runs `python -m MODULE ARGS` as MODULE.main(ARGS) in this process: no interpreter, JAX
+  and TensorFlow start-up per stage (seconds each, most of a tiny stage's time). Logging goes
+  to the stage's log; progress lines still reach the console."""
+  import contextlib
+  import importlib
+  import gin
+  import jax
+  if stage.argv[1:2] != ["-m"]:
+    raise ValueError(f"stage {stage.name}: in-process stages must be `python -m MODULE ...`")
+  if env is not None:
+    for key in ("WARM_JAX_MATMUL_FLOPS",):
+      if key in env:
+        os.environ[key] = env[key]
+    if env.get("JAX_COMPILATION_CACHE_DIR"):
+      jax.config.update("jax_compilation_cache_dir", env["JAX_COMPILATION_CACHE_DIR"])
+      jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                        float(env.get("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", 0.5)))
+  root = logging.getLogger()
+  saved_levels = [(h, h.level) for h in root.handlers]
+  handler = logging.FileHandler(log_path, mode="w")
+  handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+  for h, _ in saved_levels:  # the console shows progress lines and errors, the log the rest
+    h.setLevel(logging.ERROR)
+  root.addHandler(handler)
+  cwd = os.getcwd()
+  try:
+    os.chdir(_repo_root())
+    gin.clear_config()
+    with open(log_path + ".stdout", "w") as out, contextlib.redirect_stdout(out):
+      return int(importlib.import_module(stage.argv[2]).main(list(stage.argv[3:])) or 0)
+  except SystemExit as e:
+    return int(e.code or 0) if not isinstance(e.code, str) else 1
+  finally:
+    os.chdir(cwd)
+    gin.clear_config()
+    root.removeHandler(handler)
+    handler.close()
+    for h, level in saved_levels:
+      h.setLevel(level)
+
+
+def run_stages(stages: Sequence[Stage], *, log_dir: str, env: Mapping[str, str] | None = None,
+               on_resolve: Callable[[], None] | None = None,
+               in_process: bool = False) -> dict[str, float]:
+  """Runs the stages in order, skipping finished ones; returns wall time per stage.
+
+  Each stage is a subprocess (isolated: its memory is returned, a crash is contained) unless
+  `in_process`, which calls the stage's main() here (the tiny smoke scale: start-up dominates).
+  """
   os.makedirs(log_dir, exist_ok=True)
   timings = {}
   t_start = time.time()
@@ -233,26 +525,45 @@ def run_stages(stages: Sequence[Stage], *, log_dir: str) -> dict[str, float]:
       print(f"{prefix}: done already ({timings[stage.name]:.0f}s), skipped", file=sys.stderr,
             flush=True)
       continue
+    if not stage.resolved:
+      stage.resolve()
+      if on_resolve:
+        on_resolve()
     elapsed = time.time() - t_start
     print(f"{prefix}: running ({elapsed:.0f}s into the experiment)", file=sys.stderr,
           flush=True)
     log_path = os.path.join(log_dir, stage.name.replace("/", "_") + ".log")
-    t0 = time.time()
-    with open(log_path, "w") as log:
-      proc = subprocess.Popen(stage.argv, stdout=log, stderr=subprocess.PIPE, text=True,
-                              cwd=_repo_root())
-      for line in proc.stderr:  # child progress lines are shown, everything is logged
-        log.write(line)
-        if line.startswith("[") or line.startswith("error"):
-          print(f"  {line.rstrip()}", file=sys.stderr, flush=True)
-      proc.wait()
-    if proc.returncode != 0:
-      raise RuntimeError(f"stage {stage.name} failed (exit {proc.returncode}); its log is "
-                         f"{log_path}; rerun the experiment to resume from this stage")
+    t0, cpu0 = time.time(), _cpu_seconds()
+    returncode = (_run_in_process if in_process else _run_subprocess)(stage, log_path, env)
+    if returncode != 0:
+      raise StageFailed(f"stage {stage.name} failed (exit {returncode}); its log is "
+                        f"{log_path}; fix the cause and rerun the same command: finished "
+                        "stages are skipped and this one resumes")
     timings[stage.name] = round(time.time() - t0, 2)
+    cpu = round(_cpu_seconds() - cpu0, 2)
     os.makedirs(stage.output, exist_ok=True)
-    atomic_write_text(stage.done_path, json.dumps({"wall_s": timings[stage.name]}) + "\n")
+    atomic_write_text(stage.done_path, json.dumps({"wall_s": timings[stage.name],
+                                                   "cpu_s": cpu}) + "\n")
   return timings
+
+
+def _cpu_seconds() -> float:
+  """CPU seconds (user + system) of this process and its finished children: a stage's cost
+  that, unlike wall time, does not grow when other jobs share the machine."""
+  t = os.times()
+  return t.user + t.system + t.children_user + t.children_system
+
+
+def stage_cpu_seconds(stages: Sequence[Stage]) -> dict[str, float]:
+  """CPU seconds per finished stage, from the STAGE_DONE markers (absent in old markers)."""
+  out = {}
+  for stage in stages:
+    if os.path.exists(stage.done_path):
+      with open(stage.done_path) as f:
+        cpu = json.load(f).get("cpu_s")
+      if cpu is not None:
+        out[stage.name] = cpu
+  return out
 
 
 def _repo_root() -> str:
@@ -264,28 +575,60 @@ def write_commands(stages: Sequence[Stage], path: str) -> None:
            "repository root).", "set -euo pipefail"]
   for stage in stages:
     lines.append(f"# {stage.name}")
-    lines.append(" ".join(shlex.quote(a) for a in ["python", *stage.argv[1:]]))
+    if stage.resolved:
+      lines.append(" ".join(shlex.quote(a) for a in ["python", *stage.argv[1:]]))
+    else:
+      lines.append("# (its arguments come from earlier stages: written when it starts)")
   atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def run_experiment(*, output_dir: str | None, scale: str = "default",
-                   scales: Mapping[str, Mapping[str, Any]], seed: int = 0) -> dict[str, Any]:
-  """Runs (or resumes) every stage, then writes metrics.json, report.md and plots/."""
+                   scales: Mapping[str, Mapping[str, Any]], seed: int = 0,
+                   in_process: bool = False, tldr_manual_dir: str | None = None,
+                   overrides: Mapping[str, Any] | None = None,
+                   dry_run: bool = False) -> dict[str, Any] | ExperimentPlan:
+  """Runs (or resumes) every stage, then writes metrics.json, report.md and plots/.
+
+  in_process: run the stages in this process instead of one subprocess each (see
+    `run_stages`); the tiny smoke scale does, to fit its budget.
+  overrides: ExperimentScale fields replacing the preset's (the ablations in
+    gin/experiments/ablations/ set these, so they compose with any SCALE).
+  dry_run: print the stages and their commands and return the plan; nothing is run or written.
+  """
   from warm_jax import report
   if not output_dir:
     raise ValueError("--output_dir is required")
   if scale not in scales:
     raise ValueError(f"SCALE={scale!r} is not one of the presets {sorted(scales)}")
+  fields = {**scales[scale], **dict(overrides or {})}
+  unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(ExperimentScale)})
+  if unknown:
+    raise ValueError(f"unknown experiment scale field(s) {unknown} in SCALE={scale!r} or "
+                     f"OVERRIDES; the fields are those of warm_jax.experiment.ExperimentScale")
   preset = ExperimentScale(**{k: tuple(v) if isinstance(v, list) else v
-                              for k, v in scales[scale].items()})
-  plan = ExperimentPlan(output_dir=output_dir, scale=preset, seed=seed)
+                              for k, v in fields.items()})
+  plan = ExperimentPlan(output_dir=output_dir, scale=preset, seed=seed,
+                        tldr_manual_dir=tldr_manual_dir)
   stages = plan.stages()
+  if dry_run:
+    print(f"# {len(stages)} stages of SCALE={scale!r} into {plan.out}")
+    for stage in stages:
+      print(f"# {stage.name}")
+      print(" ".join(shlex.quote(a) for a in ["python", *stage.argv[1:]]) if stage.resolved
+            else "#   (arguments from earlier stages: resolved when it starts)")
+    return plan
   os.makedirs(plan.out, exist_ok=True)
   write_commands(stages, plan.path("commands.sh"))
   t0 = time.time()
-  timings = run_stages(stages, log_dir=plan.path("logs"))
+  timings = run_stages(stages, log_dir=plan.path("logs"),
+                       env=stage_environment(plan.path("cache", "jax")),
+                       on_resolve=lambda: write_commands(stages, plan.path("commands.sh")),
+                       in_process=in_process)
   timings["total"] = round(time.time() - t0, 2)
   metrics = report.collect_metrics(plan, timings=timings, scale_name=scale)
+  metrics["cpu_s"] = stage_cpu_seconds(stages)
+  metrics["cpu_s"]["total"] = round(sum(metrics["cpu_s"].values()), 2)
+  metrics["load_average"] = list(os.getloadavg())
   report.write_report(plan.out, metrics)
   print(f"[experiment] done: {plan.path('report.md')}", file=sys.stderr, flush=True)
   return metrics
@@ -298,14 +641,25 @@ def main(argv: Sequence[str] | None = None) -> int:
   for arg in argv:
     if arg.startswith("--output_dir="):
       output = arg.split("=", 1)[1]
+    elif arg == "--dry_run":
+      rest.append("--gin.run_experiment.dry_run=True")
     else:
       rest.append(arg)
   if output is not None:
     rest.append(f"--gin.OUTPUT_DIR={output!r}")
   logging.getLogger().setLevel("INFO")
-  return gin_main(rest, entry="run_experiment", doc=__doc__,
-                  example="--gin_file=gin/experiments/warm_synthetic_tldr.gin "
-                          "--output_dir=runs/demo")
+  try:
+    return gin_main(rest, entry="run_experiment", doc=__doc__,
+                    example="--gin_file=gin/experiments/warm_synthetic_tldr.gin "
+                            "--output_dir=runs/demo")
+  except RuntimeError as e:
+    # `python -m` runs this file as __main__: the configurable raises the StageFailed of the
+    # imported warm_jax.experiment module, a different class object than this file's.
+    from warm_jax import experiment as module
+    if not isinstance(e, (StageFailed, module.StageFailed)):
+      raise
+    print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -117,6 +117,7 @@ def write_operative_config(model_dir: str) -> str:
 
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what schedulers expect from a terminated job
+PEER_FAILURE_EXIT_CODE = 1  # another process of a jax.distributed job died
 
 
 def gin_main(argv: Sequence[str] | None, *, entry: str, doc: str, example: str) -> int:
@@ -125,7 +126,9 @@ def gin_main(argv: Sequence[str] | None, *, entry: str, doc: str, example: str) 
   Parses the gin flags (plus --multihost), calls the configurable `entry`, and turns known,
   user-fixable failures into one clear message and a non-zero exit: 2 for a bad command line or
   gin config (nothing was run), 1 for a failure while running (the traceback is logged at
-  DEBUG level: set WARM_JAX_LOGLEVEL=DEBUG), 143 for a preemption (a checkpoint was saved).
+  DEBUG level: set WARM_JAX_LOGLEVEL=DEBUG) or when another process of a multi-process job
+  died (exiting at once rather than waiting in jax's shutdown barrier), 143 for a preemption
+  (a checkpoint was saved).
   """
   from warm_jax import configurables
   from warm_jax.checkpoints import CheckpointError
@@ -167,8 +170,43 @@ def gin_main(argv: Sequence[str] | None, *, entry: str, doc: str, example: str) 
   except Preempted as e:
     print(f"preempted: {e}", file=sys.stderr)
     return PREEMPTED_EXIT_CODE
-  except (ValueError, CheckpointError, NonFiniteError, FileNotFoundError) as e:
+  except Exception as e:  # pylint: disable=broad-except
+    if _is_peer_failure(e):
+      _exit_after_peer_failure(e)
+    if not isinstance(e, (ValueError, CheckpointError, NonFiniteError, OSError)):
+      raise  # a bug: keep the traceback
     logging.debug("%s failed", entry, exc_info=True)
-    print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+    print(f"error: {type(e).__name__}: {error_message(e)}", file=sys.stderr)
     return 1
   return 0
+
+
+def error_message(error: BaseException) -> str:
+  """The error's message without gin's "In call to configurable ..." trail; an OSError (disk
+  full, unwritable or missing path) gets the fix."""
+  message = str(error).split("\n  In call to configurable")[0]
+  if isinstance(error, OSError) and error.errno is not None:
+    message += (" (a file system error: check that the path exists, is writable and has free "
+                "space; a rerun resumes from the last complete checkpoint)")
+  return message
+
+
+def _is_peer_failure(error: BaseException) -> bool:
+  """A runtime error of a multi-process run: a collective or barrier with a process that died."""
+  import jax
+  return isinstance(error, jax.errors.JaxRuntimeError) and jax.process_count() > 1
+
+
+def _exit_after_peer_failure(error: BaseException) -> None:
+  """Reports and exits at once. A normal exit would run `jax.distributed.shutdown`, whose
+  barrier waits for the dead process until the heartbeat timeout and then aborts."""
+  import jax
+  first_line = error_message(error).strip().splitlines()[0]
+  print(f"error: {type(error).__name__} in process {jax.process_index()} of "
+        f"{jax.process_count()}: {first_line}\nAnother process of this jax.distributed job "
+        "probably stopped (crashed, killed or preempted): check its log. Restart all processes "
+        "with the same command: they resume from the last complete checkpoint.",
+        file=sys.stderr, flush=True)
+  logging.shutdown()
+  sys.stdout.flush()
+  os._exit(PEER_FAILURE_EXIT_CODE)  # pylint: disable=protected-access

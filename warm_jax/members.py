@@ -50,12 +50,15 @@ class MemberSweep:
     dropout_rates: pool of dropout rates (paper: {0.05, 0.1}).
     sft_steps: pool of SFT checkpoint steps to start from (Baklava); None = the latest.
     seed: sweep seed; member i draws from streams seeded by (seed, i, name).
+    vary_data_order: False gives every member member 0's data seed (the diversity ablation:
+      members that differ only in the pools above).
   """
 
   learning_rates: Sequence[float] = (1e-5, 4e-5, 1e-4)
   dropout_rates: Sequence[float] = (0.05, 0.1)
   sft_steps: Sequence[int | None] = (None,)
   seed: int = 0
+  vary_data_order: bool = True
 
   def __post_init__(self):
     for name in ("learning_rates", "dropout_rates", "sft_steps"):
@@ -97,7 +100,8 @@ def draw_member(sweep: MemberSweep, index: int) -> MemberHParams:
       index=index,
       learning_rate=float(pick("learning_rate", tuple(sweep.learning_rates))),
       dropout_rate=float(pick("dropout_rate", tuple(sweep.dropout_rates))),
-      data_seed=int(_stream(sweep.seed, index, "data_seed").integers(2**31 - 1)),
+      data_seed=int(_stream(sweep.seed, index if sweep.vary_data_order else 0,
+                            "data_seed").integers(2**31 - 1)),
       sft_step=pick("sft_step", tuple(sweep.sft_steps)),
   )
 

@@ -43,18 +43,34 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
 )
 
 ENV_DISTRIBUTED = "WARM_JAX_DISTRIBUTED"
+ENV_HEARTBEAT_TIMEOUT = "WARM_JAX_HEARTBEAT_TIMEOUT_S"
+ENV_SHUTDOWN_TIMEOUT = "WARM_JAX_SHUTDOWN_TIMEOUT_S"
+DEFAULT_HEARTBEAT_TIMEOUT_S = 30
+DEFAULT_SHUTDOWN_TIMEOUT_S = 60
 
 
 def maybe_initialize_distributed(*, enable: bool | None = None,
                                  coordinator_address: str | None = None,
                                  num_processes: int | None = None,
                                  process_id: int | None = None,
-                                 initialization_timeout: int = 300) -> bool:
+                                 initialization_timeout: int = 300,
+                                 heartbeat_timeout_seconds: int | None = None,
+                                 shutdown_timeout_seconds: int | None = None) -> bool:
   """Calls `jax.distributed.initialize` when asked to by a flag or `WARM_JAX_DISTRIBUTED=1`.
 
   With no explicit addresses jax auto-detects SLURM, TPU pods and other cluster environments;
   locally, pass coordinator_address="localhost:PORT", num_processes and process_id (or set
   JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID). Returns whether it initialised.
+
+  When a process dies, the others learn it at their next collective (a connection reset: the
+  CLIs then print what happened and exit with status 1 at once, see `gin_utils.gin_main`), or
+  from the coordination service, which reports a lost coordinator at once and a silent
+  process once its heartbeats stop for `heartbeat_timeout_seconds` (env
+  WARM_JAX_HEARTBEAT_TIMEOUT_S, default 30; jax's own default is 100): jax then terminates
+  them with "the JAX distributed service detected fatal errors ... another task died" (jax
+  offers no hook to replace that abort). `shutdown_timeout_seconds`
+  (WARM_JAX_SHUTDOWN_TIMEOUT_S, default 60) bounds how long a finished process waits for the
+  others at exit.
   """
   if enable is None:
     enable = os.environ.get(ENV_DISTRIBUTED, "0").lower() in ("1", "true", "yes")
@@ -68,6 +84,10 @@ def maybe_initialize_distributed(*, enable: bool | None = None,
       process_id=process_id if process_id is not None else (
           int(env["JAX_PROCESS_ID"]) if "JAX_PROCESS_ID" in env else None),
       initialization_timeout=initialization_timeout,
+      heartbeat_timeout_seconds=heartbeat_timeout_seconds if heartbeat_timeout_seconds
+      is not None else int(env.get(ENV_HEARTBEAT_TIMEOUT, DEFAULT_HEARTBEAT_TIMEOUT_S)),
+      shutdown_timeout_seconds=shutdown_timeout_seconds if shutdown_timeout_seconds
+      is not None else int(env.get(ENV_SHUTDOWN_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT_S)),
   )
   jax.distributed.initialize(**{k: v for k, v in kwargs.items() if v is not None})
   logging.info("jax.distributed: process %d of %d, %d global devices", jax.process_index(),

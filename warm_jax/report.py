@@ -15,9 +15,10 @@ import os
 import shutil
 from typing import Any
 
+from warm_jax import report_policy
 from warm_jax.checkpoints import atomic_write_text
 
-SUBSETS = ("train_clean", "train_corrupt", "id_val", "ood")
+SUBSETS = ("train_clean", "train_corrupt", "id_val", "ood", "ood_policy")
 DIVERSITY_ORDER = ("checkpoints_of_one_run", "two_data_orders", "two_learning_rates",
                    "two_baklava_inits")
 # |Acc(WA) - Acc(ENS)| below this counts as "WA ~ ENS" (about one std of a ~1k-pair subset).
@@ -46,12 +47,19 @@ def collect_metrics(plan: Any, *, timings: dict[str, float], scale_name: str
                    "vs_m": result.get("vs_m"), "wa_minus_ens": result.get("wa_minus_ens")}
     lmc[setting] = result.get("lmc", {})
   data_stats = {s: _read_json(plan.path("data", s, "stats.json")) for s in ("clean", "corrupt")}
-  return {"scale": scale_name, "rm": rm, "lmc": lmc, "bon": None, "rl": None,
-          "win_rates": None, "timings": timings,
+  rl_names = plan.rl_run_names() if hasattr(plan, "rl_run_names") else []
+  return {"scale": scale_name, "rm": rm, "lmc": lmc,
+          "bon": report_policy.collect_bon(plan.path("bon")),
+          "rl": report_policy.collect_rl({n: plan.path("rl", n) for n in rl_names}),
+          "win_rates": report_policy.collect_win_rates(plan.path("win_rates")),
+          "timings": timings,
           "data": {s: {k: v for k, v in (st or {}).items()
                        if k in ("sizes", "label_noise_rate", "corruption_rate",
-                                "length_label_correlation")} for s, st in data_stats.items()},
-          "_plot_sources": {s: plan.path("eval", s, "plots") for s in ("clean", "corrupt")}}
+                                "length_label_corr", "bt_expected_noise_rate")}
+                   for s, st in data_stats.items()},
+          "policy_pairs": _read_json(plan.path("policy_pairs", "stats.json")),
+          "_plot_sources": {**{s: plan.path("eval", s, "plots") for s in ("clean", "corrupt")},
+                            "bon": plan.path("bon", "plots")}}
 
 
 # -- findings ---------------------------------------------------------------------------------
@@ -65,12 +73,8 @@ def standard_error(accuracy: float, n: int) -> float:
 
 
 def directional_verdict(effect: float, se: float) -> str:
-  """effect > 0 is the paper's direction; within one standard error we say so."""
-  if effect > se:
-    return "reproduced"
-  if effect < -se:
-    return "not reproduced"
-  return f"inconclusive (within 1 s.e. = {100 * se:.1f} points)"
+  """effect (an accuracy difference) > 0 is the paper's direction, beyond 1 s.e."""
+  return report_policy.directional_verdict(effect, se, se_text=f"{100 * se:.1f} points")
 
 
 def findings(metrics: dict[str, Any]) -> list[dict[str, str]]:
@@ -83,23 +87,27 @@ def findings(metrics: dict[str, Any]) -> list[dict[str, str]]:
     ms = sorted(int(k.split("_")[1]) for k in t if k.startswith("warm_"))
     for m in ms:
       wa, ens = t[f"warm_{m}"], t[f"ens_{m}"]
-      gaps = {s: wa[s] - ens[s] for s in ("id_val", "ood") if s in wa}
+      gaps = {s: wa[s] - ens[s] for s in ("id_val", "ood", "ood_policy") if s in wa}
       out.append({
           "finding": f"WA ~ ENS (WARM M={m} vs ENS M={m}, clean labels)",
-          "rule": f"|Acc(WA) - Acc(ENS)| <= {100 * SIMILAR_TOLERANCE:.1f} points on ID val "
-                  "and OOD",
+          "rule": f"|Acc(WA) - Acc(ENS)| <= max({100 * SIMILAR_TOLERANCE:.1f} points, 1 s.e.) "
+                  "on every held-out subset",
           "numbers": ", ".join(f"{s}: WA {_fmt(wa[s])} vs ENS {_fmt(ens[s])}" for s in gaps),
           "verdict": "reproduced" if all(
               abs(g) <= max(SIMILAR_TOLERANCE, standard_error(wa[s], sizes[s]))
               for s, g in gaps.items()) else "not reproduced"})
       best = clean["best_member"]
-      out.append({
-          "finding": f"WARM M={m} beats the best single RM out of distribution",
-          "rule": "Acc_OOD(WARM M) > Acc_OOD(best member, ranked on ID val)",
-          "numbers": f"OOD: WARM {_fmt(wa['ood'])} vs {best} {_fmt(t[best]['ood'])} "
-                     f"(mean member {_fmt(clean['mean_member']['ood'])})",
-          "verdict": directional_verdict(wa["ood"] - t[best]["ood"],
-                                         standard_error(wa["ood"], sizes["ood"]))})
+      for subset, label in (("ood", "out of distribution"),
+                            ("ood_policy", "on high-temperature policy samples")):
+        if subset not in wa:
+          continue
+        out.append({
+            "finding": f"WARM M={m} beats the best single RM {label}",
+            "rule": f"Acc_{subset}(WARM M) > Acc_{subset}(best member, ranked on ID val)",
+            "numbers": f"{subset}: WARM {_fmt(wa[subset])} vs {best} {_fmt(t[best][subset])} "
+                       f"(mean member {_fmt(clean['mean_member'][subset])})",
+            "verdict": directional_verdict(wa[subset] - t[best][subset],
+                                           standard_error(wa[subset], sizes[subset]))})
   corrupt = rm.get("corrupt")
   if corrupt and "train_corrupt" in next(iter(corrupt["table"].values())):
     t, sizes = corrupt["table"], corrupt["subset_sizes"]
@@ -146,7 +154,7 @@ def findings(metrics: dict[str, Any]) -> list[dict[str, str]]:
         "numbers": f"bump OOD {100 * bump['ood']:+.2f}, ID val {100 * bump['id_val']:+.2f} "
                    "points",
         "verdict": directional_verdict(-bump["ood"], ood_se)})
-  return out
+  return out + report_policy.policy_findings(metrics)
 
 
 # -- writing ----------------------------------------------------------------------------------
@@ -157,8 +165,12 @@ FIGURES = {  # our plot file (in eval/<setting>/plots) -> report figure name
     ("corrupt", "wa_minus_ens.png"): "fig4_5_wa_minus_ens_corrupted.png",
     ("clean", "wa_minus_ens.png"): "fig4_5_wa_minus_ens_clean.png",
     ("clean", "accuracy_vs_m_ood.png"): "fig10_accuracy_vs_m_ood.png",
+    ("clean", "accuracy_vs_m_ood_policy.png"): "fig10_accuracy_vs_m_ood_policy.png",
+    ("clean", "lmc_ood_policy.png"): "fig3_lmc_diversity_ood_policy.png",
     ("clean", "accuracy.png"): "accuracy_clean.png",
     ("corrupt", "accuracy.png"): "accuracy_corrupted.png",
+    ("bon", "bon_oracle_vs_kl.png"): "fig6_bon_oracle_vs_kl.png",
+    ("bon", "bon_win_rate_vs_n.png"): "fig7_bon_win_rate_vs_n.png",
 }
 
 
@@ -179,6 +191,11 @@ def write_report(output_dir: str, metrics: dict[str, Any]) -> None:
     if os.path.exists(path):
       shutil.copyfile(path, os.path.join(plot_dir, dst))
       copied.append(dst)
+  if metrics.get("rl"):
+    copied += [os.path.basename(p) for p in report_policy.plot_rl(metrics["rl"], plot_dir)]
+  if metrics.get("win_rates"):
+    copied += [os.path.basename(p)
+               for p in report_policy.plot_win_rates(metrics["win_rates"], plot_dir)]
   public = {k: v for k, v in metrics.items() if not k.startswith("_")}
   public["findings"] = findings(metrics)
   atomic_write_text(os.path.join(output_dir, "metrics.json"),
@@ -201,7 +218,15 @@ def write_report(output_dir: str, metrics: dict[str, Any]) -> None:
     for name, curve in metrics["lmc"]["clean"].items():
       lines.append(f"| {name} | {100 * curve['bump']['id_val']:+.2f} | "
                    f"{100 * curve['bump']['ood']:+.2f} | {100 * curve['ens_bump']['ood']:+.2f} |")
+  lines += report_policy.tables_md(metrics)
   lines += ["", "## Figures", ""] + [f"![{c}](plots/{c})" for c in copied]
-  lines += ["", "## Wall time per stage (s)", "", "| stage | seconds |", "|---|---|"]
-  lines += [f"| {k} | {v:.0f} |" for k, v in metrics["timings"].items()]
+  cpu = metrics.get("cpu_s") or {}
+  load = metrics.get("load_average")
+  lines += ["", "## Wall time per stage (s)", "",
+            "CPU seconds (user + system, all threads) do not grow when other jobs share the "
+            "machine; wall seconds do." + (f" Load average at the end: {load[0]:.1f} (1 min), "
+                                           f"{load[2]:.1f} (15 min)." if load else ""), "",
+            "| stage | wall s | CPU s |", "|---|---|---|"]
+  lines += [f"| {k} | {v:.0f} | {cpu[k]:.0f} |" if k in cpu else f"| {k} | {v:.0f} | |"
+            for k, v in metrics["timings"].items()]
   atomic_write_text(os.path.join(output_dir, "report.md"), "\n".join(lines) + "\n")

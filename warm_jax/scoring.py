@@ -40,6 +40,7 @@ class RewardScorer:
     boxed = jax.eval_shape(lambda: self.model.init(
         jax.random.key(0), jnp.zeros((1, 2), jnp.int32), jnp.ones((1, 2), jnp.int32)))
     self.param_shardings = partitioner.param_shardings(boxed["params"])
+    self.abstract_params = nn.unbox(boxed["params"])
     batch_sharding = partitioner.batch_sharding(2)
 
     def rewards(params, tokens, mask):
@@ -56,6 +57,28 @@ class RewardScorer:
     self._features = jax.jit(features, in_shardings=(self.param_shardings, batch_sharding,
                                                      batch_sharding),
                              out_shardings=partitioner.batch_sharding(2))
+
+  def check_params(self, params: Any, *, name: str) -> None:
+    """Refuses params that do not fit this reward model (a checkpoint of another architecture:
+    the first differing leaf is named) or that hold NaN/inf (a diverged run)."""
+    from warm_jax import checkpoints as ckpt_lib
+    expected = ckpt_lib.flatten_params(self.abstract_params)
+    got = ckpt_lib.flatten_params(params)
+    fix = ("the checkpoint comes from another architecture; use the model gin file it was "
+           "trained with")
+    for path in sorted(set(expected) | set(got)):
+      if path not in got:
+        raise ckpt_lib.CheckpointError(f"{name} has no leaf {path}, which the reward model "
+                                       f"needs: {fix}")
+      if path not in expected:
+        raise ckpt_lib.CheckpointError(f"{name} has a leaf {path}, which the reward model "
+                                       f"does not: {fix}")
+      if tuple(np.shape(got[path])) != tuple(expected[path].shape):
+        raise ckpt_lib.CheckpointError(
+            f"{name} leaf {path} has shape {tuple(np.shape(got[path]))} but the reward model "
+            f"expects {tuple(expected[path].shape)}: {fix}")
+    for path, value in got.items():
+      ckpt_lib.check_finite_leaf(name, path, value)
 
   def place(self, params: Any) -> Any:
     """Host or device params -> arrays on this scorer's shardings (do it once per model)."""

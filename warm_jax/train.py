@@ -84,13 +84,18 @@ def train(*, model_dir: str | None = None, objective: Any, optimizer: OptimizerC
     logging.info("%s is already trained (%s): skipped", model_dir, DONE_MARKER)
     return None
   partitioner = partitioner or Partitioner()
-  if write_config and jax.process_index() == 0:
-    from warm_jax.gin_utils import write_operative_config
-    write_operative_config(model_dir)
+
+  def write_config_file(start_step: int) -> None:
+    del start_step  # written once the state is restored: a refused resume keeps the old one
+    if write_config and jax.process_index() == 0:
+      from warm_jax.gin_utils import write_operative_config
+      write_operative_config(model_dir)
+
   trainer = Trainer(objective=objective, optimizer=optimizer, partitioner=partitioner,
                     config=trainer_config, model_dir=model_dir, seq_len=seq_len)
   t0 = time.time()
-  state = trainer.train(dataset, eval_dataset=eval_dataset, init_params=init_from)
+  state = trainer.train(dataset, eval_dataset=eval_dataset, init_params=init_from,
+                        on_start=write_config_file)
   if jax.process_index() == 0:
     ckpt_lib.atomic_write_text(os.path.join(model_dir, DONE_MARKER), json.dumps({
         "step": int(state.step), "train_steps": trainer_config.train_steps,

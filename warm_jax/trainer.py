@@ -243,7 +243,8 @@ class Trainer:
   # The loop
   # ---------------------------------------------------------------------------------------------
   def train(self, dataset: ArrayDataset, *, eval_dataset: ArrayDataset | None = None,
-            init_params: Callable[["Trainer"], Any] | None = None) -> TrainState:
+            init_params: Callable[["Trainer"], Any] | None = None,
+            on_start: Callable[[int], None] | None = None) -> TrainState:
     """Trains up to `config.train_steps`, resuming from MODEL_DIR if it holds a checkpoint.
 
     Args:
@@ -251,6 +252,9 @@ class Trainer:
       eval_dataset: evaluated every `eval_every` steps and at the end.
       init_params: called (only when there is no checkpoint to resume) to produce the initial
         params, e.g. an SFT checkpoint mapped onto a reward model.
+      on_start: called with the start step once the state is restored or initialised (e.g.
+        to write config.gin: a run refused for a checkpoint that does not fit keeps the
+        config.gin the checkpoint was written with).
     Returns the final state.
     """
     cfg = self.config
@@ -270,6 +274,8 @@ class Trainer:
     else:
       state = self.init_state()
     start = int(latest or 0)
+    if on_start is not None:
+      on_start(start)
 
     writer = MetricsWriter(self.model_dir, resume_step=start)
     progress = Progress(name=cfg.name, total_steps=cfg.train_steps, start_step=start)

@@ -180,7 +180,7 @@ def best_checkpoint(model_dir: str, *, metric: str = "eval/oracle_reward") -> st
 def policy_win_rates(*, output_dir: str | None, data_dir: str | None,
                      policies: Mapping[str, str], model_config: Any, sampling: Any,
                      split: str = "validation", num_prompts: int | None = None,
-                     samples_per_prompt: int = 1, seed: int = 0, batch_size: int = 64,
+                     prompt_offset: int = 0, samples_per_prompt: int = 1, seed: int = 0, batch_size: int = 64,
                      prompt_len: int | None = None, vocab_size: int | None = None,
                      confidence: float = 0.95, partitioner: Any = None) -> dict[str, Any]:
   """Oracle win rates between saved policies on one prompt split; writes
@@ -190,6 +190,8 @@ def policy_win_rates(*, output_dir: str | None, data_dir: str | None,
     policies: {name: checkpoint path} (an RL model dir -> its latest step; a step dir; an SFT
       dir), e.g. {'warm_6': '/rl/warm_6/checkpoints/3500', 'best_single': ..., 'sft': ...}.
     sampling: a `SamplingConfig` (paper: temperature 0.9).
+    prompt_offset: skip this many prompts of the split first: the RL runs pick their best step
+      on the first NUM_EVAL_PROMPTS validation prompts, so the win rates use the ones after.
   """
   from warm_jax import checkpoints as ckpt_lib
   from warm_jax.data.datasets import load_arrays
@@ -203,8 +205,12 @@ def policy_win_rates(*, output_dir: str | None, data_dir: str | None,
     raise ValueError(f"POLICIES={dict(policies)}: give at least two {{name: checkpoint}}")
   prompts = load_arrays(data_dir, kind="prompts", split=split, length=prompt_len,
                         vocab_size=vocab_size)
-  n = len(prompts["prompt_tokens"]) if num_prompts is None else int(num_prompts)
-  prompts = {k: v[:n] for k, v in prompts.items()}
+  total = len(prompts["prompt_tokens"])
+  n = total - prompt_offset if num_prompts is None else int(num_prompts)
+  if prompt_offset < 0 or n <= 0 or prompt_offset + n > total:
+    raise ValueError(f"PROMPT_OFFSET={prompt_offset}, NUM_PROMPTS={num_prompts}: prompts.{split} "
+                     f"of {data_dir} has {total} prompts; pick an offset and count within it")
+  prompts = {k: v[prompt_offset:prompt_offset + n] for k, v in prompts.items()}
   sampler = Sampler(model_config=model_config, partitioner=partitioner or Partitioner(),
                     config=sampling, batch_size=batch_size)
   result = compare_policies(

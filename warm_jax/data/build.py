@@ -392,7 +392,7 @@ def _parse_flags(rest: Sequence[str]) -> tuple[str | None, bool, str | None]:
 def main(argv: Sequence[str] | None = None) -> int:
   import gin
   from warm_jax import configurables
-  from warm_jax.gin_utils import GinConfigError, parse_gin, split_gin_args
+  from warm_jax.gin_utils import GinConfigError, error_message, parse_gin, split_gin_args
 
   argv = list(sys.argv[1:] if argv is None else argv)
   if any(a in ("-h", "--help") for a in argv):
@@ -424,7 +424,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           output_dir=output_dir, overwrite=overwrite, write_operative_gin=True)
   except (ValueError, FileNotFoundError) as e:
     logging.debug("build failed", exc_info=True)
-    print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+    print(f"error: {type(e).__name__}: {error_message(e)}", file=sys.stderr)
     return 1
   print(json.dumps({"output_dir": os.path.abspath(output_dir), "sizes": stats["sizes"],
                     "build_seconds": stats["build_seconds"]["total"]}))

@@ -22,6 +22,7 @@ Batches (all int32 unless noted; L = SEQ_LEN, P = PROMPT_LEN, masks 1 = real tok
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Sequence
 
 import numpy as np
@@ -61,7 +62,7 @@ def load_arrays(data_dir: str, *, kind: str, split: str, length: int | None = No
   try:
     with np.load(path, allow_pickle=False) as npz:
       arrays = {k: npz[k] for k in npz.files}
-  except (OSError, ValueError) as e:
+  except (OSError, ValueError, zipfile.BadZipFile) as e:
     raise data_dir_lib.DataFormatError(f"{path} is not a readable npz file ({e}): rebuild "
                                        f"the data dir with `{data_dir_lib.BUILD_COMMAND}`"
                                        ) from e

@@ -20,6 +20,9 @@ How a pair is made (one numpy RNG per (seed, split, pair index), so a split is p
 4. Train only: exactly round(corruption_rate * n_train_pairs) pairs, chosen at random, get their
    label swapped and `corrupted=True` (the paper's 25% corruption experiments).
 Accuracy on ID val and OOD is meant to be measured against the gold sign (`gold_label`).
+`build_ood_pairs` is step 1-3 for OOD alone: the data build calls it without a sampler (no
+policy exists yet); `warm_jax.data.policy_pairs` calls it after SFT with the SFT model as the
+sampler, on its own stream (`POLICY_PAIRS_SPLIT`), to write the `ood_policy` evaluation split.
 
 Measured with the default WorldConfig (seed 0; `stats`): label noise 0.130 train / 0.146 ID val
 / 0.163 OOD (Bradley-Terry predicts 0.140 / 0.142 / 0.184); longer-is-better 0.80 / 0.81 / 0.42;
@@ -43,7 +46,11 @@ from warm_jax.data.gold_reward import count_words, gold_reward
 
 POLICY_GENERATOR = "policy"
 SPLIT_NAMES = ("rm_train", "id_val", "ood")
-_SPLIT_STREAMS = {"rm_train": 11, "id_val": 12, "ood": 13}  # seed-sequence stream per split
+# The OOD split of policy samples that `warm_jax.data.policy_pairs` builds after SFT (its own
+# random stream, so its pairs never replay the data dir's OOD pairs).
+POLICY_PAIRS_SPLIT = "ood_policy"
+_SPLIT_STREAMS = {"rm_train": 11, "id_val": 12, "ood": 13,
+                  POLICY_PAIRS_SPLIT: 14}  # seed-sequence stream per split
 _CORRUPTION_STREAM = 21
 _POLICY_STREAM = 22
 GOLD_TIE_TOLERANCE = 1e-9
@@ -260,7 +267,8 @@ def _build_pairs(*, split: str, posts: Sequence[world.Post], n_pairs: int,
         continue
       break
     else:
-      knob = "id_longer_is_better_rate" if split != "ood" else "ood_longer_is_better_rate"
+      knob = ("ood_longer_is_better_rate" if split in ("ood", POLICY_PAIRS_SPLIT)
+              else "id_longer_is_better_rate")
       raise RuntimeError(
           f"{split} pair {j} (post {post.post_id}): no candidate pair with distinct texts, "
           f"distinct gold rewards and longer_is_better={target} in "
@@ -284,6 +292,34 @@ def _corrupt(pairs: list[PreferencePair], *, rate: float, seed: int) -> list[Pre
           for i, p in enumerate(pairs)]
 
 
+def build_ood_pairs(*, config: WorldConfig, posts: Sequence[world.Post],
+                    policy_sampler: PolicySampler | None = None, split: str = "ood"
+                    ) -> tuple[list[PreferencePair], dict[str, list[str]] | None]:
+  """config.n_ood_pairs OOD pairs over `posts`, as `build_splits` makes its OOD split.
+
+  Candidates come from config.ood_mix; with a policy_sampler, each candidate is instead one of
+  the post's config.policy_samples_per_post policy samples (drawn once, at
+  config.policy_temperature) with probability config.ood_policy_rate. The length knob is
+  config.ood_longer_is_better_rate; labels are Bradley-Terry at config.temperature, never
+  corrupted. split: 'ood' (the data build) or POLICY_PAIRS_SPLIT (`policy_pairs`: the same
+  recipe on its own random stream).
+
+  Returns (pairs, policy pool: post_id -> its samples, or None when no sampler was used).
+  """
+  if split not in ("ood", POLICY_PAIRS_SPLIT):
+    raise ValueError(f"build_ood_pairs split={split!r}: use 'ood' or {POLICY_PAIRS_SPLIT!r}")
+  if config.n_ood_pairs > 0 and not posts:
+    raise ValueError(f"build_ood_pairs: {config.n_ood_pairs} pairs asked but no posts given")
+  policy_pool = None
+  if policy_sampler is not None and config.ood_policy_rate > 0 and config.n_ood_pairs > 0:
+    policy_pool = _sample_policy_pool(posts=posts, config=config,
+                                      policy_sampler=policy_sampler)
+  pairs = _build_pairs(split=split, posts=posts, n_pairs=config.n_ood_pairs,
+                       mix=config.ood_mix, longer_is_better_rate=config.ood_longer_is_better_rate,
+                       policy_pool=policy_pool, config=config)
+  return pairs, policy_pool
+
+
 def build_splits(*, config: WorldConfig,
                  policy_sampler: PolicySampler | None = None) -> WorldSplits:
   """All data of the synthetic world for `config` (deterministic given config.seed).
@@ -300,10 +336,6 @@ def build_splits(*, config: WorldConfig,
   pretrain_texts = tuple(world.format_example(p.text, p.reference) for p in posts_of("pretrain"))
   sft_posts, train_posts, val_posts, ood_posts, prompt_posts = (
       posts_of(s) for s in ("sft", "rm_train", "id_val", "ood", "prompts"))
-  policy_pool = None
-  if policy_sampler is not None and config.ood_policy_rate > 0 and config.n_ood_pairs > 0:
-    policy_pool = _sample_policy_pool(posts=ood_posts, config=config,
-                                      policy_sampler=policy_sampler)
   rm_train = _build_pairs(split="rm_train", posts=train_posts, n_pairs=config.n_train_pairs,
                           mix=config.id_mix, longer_is_better_rate=config.id_longer_is_better_rate,
                           policy_pool=None, config=config)
@@ -311,9 +343,7 @@ def build_splits(*, config: WorldConfig,
   id_val = _build_pairs(split="id_val", posts=val_posts, n_pairs=config.n_val_pairs,
                         mix=config.id_mix, longer_is_better_rate=config.id_longer_is_better_rate,
                         policy_pool=None, config=config)
-  ood = _build_pairs(split="ood", posts=ood_posts, n_pairs=config.n_ood_pairs,
-                     mix=config.ood_mix, longer_is_better_rate=config.ood_longer_is_better_rate,
-                     policy_pool=policy_pool, config=config)
+  ood, _ = build_ood_pairs(config=config, posts=ood_posts, policy_sampler=policy_sampler)
   all_posts = [*sft_posts, *train_posts, *val_posts, *ood_posts, *prompt_posts]
   return WorldSplits(
       config=config, pretrain_texts=pretrain_texts,
@@ -328,6 +358,32 @@ def _pearson(x: np.ndarray, y: np.ndarray) -> float:
   if len(x) < 2 or np.std(x) == 0 or np.std(y) == 0:
     return float("nan")
   return float(np.corrcoef(x, y)[0, 1])
+
+
+def pair_split_stats(pairs: Sequence[PreferencePair], *, temperature: float
+                     ) -> dict[str, float]:
+  """The per-split statistics of `stats` for one non-empty list of pairs (names without the
+  split prefix): label_noise_rate, bt_expected_noise_rate, corruption_rate, length_label_corr,
+  length_gold_corr, longer_is_better_rate."""
+  if not pairs:
+    raise ValueError("pair_split_stats needs at least one pair")
+  gold_gap = np.array([p.gold_a - p.gold_b for p in pairs])
+  len_gap = np.array([p.length_a - p.length_b for p in pairs], dtype=np.float64)
+  a_preferred = np.array([p.label == 0 for p in pairs], dtype=np.float64)
+  a_gold_better = (gold_gap > 0).astype(np.float64)
+  clean = np.array([p.clean_label for p in pairs])
+  gold = np.array([p.gold_label for p in pairs])
+  differ = len_gap != 0
+  return {
+      "label_noise_rate": float(np.mean(clean != gold)),
+      "bt_expected_noise_rate": float(np.mean(
+          [_sigmoid(-abs(g) / temperature) for g in gold_gap])),
+      "corruption_rate": float(np.mean([p.corrupted for p in pairs])),
+      "length_label_corr": _pearson(len_gap, a_preferred),
+      "length_gold_corr": _pearson(len_gap, a_gold_better),
+      "longer_is_better_rate": (float(np.mean((len_gap[differ] > 0) == (gold_gap[differ] > 0)))
+                                if differ.any() else float("nan")),
+  }
 
 
 def stats(splits: WorldSplits) -> dict[str, float]:
@@ -352,22 +408,8 @@ def stats(splits: WorldSplits) -> dict[str, float]:
     out[f"sizes/{split}"] = float(len(pairs))
     if not pairs:
       continue
-    gold_gap = np.array([p.gold_a - p.gold_b for p in pairs])
-    len_gap = np.array([p.length_a - p.length_b for p in pairs], dtype=np.float64)
-    a_preferred = np.array([p.label == 0 for p in pairs], dtype=np.float64)
-    a_gold_better = (gold_gap > 0).astype(np.float64)
-    clean = np.array([p.clean_label for p in pairs])
-    gold = np.array([p.gold_label for p in pairs])
-    out[f"{split}/label_noise_rate"] = float(np.mean(clean != gold))
-    out[f"{split}/bt_expected_noise_rate"] = float(np.mean(
-        [_sigmoid(-abs(g) / temperature) for g in gold_gap]))
-    out[f"{split}/corruption_rate"] = float(np.mean([p.corrupted for p in pairs]))
-    out[f"{split}/length_label_corr"] = _pearson(len_gap, a_preferred)
-    out[f"{split}/length_gold_corr"] = _pearson(len_gap, a_gold_better)
-    differ = len_gap != 0
-    out[f"{split}/longer_is_better_rate"] = (
-        float(np.mean((len_gap[differ] > 0) == (gold_gap[differ] > 0)))
-        if differ.any() else float("nan"))
+    for name, value in pair_split_stats(pairs, temperature=temperature).items():
+      out[f"{split}/{name}"] = value
     for p in pairs:
       gold_by_generator.setdefault(p.generator_a, []).append(p.gold_a)
       gold_by_generator.setdefault(p.generator_b, []).append(p.gold_b)

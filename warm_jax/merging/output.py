@@ -95,7 +95,13 @@ def write_checkpoint(tree: Any, *, output: str, overwrite: bool,
   os.makedirs(os.path.dirname(output), exist_ok=True)
   remove_tmp(tmp)
   try:
-    save_tree(tmp, tree)
+    try:
+      save_tree(tmp, tree)
+    except (OSError, ValueError) as e:  # TensorStore reports a failed write as ValueError
+      reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+      raise ckpt_lib.CheckpointWriteError(
+          f"writing {output} failed: {reason}. Free disk space or make "
+          f"{os.path.dirname(output)} writable, then rerun; nothing was written") from e
     if verify_content_hash is not None:
       written = content_hash(tmp, band_bytes=band_bytes)
       if written != verify_content_hash:

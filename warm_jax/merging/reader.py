@@ -124,6 +124,11 @@ class CheckpointReader:
           "orbax PyTree checkpoint?") from e
     tree = getattr(metadata, "item_metadata", metadata)
     tree = getattr(tree, "tree", tree)
+    if not jax.tree_util.tree_leaves(tree):  # orbax returns no tree for unreadable metadata
+      raise ckpt_lib.CheckpointError(
+          f"cannot read the tree of checkpoint {self.arg} ({self.path}): its orbax metadata is "
+          "missing or damaged, so the checkpoint is incomplete or corrupt; use another step "
+          "of that run, or retrain it")
     self.treedef = jax.tree_util.tree_structure(tree)
     # flatten_params names the leaves in the tree's flatten order, like every other module.
     self.leaves: list[LeafInfo] = [

@@ -133,6 +133,13 @@ def _check_paths(inputs: Sequence[str], init: str | None, output: str, overwrite
   if os.path.lexists(output) and not overwrite:
     raise checks.MergeInputError(f"output {output} already exists; pick a new path or pass "
                                  "--overwrite (nothing was written)")
+  parent = os.path.dirname(output)
+  while not os.path.lexists(parent):  # the first existing ancestor must be a writable dir
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+    raise checks.MergeInputError(
+        f"output {output} cannot be created: {parent} is not a writable directory; pick "
+        "another output path (nothing was written)")
   sources = [_Source(label=arg, reader=CheckpointReader(arg)) for arg in inputs]
   init_source = _Source(label=init, reader=CheckpointReader(init), is_init=True) if init else None
   seen: dict[str, str] = {}
@@ -145,7 +152,8 @@ def _check_paths(inputs: Sequence[str], init: str | None, output: str, overwrite
           "each member must be a distinct run (averaging a model with itself only reweights "
           "it); remove the duplicate")
     seen[real] = source.label
-    if _overlap(output, os.fspath(source.reader.path)):
+    # The path as given too: a member's run dir (not only its params) is the member's.
+    if _overlap(output, os.fspath(source.reader.path)) or _overlap(output, source.label):
       raise checks.MergeInputError(
           f"output {output} overlaps checkpoint {source.label} ({source.reader.path}): the "
           "averager never writes into or over its inputs; pick another output path")

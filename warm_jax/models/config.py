@@ -41,6 +41,14 @@ class TransformerConfig:
     logit_softcap: if set, logits = cap * tanh(logits / cap) (Gemma 2 style).
     use_bias: biases in dense layers (GPT-2 style) or not (Llama style).
     norm_eps: epsilon of the normalisation layers.
+    norm_scale_offset: the norms multiply by (norm_scale_offset + scale). Gemma stores its
+      RMSNorm weight as scale - 1 (offset 1.0); 0.0 elsewhere. A fresh scale starts at
+      1 - offset, so every convention starts as the identity scaling.
+    scale_embeddings: multiply the token embeddings by sqrt(d_model) before the first block
+      (Gemma); the tied LM head still uses the unscaled table.
+    rope_scaling: Llama 3 frequency scaling of RoPE as (factor, low_freq_factor,
+      high_freq_factor, original_max_len), e.g. (32.0, 1.0, 4.0, 8192) for Llama 3.2; None
+      for plain RoPE.
     dtype: compute dtype name ("float32" or "bfloat16"); parameters stay float32.
   """
 
@@ -61,6 +69,9 @@ class TransformerConfig:
   logit_softcap: float | None = None
   use_bias: bool = True
   norm_eps: float = 1e-6
+  norm_scale_offset: float = 0.0
+  scale_embeddings: bool = False
+  rope_scaling: tuple[float, float, float, int] | None = None
   dtype: str = "float32"
 
   def __post_init__(self):
@@ -88,6 +99,17 @@ class TransformerConfig:
       bad("dtype", f"choose one of {tuple(DTYPES)}")
     if self.logit_softcap is not None and self.logit_softcap <= 0:
       bad("logit_softcap", "must be positive or None")
+    if self.rope_scaling is not None:
+      object.__setattr__(self, "rope_scaling", tuple(self.rope_scaling))  # gin may give a list
+      if self.positions != "rotary":
+        bad("rope_scaling", "only applies to positions='rotary'")
+      if len(self.rope_scaling) != 4:
+        bad("rope_scaling", "must be (factor, low_freq_factor, high_freq_factor, "
+            "original_max_len)")
+      factor, low, high, original = self.rope_scaling
+      if not (factor >= 1 and 0 < low < high and original > 0):
+        bad("rope_scaling", "needs factor >= 1, 0 < low_freq_factor < high_freq_factor and "
+            "original_max_len > 0")
 
   @property
   def kv_heads(self) -> int:

@@ -89,13 +89,37 @@ def init_kv_cache(config: TransformerConfig, *, batch_size: int, length: int) ->
                  index=jnp.zeros((), jnp.int32))
 
 
-def apply_rope(x: Array, positions: Array, theta: float) -> Array:
+def rope_frequencies(head_dim: int, theta: float,
+                     scaling: tuple[float, float, float, int] | None = None) -> Array:
+  """[head_dim // 2] float32 angular frequencies of RoPE, optionally with Llama 3 scaling.
+
+  Llama 3 scaling (`TransformerConfig.rope_scaling`): wavelengths longer than
+  original_max_len / low_freq_factor are divided by `factor`, those shorter than
+  original_max_len / high_freq_factor are kept, and the band between is interpolated.
+  """
+  half = head_dim // 2
+  freq = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  if scaling is None:
+    return freq
+  factor, low_freq_factor, high_freq_factor, original_max_len = scaling
+  wavelength = 2 * jnp.pi / freq
+  smooth = (original_max_len / wavelength - low_freq_factor) / (
+      high_freq_factor - low_freq_factor)
+  interpolated = (1 - smooth) * freq / factor + smooth * freq
+  return jnp.where(wavelength > original_max_len / low_freq_factor, freq / factor,
+                   jnp.where(wavelength < original_max_len / high_freq_factor, freq,
+                             interpolated))
+
+
+def apply_rope(x: Array, positions: Array, theta: float,
+               scaling: tuple[float, float, float, int] | None = None) -> Array:
   """Rotary embedding of x [batch, length, heads, head_dim] at positions [batch, length].
 
-  Uses the "rotate half" layout of GPT-NeoX / Llama (first half paired with second half).
+  Uses the "rotate half" layout of GPT-NeoX / Llama (first half paired with second half),
+  which is also the layout of Hugging Face checkpoints' q/k projections.
   """
   half = x.shape[-1] // 2
-  freq = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  freq = rope_frequencies(x.shape[-1], theta, scaling)
   angle = positions[..., None].astype(jnp.float32) * freq  # [batch, length, half]
   sin, cos = jnp.sin(angle)[:, :, None, :], jnp.cos(angle)[:, :, None, :]
   x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
@@ -116,8 +140,13 @@ class Norm(nn.Module):
       xf = xf - jnp.mean(xf, axis=-1, keepdims=True)
     var = jnp.mean(jnp.square(xf), axis=-1, keepdims=True)
     y = xf * jax.lax.rsqrt(var + cfg.norm_eps)
-    scale = self.param("scale", _param_axes(nn.initializers.ones, ("embed",)), (x.shape[-1],))
-    y = y * scale
+    if cfg.norm_scale_offset:
+      init = nn.initializers.constant(1.0 - cfg.norm_scale_offset)
+      scale = self.param("scale", _param_axes(init, ("embed",)), (x.shape[-1],))
+      y = y * (cfg.norm_scale_offset + scale)
+    else:  # the original arithmetic, bit for bit
+      scale = self.param("scale", _param_axes(nn.initializers.ones, ("embed",)), (x.shape[-1],))
+      y = y * scale
     if cfg.norm == "layernorm":
       bias = self.param("bias", _param_axes(nn.initializers.zeros, ("embed",)), (x.shape[-1],))
       y = y + bias
@@ -188,8 +217,8 @@ class Attention(nn.Module):
     k = _dense((kv, hd), ("embed", "kv_heads", "head_dim"), cfg, "key", use_bias=False)(x)
     v = _dense((kv, hd), ("embed", "kv_heads", "head_dim"), cfg, "value")(x)
     if cfg.positions == "rotary":
-      q = apply_rope(q, positions, cfg.rope_theta)
-      k = apply_rope(k, positions, cfg.rope_theta)
+      q = apply_rope(q, positions, cfg.rope_theta, cfg.rope_scaling)
+      k = apply_rope(k, positions, cfg.rope_theta, cfg.rope_scaling)
     q = nn.with_logical_constraint(q, ("batch", "length", "heads", "head_dim"))
     if cache is None:
       out = dot_product_attention(q, k, v, causal_padding_mask(mask))
@@ -316,6 +345,8 @@ class Decoder(nn.Module):
 
   def _embed(self, tokens: Array, positions: Array, rate: float | Array) -> Array:
     x = self.token_embed(tokens)
+    if self.config.scale_embeddings:
+      x = x * jnp.asarray(self.config.d_model ** 0.5, x.dtype)
     if self.config.positions == "learned":
       x = x + self.position_embed(positions)
     x = dropout(self, x, rate)

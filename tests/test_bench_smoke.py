@@ -1,0 +1,213 @@
+"""The benchmarks' own side at a minute size, so that bench/*.py keep working.
+
+Not timings: each benchmark function runs once on a one-layer model and its bookkeeping is
+checked against an independent computation (token and FLOP counts from the params tree, the
+Bradley-Terry loss of the first batch, the bytes on disk, a child's peak memory). The peers'
+sides (TRL, mergekit) need the bench virtualenv (bench/setup_env.sh) and are not run here;
+the GPT-2 name map they use is checked with numpy alone.
+"""
+
+import os
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import REPO_ROOT
+
+if REPO_ROOT not in sys.path:
+  sys.path.insert(0, REPO_ROOT)
+
+from bench import (averager, common, decoding, hf_convert, mfu, rm_vs_trl,  # noqa: E402
+                   vmapped_members, warm_vs_ens)
+from warm_jax import checkpoints as ckpt  # noqa: E402
+from warm_jax.models import RewardModel  # noqa: E402
+from warm_jax.scoring import unboxed_init  # noqa: E402
+
+VOCAB = 64
+SMALL = dict(num_layers=1, d_model=32, num_heads=2, mlp_dim=64, max_len=32)
+MIB = 2**20
+
+
+def _config():
+  return common.preset_config("tiny", vocab_size=VOCAB, **SMALL)
+
+
+def _non_embedding_params(params) -> int:
+  """Parameters the matmul FLOPs count, from the tree itself: all but the token and position
+  tables and the scalar reward head."""
+  flat = ckpt.flatten_params(params)
+  return sum(int(np.prod(v.shape)) for k, v in flat.items()
+             if not k.startswith(("decoder/token_embed", "decoder/position_embed",
+                                  "reward_head")))
+
+
+# -------------------------------------------------------------------------------------------------
+# Shared helpers
+# -------------------------------------------------------------------------------------------------
+def test_presets_are_the_gin_model_files():
+  import gin
+  from warm_jax import configurables
+  gin.clear_config()
+  try:
+    configurables.register()
+    for name in ("tiny", "small", "base"):
+      gin.clear_config()
+      gin.parse_config_files_and_bindings([os.path.join(REPO_ROOT, "gin/models", f"{name}.gin")],
+                                          ["VOCAB_SIZE = 1000"])
+      fields = common.preset_fields(name)
+      assert fields, name
+      for field, value in fields.items():
+        assert gin.query_parameter(f"TransformerConfig.{field}") == value, (name, field)
+  finally:
+    gin.clear_config()
+  assert common.preset_config("base", vocab_size=32000).num_params() > 100e6  # "100M-class"
+
+
+def test_run_measured_reports_the_childs_own_peak_memory():
+  size = 200 * MIB
+  result = common.run_measured([sys.executable, "-c", f"b = b'x' * {size}; print(len(b))"])
+  assert result.stdout.strip() == str(size)
+  # The pytest process holding jax is far larger than this child; the launcher keeps its peak
+  # from being inherited, so the child's own ~200 MB (+ an interpreter) is what comes back.
+  assert size <= result.peak_rss_bytes < size + 100 * MIB
+  assert result.wall_s > 0 and result.returncode == 0
+  with pytest.raises(RuntimeError, match="exited 3"):
+    common.run_measured([sys.executable, "-c", "import sys; sys.exit(3)"])
+
+
+def test_read_files_reads_every_byte_cold_and_warm(tmp_path):
+  sizes = (3 * MIB + 17, 1234)
+  for i, n in enumerate(sizes):
+    (tmp_path / f"f{i}").write_bytes(os.urandom(n))
+  files = common.files_under([str(tmp_path)])
+  assert common.evict_page_cache(files, method="fadvise").startswith("fadvise")
+  seconds, nbytes = common.read_files(files, block_bytes=MIB)
+  assert nbytes == sum(sizes) == common.total_bytes(files)
+  assert seconds > 0
+  with pytest.raises(ValueError, match="method"):
+    common.evict_page_cache(files, method="nope")
+
+
+def test_markdown_table():
+  text = common.markdown_table(["a", "b"], [[1, 0.123456], ["x", 12345.6]])
+  assert text.splitlines() == ["| a | b |", "|---|---|", "| 1 | 0.123 |", "| x | 12,346 |"]
+
+
+# -------------------------------------------------------------------------------------------------
+# 1. RM vs TRL (our side) and the GPT-2 name map
+# -------------------------------------------------------------------------------------------------
+def test_gpt2_name_map_carries_every_weight():
+  config = _config()
+  params = jax.tree_util.tree_map(
+      lambda x: np.random.default_rng(0).standard_normal(x.shape).astype(np.float32),
+      unboxed_init(RewardModel(config)))
+  params["reward_head"]["bias"] = np.zeros(1, np.float32)
+  state = hf_convert.rm_params_to_gpt2_state_dict(params, config=config)
+  d, layers = config.d_model, config.num_layers
+  ours = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(params))
+  # every weight but the (zero) head bias, plus GPT-2's key bias written as zeros
+  assert sum(v.size for v in state.values()) == ours - 1 + layers * d
+  attn = params["decoder"]["layer_0"]["attention"]
+  fused = state["transformer.h.0.attn.c_attn.weight"]
+  assert fused.shape == (d, 3 * d)
+  np.testing.assert_array_equal(fused[:, d:2 * d], attn["key"]["kernel"].reshape(d, d))
+  np.testing.assert_array_equal(state["transformer.h.0.attn.c_attn.bias"][d:2 * d], 0)
+  np.testing.assert_array_equal(state["score.weight"], params["reward_head"]["kernel"].T)
+  params["reward_head"]["bias"] = np.ones(1, np.float32)
+  with pytest.raises(ValueError, match="reward_head/bias"):
+    hf_convert.rm_params_to_gpt2_state_dict(params, config=config)
+  with pytest.raises(ValueError, match="no GPT-2 equivalent"):
+    hf_convert.check_gpt2_compatible(config.replace(norm="rmsnorm"))
+
+
+def test_our_rm_step_counts_tokens_and_computes_bradley_terry():
+  config = _config()
+  pairs = common.random_pairs(num_pairs=4, seq_len=8, vocab_size=VOCAB)
+  init = rm_vs_trl.initial_params(config)
+  result = rm_vs_trl.measure_ours(config=config, pairs=pairs, batch_size=2, warmup_steps=1,
+                                  steps=2, init_params=init)
+  # tokens/s x timed seconds = 2 steps x 2 pairs x 2 sequences x 8 tokens
+  assert np.isclose(result.tokens_per_s * sum(result.step_s), 2 * 2 * 2 * 8)
+  model = RewardModel(config)
+  r_c = np.asarray(model.apply({"params": init}, pairs["chosen_tokens"][:2],
+                               pairs["chosen_mask"][:2]), np.float64)
+  r_r = np.asarray(model.apply({"params": init}, pairs["rejected_tokens"][:2],
+                               pairs["rejected_mask"][:2]), np.float64)
+  assert np.isclose(result.losses[0], np.mean(np.logaddexp(0.0, r_r - r_c)), rtol=1e-5)
+  assert len(result.losses) == 3 and all(np.isfinite(result.losses))
+
+
+# -------------------------------------------------------------------------------------------------
+# 2. MFU
+# -------------------------------------------------------------------------------------------------
+def test_mfu_is_model_flops_over_the_same_run_matmul():
+  config = _config()
+  seq, batch, reference = 8, 2, 1e9
+  r = mfu.measure_train_step(preset="tiny", kind="rm", batch_size=batch, seq_len=seq,
+                             vocab_size=VOCAB, steps=1, matmul_flops_per_s=reference,
+                             model_overrides=SMALL)
+  # PaLM's count from the params tree: 6 x matmul params + 12 x layers x seq x width per token,
+  # two sequences per pair, no LM head on a reward model.
+  matmul_params = _non_embedding_params(unboxed_init(RewardModel(config)))
+  attention = 12 * config.num_layers * seq * config.d_model
+  flops = 2 * batch * seq * (6 * matmul_params + attention)
+  assert np.isclose(r.model_flops_per_s * r.step_s, flops)
+  assert np.isclose(r.mfu, r.model_flops_per_s / reference)
+  assert np.isclose(r.tokens_per_s * r.step_s, 2 * batch * seq)
+  assert r.num_params == matmul_params + (VOCAB + SMALL["max_len"] + 1) * config.d_model + 1
+  with pytest.raises(ValueError, match="kind"):
+    mfu.measure_train_step(preset="tiny", kind="value", batch_size=batch, seq_len=seq,
+                           vocab_size=VOCAB, steps=1, matmul_flops_per_s=reference,
+                           model_overrides=SMALL)
+
+
+# -------------------------------------------------------------------------------------------------
+# 3-6. Members, averager, WARM vs ENS, decoding
+# -------------------------------------------------------------------------------------------------
+def test_vmapped_members_benchmark_runs_both_sides():
+  r = vmapped_members.measure(preset="tiny", num_members=2, batch_size=2, seq_len=8, steps=1,
+                              vocab_size=VOCAB, model_overrides=SMALL)
+  assert r.sequential_s > 0 and r.vmapped_s > 0
+  assert np.isclose(r.speedup, r.sequential_s / r.vmapped_s)
+  assert np.isclose(r.vmapped_member_steps_per_s, 2 / r.vmapped_s)
+  assert "**" in vmapped_members.table([r])
+
+
+def test_averager_benchmark_our_side(tmp_path):
+  config = averager.member_config("tiny", vocab_size=VOCAB, **SMALL)
+  orbax_dirs, hf_dirs, num_params = averager.make_members(
+      workdir=str(tmp_path), config=config, num_members=2, with_hf=False)
+  assert hf_dirs == []
+  assert num_params == sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(
+      ckpt.load_params(orbax_dirs[0])))
+  before = {f: os.path.getmtime(f) for f in common.files_under(orbax_dirs)}
+  r = averager.measure(orbax_dirs=orbax_dirs, hf_dirs=[], num_params=num_params,
+                       workdir=str(tmp_path), config=config, cache_eviction="fadvise")
+  on_disk = sum(os.path.getsize(os.path.join(root, f)) for d in orbax_dirs
+                for root, _, files in os.walk(d) for f in files)
+  assert r.orbax_bytes == on_disk
+  assert r.mergekit is None and r.cache_eviction.startswith("fadvise")
+  assert r.ours["peak_rss_bytes"] > 0 and r.ours_internal_wall_s > 0
+  assert {f: os.path.getmtime(f) for f in common.files_under(orbax_dirs)} == before
+  assert not [p for p in os.listdir(tmp_path) if p.startswith("out_")]  # outputs cleaned up
+  assert "n/a" in averager.table([r])
+
+
+def test_warm_vs_ens_scores_every_candidate_once_per_forward():
+  results = warm_vs_ens.measure(preset="tiny", members_list=(2,), num_prompts=2, n=4,
+                                repeats=1, batch_size=8, prompt_len=4, response_len=4,
+                                vocab_size=VOCAB, model_overrides=SMALL)
+  (r,) = results
+  assert (r.sequences, r.seq_len, r.num_members) == (8, 8, 2)
+  assert np.isclose(r.warm_speedup, r.ens_s / r.warm_s)
+  assert 0.0 <= r.bon_agreement <= 1.0 and r.merge_s > 0
+
+
+def test_decoding_benchmark_compares_cache_and_recompute():
+  (row,) = decoding.measure(preset="tiny", batches=(2,), prompt_len=4, max_new_tokens=3,
+                            repeats=1, vocab_size=VOCAB, model_overrides=SMALL)
+  assert row["batch_size"] == 2 and row["max_new_tokens"] == 3
+  assert np.isclose(row["speedup"], row["cache_tokens_per_s"] / row["no_cache_tokens_per_s"])
+  assert "cache / recompute" in decoding.table([row])

@@ -1,0 +1,289 @@
+"""The experiment driver end to end at the tiny smoke scale (every stage of the pipeline, the
+schema of metrics.json, report.md and the plots), its resume/skip logic and failure handling,
+and the policy findings' rules on hand-made numbers."""
+
+import json
+import math
+import os
+import sys
+
+import pytest
+
+from conftest import REPO_ROOT, run_cli
+
+TINY_GIN = "--gin_file=gin/experiments/warm_synthetic_tldr_tiny.gin"
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+  out = str(tmp_path_factory.mktemp("experiment") / "run")
+  proc = run_cli(["-m", "warm_jax.experiment", TINY_GIN, f"--output_dir={out}"], timeout=900,
+                 env={"XLA_FLAGS": ""})  # one CPU device, as a user's run
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  with open(os.path.join(out, "metrics.json")) as f:
+    return out, json.load(f), proc.stderr
+
+
+def _finite(x):
+  return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def test_tiny_experiment_writes_the_documented_schema(tiny_run):
+  out, metrics, _ = tiny_run
+  assert {"rm", "lmc", "bon", "rl", "win_rates", "timings", "findings"} <= set(metrics)
+  # RM tables: members, WARM M and ENS M per setting, accuracies in [0, 1]
+  for setting, subsets in (("clean", {"train_clean", "id_val", "ood", "ood_policy"}),
+                           ("corrupt", {"train_clean", "train_corrupt", "id_val", "ood",
+                                        "ood_policy"})):
+    table = metrics["rm"][setting]["table"]
+    assert {"member_0", "member_1", "member_2", "warm_2", "warm_3", "ens_2", "ens_3"} <= set(table)
+    for row in table.values():
+      assert set(row) == subsets
+      assert all(0.0 <= v <= 1.0 for v in row.values())
+  lmc = metrics["lmc"]["clean"]
+  assert {"checkpoints_of_one_run", "two_data_orders", "two_learning_rates",
+          "two_baklava_inits", "from_scratch"} <= set(lmc)
+  for curve in lmc.values():
+    assert len(curve["lambdas"]) >= 11
+  # best-of-N: every selector has one value per N, finite
+  bon = metrics["bon"]
+  assert bon["n"] == [1, 2, 4]
+  assert {"member_0", "warm_2", "warm_3", "ens_2", "ens_3", "oracle_best"} <= set(bon["selectors"])
+  for entry in bon["selectors"].values():
+    assert len(entry["oracle"]) == 3 and all(_finite(v) for v in entry["oracle"])
+  # oracle_best is an upper bound of every selector at every N
+  for name, entry in bon["selectors"].items():
+    for v, best in zip(entry["oracle"], bon["selectors"]["oracle_best"]["oracle"]):
+      assert v <= best + 1e-9, name
+  # RL: both runs evaluated every 2 steps, curves finite
+  assert set(metrics["rl"]) == {"best_member", "warm_2"}
+  for run in metrics["rl"].values():
+    assert run["eval"]["step"] == [2, 4]
+    assert all(_finite(v) for v in run["eval"]["eval/oracle_reward"])
+    assert run["best_step"] in (2, 4)
+    assert len(run["train"]["step"]) == 4
+  # win rates: every ordered pair, complementary, rates inside their intervals
+  wins = metrics["win_rates"]["win_rates"]
+  assert set(wins) == {f"{a}_vs_{b}" for a in ("best_member", "warm_2", "sft")
+                       for b in ("best_member", "warm_2", "sft") if a != b}
+  for key, rate in wins.items():
+    assert 0.0 <= rate["low"] <= rate["rate"] <= rate["high"] <= 1.0
+    a, b = key.split("_vs_")
+    assert rate["rate"] + wins[f"{b}_vs_{a}"]["rate"] == pytest.approx(1.0)
+  assert metrics["win_rates"]["num_prompts"] == 8
+  # timings: every stage and the total
+  assert {"data/clean", "pretrain", "sft", "members/clean", "eval/clean", "average/warm_2",
+          "bon", "rl/best_member", "win_rates", "total"} <= set(metrics["timings"])
+  assert metrics["policy_pairs"]["num_pairs"] == metrics["rm"]["clean"]["subset_sizes"][
+      "ood_policy"] == 16
+  assert set(metrics["cpu_s"]) == set(metrics["timings"])  # every stage and the total
+  assert all(v > 0 for v in metrics["cpu_s"].values()) and len(metrics["load_average"]) == 3
+  for f in metrics["findings"]:
+    assert f["verdict"] and f["numbers"]
+
+
+def test_tiny_experiment_writes_report_plots_and_commands(tiny_run):
+  out, metrics, stderr = tiny_run
+  report = open(os.path.join(out, "report.md")).read()
+  for heading in ("## Findings", "## Reward-model accuracy, clean labels", "## Best-of-N",
+                  "## RL", "## Oracle win rates", "## Wall time per stage"):
+    assert heading in report
+  plots = set(os.listdir(os.path.join(out, "plots")))
+  assert {"fig3_lmc_diversity_ood.png", "fig6_bon_oracle_vs_kl.png",
+          "fig7_bon_win_rate_vs_n.png", "fig8_rl_reward_vs_step.png",
+          "fig8_rl_reward_vs_kl.png", "fig9_rl_win_rates.png"} <= plots
+  for name in plots:
+    assert os.path.getsize(os.path.join(out, "plots", name)) > 1000
+  commands = open(os.path.join(out, "commands.sh")).read()
+  assert "written when it starts" not in commands  # every stage resolved after the run
+  assert "warm_jax.average --inputs" in commands and "gin/win_rates.gin" in commands
+  assert "[experiment] stage 22/22 win_rates: running" in stderr
+
+
+def test_rerun_skips_finished_stages_and_rebuilds_the_same_report(tiny_run):
+  out, metrics, _ = tiny_run
+  proc = run_cli(["-m", "warm_jax.experiment", TINY_GIN, f"--output_dir={out}"], timeout=300,
+                 env={"XLA_FLAGS": ""})
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.stderr.count("skipped") == 22
+  with open(os.path.join(out, "metrics.json")) as f:
+    again = json.load(f)
+  assert again["rm"] == metrics["rm"] and again["bon"] == metrics["bon"]
+  assert again["win_rates"] == metrics["win_rates"]
+
+
+def test_a_failing_stage_stops_the_driver_with_its_log_and_no_done_marker(tmp_path):
+  from warm_jax import experiment
+  stage = experiment.Stage("boom", [sys.executable, "-c", "import sys; sys.exit(3)"],
+                           str(tmp_path / "boom"))
+  ok = experiment.Stage("ok", [sys.executable, "-c", "print('fine')"], str(tmp_path / "ok"))
+  with pytest.raises(experiment.StageFailed, match="stage boom failed \\(exit 3\\).*boom.log"):
+    experiment.run_stages([ok, stage], log_dir=str(tmp_path / "logs"))
+  assert os.path.exists(ok.done_path) and not os.path.exists(stage.done_path)
+  assert open(tmp_path / "logs" / "ok.log").read() == "fine\n"
+
+
+def test_lazy_stage_arguments_are_resolved_when_the_stage_starts(tmp_path):
+  from warm_jax import experiment
+  calls = []
+
+  def argv():
+    calls.append(1)
+    return [sys.executable, "-c", "pass"]
+
+  stage = experiment.Stage("lazy", argv, str(tmp_path / "lazy"))
+  experiment.write_commands([stage], str(tmp_path / "commands.sh"))
+  assert "written when it starts" in open(tmp_path / "commands.sh").read()
+  assert not calls
+  experiment.run_stages([stage], log_dir=str(tmp_path / "logs"),
+                        on_resolve=lambda: experiment.write_commands(
+                            [stage], str(tmp_path / "commands.sh")))
+  assert calls == [1] and stage.resolved
+  assert "python -c pass" in open(tmp_path / "commands.sh").read()
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"warm_ms": (2, 9)}, "each M must be in 2..num_members"),
+    ({"rl_rewards": ("warm_1",)}, "is not 'best_member'"),
+    ({"rl_rewards": ("greedy",)}, "is not 'best_member'"),
+    ({"baklava_steps": (5, 7)}, "must include the last SFT step"),
+    ({"rm_steps": 7}, "must be even"),
+    ({"num_members": 0}, "must be positive"),
+])
+def test_experiment_scale_refuses_inconsistent_presets(override, message):
+  from warm_jax.experiment import ExperimentScale
+  fields = dict(model_gin="m", data_gin="d", pretrain_steps=2, pretrain_batch=2, sft_steps=10,
+                sft_batch=2, baklava_steps=(5, 10), rm_steps=6, rm_batch=2, num_members=3,
+                learning_rates=(1e-4, 1e-3), dropout_rates=(0.1,), warm_ms=(2, 3),
+                scratch_rm_steps=2, rl_rewards=("best_member", "warm_2"))
+  fields.update(override)
+  with pytest.raises(ValueError, match=message):
+    ExperimentScale(**fields)
+
+
+def _rl_run(oracle, proxy, kl):
+  steps = [10 * (i + 1) for i in range(len(oracle))]
+  best = max(range(len(oracle)), key=lambda i: (oracle[i], -i))
+  return {"eval": {"step": steps, "eval/oracle_reward": oracle, "eval/proxy_reward": proxy,
+                   "eval/kl_to_sft": kl},
+          "best_step": steps[best], "best_oracle": oracle[best], "final_oracle": oracle[-1],
+          "final_proxy": proxy[-1], "first_oracle": oracle[0], "kl_at_best": kl[best],
+          "final_kl": kl[-1]}
+
+
+def test_policy_findings_follow_their_rules_on_hand_made_numbers():
+  from warm_jax.report_policy import policy_findings
+  rate = lambda r, lo, hi: {"rate": r, "low": lo, "high": hi, "n": 100}
+  metrics = {
+      "rm": {"clean": {"best_member": "member_1"}},
+      "bon": {"n": [1, 4], "sft_sample_oracle": 0.0, "win_rates_at_n_max": {
+          "warm_2_vs_member_1": rate(0.6, 0.55, 0.65)},
+              "selectors": {
+                  "member_1": {"oracle": [0, 1.0], "oracle_sem": [0.1, 0.1],
+                               "oracle_all_subsets": [0, 1.0]},
+                  "warm_2": {"oracle": [0, 1.5], "oracle_sem": [0.1, 0.1],
+                             "oracle_all_subsets": [0, 1.5]},
+                  "ens_2": {"oracle": [0, 1.55], "oracle_sem": [0.1, 0.1],
+                            "oracle_all_subsets": [0, 1.55]}}},
+      "rl": {"best_member": _rl_run([1.0, 2.0, 0.5], [0.0, 1.0, 3.0], [0.0, 1.0, 4.0]),
+             "warm_2": _rl_run([1.0, 2.5, 2.2], [0.0, 0.8, 1.5], [0.0, 1.0, 3.0])},
+      "win_rates": {"win_rates": {"warm_2_vs_best_member": rate(0.7, 0.6, 0.8),
+                                  "best_member_vs_warm_2": rate(0.3, 0.2, 0.4)}},
+  }
+  verdicts = {f["finding"]: f["verdict"] for f in policy_findings(metrics)}
+  by_start = lambda prefix: next(v for k, v in verdicts.items() if k.startswith(prefix))
+  assert by_start("BoN: WARM M=2 selects better") == "reproduced"  # 1.5 - 1.0 > 0.1
+  assert by_start("BoN: WARM M=2 ~ ENS") == "reproduced"  # |1.5 - 1.55| <= 0.1
+  assert by_start("RL with a single RM") == "observed in this run"  # 2.0 -> 0.5, proxy up
+  assert by_start("RL: WARM M=2 delays") == "reproduced"  # 2.2 > 0.5 and 2.5 > 2.0
+  assert by_start("RL: the WARM M=2 policy beats") == "reproduced"  # [0.6, 0.8] > 0.5
+  metrics["win_rates"]["win_rates"]["warm_2_vs_best_member"] = rate(0.52, 0.45, 0.6)
+  metrics["rl"]["warm_2"] = _rl_run([1.0, 1.5, 0.4], [0.0, 0.8, 1.5], [0.0, 1.0, 3.0])
+  verdicts = {f["finding"]: f["verdict"] for f in policy_findings(metrics)}
+  assert by_start("RL: the WARM M=2 policy beats").startswith("inconclusive")
+  assert by_start("RL: WARM M=2 delays") == "not reproduced"
+
+
+EXPERIMENT_GINS = {
+    "gin/experiments/warm_synthetic_tldr.gin": (24, {"rl/warm_6", "rl/ens_2", "eval/corrupt",
+                                                     "policy_pairs"}),
+    "gin/experiments/warm_synthetic_tldr_tiny.gin": (22, {"rl/warm_2", "win_rates"}),
+    "gin/experiments/ablations/alpha_sweep.gin": (26, {"rl/best_member_kl0.001",
+                                                       "rl/warm_6_kl0.01"}),
+    "gin/experiments/ablations/corruption.gin": (16, {"eval/corrupt"}),
+    "gin/experiments/ablations/m_sweep.gin": (27, {"average/warm_4", "rl/warm_4"}),
+    "gin/experiments/ablations/selection_order.gin": (16, {"members/clean"}),
+    "gin/experiments/ablations/diversity_data_order.gin": (16, {"members/clean"}),
+    "gin/experiments/ablations/diversity_learning_rate.gin": (16, {"members/clean"}),
+    "gin/experiments/ablations/diversity_baklava.gin": (16, {"members/clean"}),
+}
+
+
+def _dry_run(capsys, *args):
+  import gin
+  from warm_jax import experiment
+  gin.clear_config()
+  try:
+    code = experiment.main(list(args) + ["--dry_run"])
+  finally:
+    gin.clear_config()
+  captured = capsys.readouterr()
+  return code, captured.out, captured.err
+
+
+@pytest.mark.parametrize("gin_file", sorted(EXPERIMENT_GINS))
+def test_every_experiment_gin_plans_its_stages(gin_file, tmp_path, capsys, monkeypatch):
+  monkeypatch.chdir(REPO_ROOT)
+  code, out, err = _dry_run(capsys, f"--gin_file={gin_file}", f"--output_dir={tmp_path / 'x'}")
+  assert code == 0, err
+  count, expected = EXPERIMENT_GINS[gin_file]
+  names = {line[2:] for line in out.splitlines()[1:] if line.startswith("# ")}
+  assert out.splitlines()[0].startswith(f"# {count} stages")
+  assert expected <= names
+  assert not os.path.exists(tmp_path / "x")  # a dry run writes nothing
+
+
+def test_diversity_ablation_fixes_all_but_one_source(tmp_path, capsys, monkeypatch):
+  monkeypatch.chdir(REPO_ROOT)
+  _, out, _ = _dry_run(capsys, "--gin_file=gin/experiments/ablations/diversity_learning_rate.gin",
+                       f"--output_dir={tmp_path}")
+  members = next(line for line in out.splitlines() if "gin/rm_members.gin" in line)
+  assert "--gin.LEARNING_RATES=(0.0001, 0.0004, 0.001)" in members
+  assert "--gin.MemberSweep.vary_data_order=False" in members
+  import re
+  # later bindings win in gin: the last DROPOUT_RATES / SFT_STEPS is the fixed single value
+  for macro in ("DROPOUT_RATES", "SFT_STEPS"):
+    last = re.findall(rf"--gin.{macro}=\(([^)]*)\)", members)[-1]
+    assert len([v for v in last.split(",") if v.strip()]) == 1, (macro, last)
+  assert "--gin.NUM_MEMBERS=3" in members
+
+
+def test_real_tldr_experiment_needs_the_manual_dir_and_has_no_oracle_stages(tmp_path, capsys,
+                                                                            monkeypatch):
+  monkeypatch.chdir(REPO_ROOT)
+  code, _, err = _dry_run(capsys, "--gin_file=gin/experiments/warm_tldr_real.gin",
+                          f"--output_dir={tmp_path / 'x'}")
+  assert code == 1 and "TLDR_MANUAL_DIR" in err
+  code, out, err = _dry_run(capsys, "--gin_file=gin/experiments/warm_tldr_real.gin",
+                            f"--output_dir={tmp_path / 'x'}",
+                            f"--gin.TLDR_MANUAL_DIR='{tmp_path}'")
+  assert code == 0, err
+  assert "data/corrupt" not in out and "rl/" not in out and "# bon" not in out
+  assert "# policy_pairs" not in out  # no oracle to label them
+  assert "--gin.PREFERENCE_TASK=" in out and "tldr_comparisons" in out
+
+
+def test_unknown_override_fields_are_refused(tmp_path, capsys, monkeypatch):
+  monkeypatch.chdir(REPO_ROOT)
+  code, _, err = _dry_run(capsys, "--gin_file=gin/experiments/warm_synthetic_tldr.gin",
+                          f"--output_dir={tmp_path}", "--gin.OVERRIDES={'rl_stepz': 3}")
+  assert code == 1 and "rl_stepz" in err
+
+
+def test_sft_keeps_every_baklava_step(tmp_path, capsys, monkeypatch):
+  monkeypatch.chdir(REPO_ROOT)
+  code, out, err = _dry_run(capsys, "--gin_file=gin/experiments/warm_synthetic_tldr.gin",
+                            f"--output_dir={tmp_path}", "--gin.SCALE='small'")
+  assert code == 0, err
+  sft = next(line for line in out.splitlines() if "gin/sft.gin" in line)
+  assert "--gin.SAVE_EVERY=100" in sft  # gcd of (200, 300, 400): 300 is kept too

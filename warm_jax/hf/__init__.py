@@ -1,0 +1,23 @@
+"""Hugging Face interop: real pretrained decoders in, trained policies and reward models out.
+
+Where it sits: before the pipeline's first training stage (a researcher starts WARM from a
+pretrained GPT-2, Llama or Gemma instead of pre-training a toy LM) and after its last (a WARM
+reward model or an RL policy served by other tools). `python -m warm_jax.convert` is the CLI;
+the pieces:
+
+  families     per family (gpt2, llama, gemma): config.json <-> TransformerConfig and the map
+               between Hugging Face tensor names and our parameter leaves
+  safetensors_io   streaming reader (one tensor at a time, sharded index included) and a
+               sharded writer
+  importer     HF dir -> plain orbax params checkpoint (+ model.gin, tokenizer files)
+  exporter     our params checkpoint -> HF dir (*ForCausalLM or *ForSequenceClassification)
+  tokenizer    tokenizer.json / tokenizer.model as a TF-free `Vocabulary`;
+               `seqio_vocabulary` wraps it as a seqio.Vocabulary for seqio tasks
+
+Only `safetensors` (and `tokenizers` for tokenizer.json) are needed to convert; torch and
+transformers are needed only by the parity tests (`pip install -e .[hf]`).
+"""
+
+from warm_jax.hf.errors import ConversionError
+
+__all__ = ["ConversionError"]

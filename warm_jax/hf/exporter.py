@@ -1,0 +1,166 @@
+"""Our params checkpoint -> a Hugging Face model dir (the export), for the policy and the RM.
+
+Where it sits: after the pipeline (a WARM reward model or an RL policy served by other
+tools). `export_hf(input=, output=, ...)` reads the checkpoint leaf by leaf (orbax/TensorStore,
+`warm_jax.merging.reader`), maps the leaves onto the family's tensor names and writes
+safetensors shards of at most `max_shard_bytes` (one shard in memory at a time) plus
+config.json and the tokenizer files, atomically (OUTPUT.tmp-<pid>, then one rename).
+
+  LanguageModel params (a policy)   -> <Family>ForCausalLM (GPT2LMHeadModel)
+  RewardModel params (an RM, WARM)  -> <Family>ForSequenceClassification, num_labels=1: the
+                                       backbone plus `score.weight` = reward_head/kernel^T,
+                                       read by transformers at the last non-pad token
+
+The model's shape and family come from an import record (`warm_jax_model.json`, written by
+`importer.import_hf` into the imported dir: pass that dir as `base`), or from a
+`TransformerConfig` and a family name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from typing import Any
+
+import numpy as np
+
+from warm_jax.hf import families
+from warm_jax.hf import importer
+from warm_jax.hf.errors import ConversionError
+from warm_jax.hf.safetensors_io import EXPORT_DTYPES, nbytes, write_safetensors
+from warm_jax.models.config import TransformerConfig
+
+
+def _head_of_leaves(paths: set[str], source: str) -> str:
+  if any(p.startswith("reward_head/") for p in paths):
+    return "reward"
+  if any(p.startswith("value_head/") for p in paths):
+    raise ConversionError(f"{source} is a value model (value_head): only policies "
+                          "(LanguageModel) and reward models (RewardModel) can be exported")
+  return "lm"
+
+
+def hf_config_for(*, family: families.Family, config: TransformerConfig, head: str,
+                  base: dict[str, Any] | None, dtype: str,
+                  pad_token_id: int | None) -> dict[str, Any]:
+  """config.json for the export: the base model's (if any) with our shape written over it."""
+  out = dict(base or {})
+  for key in ("rope_scaling", "rope_theta", "architectures", "id2label", "label2id",
+              "num_labels", "torch_dtype", "dtype", "_name_or_path", "transformers_version"):
+    out.pop(key, None)
+  out.update(family.config_to_hf(config))
+  out["architectures"] = [family.classes[head]]
+  out["dtype"] = dtype
+  if head == "reward":
+    out["id2label"] = {"0": "LABEL_0"}
+    out["label2id"] = {"LABEL_0": 0}
+  if pad_token_id is not None:
+    out["pad_token_id"] = pad_token_id
+  return out
+
+
+def export_hf(*, input: str, output: str, family: str | None = None,
+              config: TransformerConfig | None = None, base: str | None = None,
+              dtype: str = "float32", max_shard_bytes: int | None = 5 * 2**30,
+              pad_token_id: int | None = None, drop_reward_bias: bool = False
+              ) -> dict[str, Any]:
+  """Writes the checkpoint `input` as a Hugging Face model dir `output` (must not exist).
+
+  Args:
+    input: a params checkpoint (plain orbax dir, a stage's model dir, an import dir, ...).
+    family, config: the model's family and shape; default: from the import record of `base`
+      (or of `input` itself when it is an import dir).
+    base: an import dir (`warm_jax_model.json`): family, shape, the source config.json (its
+      token ids and other fields are kept) and the tokenizer files copied to the output.
+    dtype: of the written tensors: float32 (exact), bfloat16 or float16.
+    max_shard_bytes: shard size (None: one file).
+    pad_token_id: written to config.json (a reward model needs one for batches: transformers
+      reads the reward at the last token that is not pad_token_id).
+    drop_reward_bias: export an RM whose reward_head/bias is not 0 (transformers' score has no
+      bias, so the served rewards shift by that constant).
+  """
+  t0 = time.time()
+  from warm_jax.merging.reader import CheckpointReader
+  if dtype not in EXPORT_DTYPES:
+    raise ConversionError(f"--dtype {dtype!r}: use one of {sorted(EXPORT_DTYPES)}")
+  output = os.path.abspath(output)
+  if os.path.lexists(output):
+    raise ConversionError(f"output {output} already exists; pick a new path (nothing was "
+                          "overwritten)")
+  record = importer.read_model_json(base) if base else importer.read_model_json(input)
+  if base and record is None:
+    raise ConversionError(f"--base {base} has no {importer.MODEL_JSON}: pass the dir written "
+                          "by `python -m warm_jax.convert --from hf`")
+  if config is None:
+    if record is None:
+      raise ConversionError(f"{input} has no {importer.MODEL_JSON}: pass --base IMPORTED_DIR "
+                            "(the import of the model it was trained from) or --gin_file with "
+                            "the model preset and --family")
+    config = record["transformer_config"]
+  family_name = family or (record or {}).get("family")
+  if family_name is None:
+    raise ConversionError("the family is unknown: pass --family (gpt2, llama, gemma) or --base")
+  fam = families.get_family(family_name, source="--family")
+
+  reader = CheckpointReader(input)
+  leaves = reader.leaves_by_path
+  head = _head_of_leaves(set(leaves), input)
+  expected = importer.abstract_leaves(config, head=head)
+  for path, shape in expected.items():
+    if path not in leaves:
+      raise ConversionError(f"{input} has no leaf {path}, which a {fam.model_type} {head} model "
+                            "of this config needs: the checkpoint has another architecture")
+    if tuple(leaves[path].shape) != shape:
+      raise ConversionError(f"{input} leaf {path} has shape {tuple(leaves[path].shape)} but "
+                            f"the config gives {shape}: pass the config it was trained with")
+  extra = sorted(set(leaves) - set(expected))
+  if extra:
+    raise ConversionError(f"{input} has leaf {extra[0]}, which a {fam.model_type} {head} model "
+                          "of this config does not have: the checkpoint has another architecture")
+  if head == "reward":
+    bias = float(np.asarray(reader.read_now(leaves["reward_head/bias"])).reshape(-1)[0])
+    if bias != 0.0 and not drop_reward_bias:
+      raise ConversionError(
+          f"{input}: reward_head/bias is {bias}, but transformers' score layer has no bias; "
+          "pass --drop_reward_bias to export anyway (rewards shift by that constant, which "
+          "preferences and best-of-N ignore)")
+
+  maps = fam.tensor_maps(config, head=head, prefix=fam.prefixes[0])
+  by_name = {m.hf_name: m for m in maps}
+  np_dtype = EXPORT_DTYPES[dtype]
+  sizes = [(m.hf_name, nbytes(m.hf_shape, np_dtype)) for m in maps]
+
+  def produce(names):
+    for name in names:
+      tensor_map = by_name[name]
+      values = {leaf: np.asarray(reader.read_now(leaves[leaf])) for leaf in tensor_map.leaves}
+      for leaf in tensor_map.leaves:
+        reader.release(leaves[leaf])
+      yield name, tensor_map.to_hf(values).astype(np_dtype)
+
+  hf_config = hf_config_for(family=fam, config=config, head=head,
+                            base=(record or {}).get("hf_config"), dtype=dtype,
+                            pad_token_id=pad_token_id)
+  tmp = f"{output}.tmp-{os.getpid()}"
+  shutil.rmtree(tmp, ignore_errors=True)
+  os.makedirs(tmp)
+  try:
+    files = write_safetensors(tmp, sizes=sizes, produce=produce,
+                              max_shard_bytes=max_shard_bytes)
+    with open(os.path.join(tmp, "config.json"), "w") as f:
+      json.dump(hf_config, f, indent=2)
+    tokenizer_files = []
+    if record is not None:
+      tok_dir = os.path.join(base or input, importer.TOKENIZER_DIR)
+      for name in record.get("tokenizer_files", []):
+        shutil.copyfile(os.path.join(tok_dir, name), os.path.join(tmp, name))
+        tokenizer_files.append(name)
+    os.rename(tmp, output)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return {"family": fam.model_type, "head": head, "architecture": hf_config["architectures"][0],
+          "files": files, "tokenizer_files": tokenizer_files, "num_tensors": len(maps),
+          "seconds": round(time.time() - t0, 2)}

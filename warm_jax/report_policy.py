@@ -1,0 +1,288 @@
+"""The policy half of the experiment's report: best-of-N, RL and win-rate results gathered from
+the stage dirs into metrics.json, the paper's policy findings (figs 6-9), and the RL plots.
+
+Where it sits: called by `warm_jax.report` (the RM half lives there) after
+`python -m warm_jax.experiment` ran the `bon`, `rl/<reward>` and `win_rates` stages. Every
+number is read from what those stages wrote (bon/bon.json, rl/<reward>/metrics.jsonl,
+win_rates/win_rates.json); verdicts follow the rules written next to each finding.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+RL_CURVE_KEYS = ("rewards/proxy", "rewards/oracle", "rewards/kl_to_sft", "generation/length",
+                 "generation/entropy")
+RL_EVAL_KEYS = ("eval/proxy_reward", "eval/oracle_reward", "eval/kl_to_sft", "eval/length")
+
+
+def _read_json(path: str) -> Any:
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def collect_bon(bon_dir: str) -> dict[str, Any] | None:
+  """bon.json -> {n, kl, sft_sample_oracle, selectors: {name: curves}, win_rates_at_n_max}."""
+  result = _read_json(os.path.join(bon_dir, "bon.json"))
+  if result is None:
+    return None
+  curves = result["curves"]
+  keep = ("oracle", "oracle_sem", "oracle_all_subsets", "proxy")
+  selectors = {name: {k: entry[k] for k in keep if k in entry}
+               for name, entry in curves["selectors"].items()}
+  for name, entry in curves["selectors"].items():
+    selectors[name]["win_rate_vs_sft"] = entry["win_rate_vs_sft"]
+  # pairwise win rates only at the largest N (all N are in bon/bon.json)
+  at_max = {key: rates[-1] for key, rates in curves["win_rates"].items()}
+  return {"n": curves["n"], "kl": curves["kl"], "num_prompts": result["num_prompts"],
+          "sft_sample_oracle": curves["sft_sample_oracle"], "selectors": selectors,
+          "win_rates_at_n_max": at_max, "candidates": result["candidates"],
+          "reward_models": result["reward_models"]}
+
+
+def collect_rl(rl_dirs: dict[str, str]) -> dict[str, Any] | None:
+  """Per RL run: training curves (per step) and evaluation curves (per eval step), and where
+  the evaluated oracle reward peaked."""
+  from warm_jax.metrics_writer import read_metrics
+  out = {}
+  for name, model_dir in rl_dirs.items():
+    if not os.path.exists(os.path.join(model_dir, "metrics.jsonl")):
+      continue
+    rows = read_metrics(model_dir)
+    train = {"step": [r["step"] for r in rows if "rewards/oracle" in r]}
+    for key in RL_CURVE_KEYS:
+      train[key] = [r[key] for r in rows if "rewards/oracle" in r]
+    evals = [r for r in rows if "eval/oracle_reward" in r]
+    ev = {"step": [r["step"] for r in evals]}
+    for key in RL_EVAL_KEYS:
+      ev[key] = [r[key] for r in evals]
+    entry = {"train": train, "eval": ev, "reward_calibration": _read_json(
+        os.path.join(model_dir, "reward_calibration.json"))}
+    if evals:
+      oracle = ev["eval/oracle_reward"]
+      best = max(range(len(oracle)), key=lambda i: (oracle[i], -i))
+      entry.update(best_step=ev["step"][best], best_oracle=oracle[best],
+                   final_oracle=oracle[-1], final_proxy=ev["eval/proxy_reward"][-1],
+                   first_oracle=oracle[0], kl_at_best=ev["eval/kl_to_sft"][best],
+                   final_kl=ev["eval/kl_to_sft"][-1])
+    out[name] = entry
+  return out or None
+
+
+def collect_win_rates(win_dir: str) -> dict[str, Any] | None:
+  result = _read_json(os.path.join(win_dir, "win_rates.json"))
+  if result is None:
+    return None
+  return {k: result[k] for k in ("win_rates", "mean_oracle", "mean_length", "policies",
+                                  "num_prompts", "split") if k in result}
+
+
+def rl_groups(rl: dict[str, Any]) -> dict[str, dict[str, Any]]:
+  """RL runs grouped by KL coefficient: {'' or '_kl<alpha>': {reward name: run}}."""
+  groups: dict[str, dict[str, Any]] = {}
+  for name, run in rl.items():
+    reward, sep, alpha = name.rpartition("_kl")
+    if sep and reward:
+      groups.setdefault(f"_kl{alpha}", {})[reward] = run
+    else:
+      groups.setdefault("", {})[name] = run
+  return groups
+
+
+# -- findings -----------------------------------------------------------------------------------
+def _interval_verdict(rate: dict[str, float]) -> str:
+  if rate["low"] > 0.5:
+    return "reproduced"
+  if rate["high"] < 0.5:
+    return "not reproduced"
+  return "inconclusive (the 95% interval contains 0.5)"
+
+
+def directional_verdict(effect: float, se: float, *, se_text: str | None = None) -> str:
+  """effect > 0 is the paper's direction; within one standard error we say so (shared with
+  the RM findings of `warm_jax.report`, whose effects are accuracies in points)."""
+  if effect > se:
+    return "reproduced"
+  if effect < -se:
+    return "not reproduced"
+  return f"inconclusive (within 1 s.e. = {se_text or f'{se:.3f}'})"
+
+
+def policy_findings(metrics: dict[str, Any]) -> list[dict[str, str]]:
+  out = []
+  bon = metrics.get("bon")
+  if bon:
+    sel = bon["selectors"]
+    members = [n for n in sel if n.startswith("member_")]
+    best_member = (metrics.get("rm", {}).get("clean", {}).get("best_member")
+                   if metrics.get("rm") else None) or (members[0] if members else None)
+    n_max = bon["n"][-1]
+    for name in sorted((n for n in sel if n.startswith("warm_")),
+                       key=lambda n: int(n.split("_")[1])):
+      if best_member not in sel:
+        break
+      wr = bon["win_rates_at_n_max"].get(f"{name}_vs_{best_member}")
+      a, b = sel[name]["oracle_all_subsets"][-1], sel[best_member]["oracle_all_subsets"][-1]
+      se = max(sel[name]["oracle_sem"][-1], sel[best_member]["oracle_sem"][-1])
+      out.append({
+          "finding": f"BoN: {name.replace('_', ' M=').upper()} selects better than the best "
+                     f"single RM (fig. 6-7)",
+          "rule": f"oracle reward of the choice at N={n_max} (all-subsets mean) higher, "
+                  "beyond 1 s.e.",
+          "numbers": f"{name} {a:.3f} vs {best_member} {b:.3f} (SFT sample "
+                     f"{bon['sft_sample_oracle']:.3f}); win rate {wr['rate']:.3f} "
+                     f"[{wr['low']:.3f}, {wr['high']:.3f}]" if wr else f"{a:.3f} vs {b:.3f}",
+          "verdict": directional_verdict(a - b, se)})
+      ens = f"ens_{name.split('_')[1]}"
+      if ens in sel:
+        a_e = sel[ens]["oracle_all_subsets"][-1]
+        close = abs(a - a_e) <= se
+        out.append({
+            "finding": f"BoN: WARM M={name.split('_')[1]} ~ ENS M={name.split('_')[1]}",
+            "rule": f"|oracle(WARM) - oracle(ENS)| at N={n_max} within 1 s.e.",
+            "numbers": f"WARM {a:.3f} vs ENS {a_e:.3f} (s.e. {se:.3f})",
+            "verdict": "reproduced" if close else "not reproduced"})
+  rl = metrics.get("rl") or {}
+  wins = (metrics.get("win_rates") or {}).get("win_rates", {})
+  for suffix, group in rl_groups(rl).items():
+    alpha = f" (alpha {suffix[3:]})" if suffix else ""
+    single = group.get("best_member")
+    if not single or "best_oracle" not in single:
+      continue
+    fell = single["best_oracle"] - single["final_oracle"]
+    proxy_rose = single["final_proxy"] > single["eval"]["eval/proxy_reward"][0]
+    out.append({
+        "finding": f"RL with a single RM{alpha}: reward hacking (oracle peaks then falls while "
+                   "the proxy rises, fig. 8)",
+        "rule": "final eval oracle below its peak while the final proxy is above the first",
+        "numbers": f"oracle: first {single['first_oracle']:.3f}, peak {single['best_oracle']:.3f} "
+                   f"at step {single['best_step']}, final {single['final_oracle']:.3f}; proxy "
+                   f"first {single['eval']['eval/proxy_reward'][0]:.3f}, final "
+                   f"{single['final_proxy']:.3f}",
+        "verdict": ("observed" if fell > 0 and proxy_rose else "not observed") +
+                   " in this run"})
+    for name in sorted(n for n in group if n.startswith("warm_") and "best_oracle" in group[n]):
+      w = group[name]
+      label = name.replace("_", " M=").upper()
+      out.append({
+          "finding": f"RL{alpha}: {label} delays hacking (higher oracle reward at the end and at "
+                     "the peak than the single RM, fig. 8)",
+          "rule": "final and peak eval oracle reward both higher",
+          "numbers": f"final {w['final_oracle']:.3f} vs {single['final_oracle']:.3f}; peak "
+                     f"{w['best_oracle']:.3f} (step {w['best_step']}) vs "
+                     f"{single['best_oracle']:.3f} (step {single['best_step']})",
+          "verdict": "reproduced" if (w["final_oracle"] > single["final_oracle"] and
+                                      w["best_oracle"] > single["best_oracle"]) else
+                     "not reproduced"})
+      rate = wins.get(f"{name}{suffix}_vs_best_member{suffix}")
+      if rate:
+        out.append({
+            "finding": f"RL{alpha}: the {label} policy beats the single-RM policy, both at "
+                       "their best step (paper: 79.4% for M=6, fig. 9)",
+            "rule": "oracle win rate > 0.5 with the 95% interval above 0.5",
+            "numbers": f"win rate {rate['rate']:.3f} [{rate['low']:.3f}, {rate['high']:.3f}] "
+                       f"over {rate['n']} samples",
+            "verdict": _interval_verdict(rate)})
+  return out
+
+
+# -- tables -------------------------------------------------------------------------------------
+def tables_md(metrics: dict[str, Any]) -> list[str]:
+  """report.md sections for best-of-N, RL and the win rates."""
+  lines = []
+  bon = metrics.get("bon")
+  if bon:
+    lines += ["", f"## Best-of-N (oracle reward of the choice, {bon['num_prompts']} prompts; "
+              f"a random SFT sample scores {bon['sft_sample_oracle']:.3f})", "",
+              "| selector | " + " | ".join(f"N={n}" for n in bon["n"]) + " |",
+              "|---" * (len(bon["n"]) + 1) + "|"]
+    for name, entry in bon["selectors"].items():
+      values = entry.get("oracle_all_subsets", entry["oracle"])
+      lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in values) + " |")
+  rl = metrics.get("rl")
+  if rl:
+    lines += ["", "## RL (evaluated on held-out prompts)", "",
+              "| reward model | oracle first | oracle peak (step) | oracle final | proxy final "
+              "| KL final |", "|---|---|---|---|---|---|"]
+    for name, run in rl.items():
+      if "best_oracle" in run:
+        lines.append(f"| {name} | {run['first_oracle']:.3f} | {run['best_oracle']:.3f} "
+                     f"({run['best_step']}) | {run['final_oracle']:.3f} | "
+                     f"{run['final_proxy']:.3f} | {run['final_kl']:.2f} |")
+  wins = metrics.get("win_rates")
+  if wins:
+    lines += ["", f"## Oracle win rates of the RL policies at their best step "
+              f"({wins.get('num_prompts')} prompts, ties split, 95% bootstrap interval)", "",
+              "| A vs B | win rate of A |", "|---|---|"]
+    for key, rate in wins["win_rates"].items():
+      a, b = key.split("_vs_")
+      if a < b or "sft" in (a, b):
+        lines.append(f"| {a} vs {b} | {rate['rate']:.3f} [{rate['low']:.3f}, "
+                     f"{rate['high']:.3f}] |")
+  return lines
+
+
+# -- plots --------------------------------------------------------------------------------------
+def plot_rl(rl: dict[str, Any], plot_dir: str) -> list[str]:
+  """Fig. 8: evaluated oracle (solid) and proxy (dashed) reward along RL, vs step and vs KL."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  os.makedirs(plot_dir, exist_ok=True)
+  paths = []
+  for x_key, x_label, fname in (("step", "RL step", "fig8_rl_reward_vs_step.png"),
+                                ("eval/kl_to_sft", "KL(policy || SFT)",
+                                 "fig8_rl_reward_vs_kl.png")):
+    fig, (ax_o, ax_p) = plt.subplots(1, 2, figsize=(9, 3.6))
+    for name, run in rl.items():
+      ev = run["eval"]
+      if not ev["step"]:
+        continue
+      x = ev[x_key] if x_key != "step" else ev["step"]
+      line, = ax_o.plot(x, ev["eval/oracle_reward"], "o-", markersize=3, label=name)
+      ax_p.plot(x, ev["eval/proxy_reward"], "o--", markersize=3, color=line.get_color(),
+                label=name)
+    ax_o.set_title("oracle (gold) reward")
+    ax_p.set_title("proxy reward (the RL reward model's)")
+    for ax in (ax_o, ax_p):
+      ax.set_xlabel(x_label)
+      ax.legend(fontsize=7)
+    fig.suptitle("RL: reward hacking shows as the oracle falling while the proxy rises")
+    fig.tight_layout()
+    paths.append(os.path.join(plot_dir, fname))
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+  return paths
+
+
+def plot_win_rates(win_rates: dict[str, Any], plot_dir: str) -> list[str]:
+  """Fig. 9: oracle win rate of each RL policy (best step) against the others."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  rates = {k: v for k, v in win_rates["win_rates"].items()
+           if not k.startswith("sft_vs_") and not k.startswith("best_member_vs_")}
+  if not rates:
+    return []
+  os.makedirs(plot_dir, exist_ok=True)
+  names = sorted(rates)
+  fig, ax = plt.subplots(figsize=(6.4, 0.35 * len(names) + 1.4))
+  y = range(len(names))
+  vals = [rates[n]["rate"] for n in names]
+  ax.barh(list(y), vals, xerr=[[rates[n]["rate"] - rates[n]["low"] for n in names],
+                               [rates[n]["high"] - rates[n]["rate"] for n in names]],
+          color="tab:blue", alpha=0.7, capsize=2)
+  ax.axvline(0.5, color="gray", ls="--", lw=0.8)
+  ax.set_yticks(list(y))
+  ax.set_yticklabels([n.replace("_vs_", " vs ") for n in names], fontsize=7)
+  ax.set_xlabel("oracle win rate (ties split, 95% bootstrap interval)")
+  ax.set_title("RL policies at their best step: win rates")
+  fig.tight_layout()
+  path = os.path.join(plot_dir, "fig9_rl_win_rates.png")
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return [path]
