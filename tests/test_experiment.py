@@ -202,6 +202,11 @@ def test_policy_findings_follow_their_rules_on_hand_made_numbers():
   verdicts = {f["finding"]: f["verdict"] for f in policy_findings(metrics)}
   assert by_start("RL: the WARM M=2 policy beats").startswith("inconclusive")
   assert by_start("RL: WARM M=2 delays") == "not reproduced"
+  # a WARM run whose best step is still the SFT policy (KL 0) makes the win rate uninformative
+  metrics["rl"]["warm_2"] = _rl_run([1.0, 0.5, 0.4], [0.0, 0.8, 1.5], [0.0, 1.0, 3.0])
+  metrics["win_rates"]["win_rates"]["warm_2_vs_best_member"] = rate(0.7, 0.6, 0.8)
+  verdicts = {f["finding"]: f["verdict"] for f in policy_findings(metrics)}
+  assert by_start("RL: the WARM M=2 policy beats").startswith("not informative")
 
 
 EXPERIMENT_GINS = {

@@ -180,13 +180,21 @@ def policy_findings(metrics: dict[str, Any]) -> list[dict[str, str]]:
                      "not reproduced"})
       rate = wins.get(f"{name}{suffix}_vs_best_member{suffix}")
       if rate:
+        # A best step with KL 0 is the SFT policy itself (no update yet): then the win rate
+        # only says how the single-RM policy compares with SFT, not what WARM did.
+        unchanged = [n for n, run in ((label, w), ("the single RM", single))
+                     if run.get("kl_at_best", 1.0) == 0.0]
         out.append({
             "finding": f"RL{alpha}: the {label} policy beats the single-RM policy, both at "
                        "their best step (paper: 79.4% for M=6, fig. 9)",
-            "rule": "oracle win rate > 0.5 with the 95% interval above 0.5",
+            "rule": "oracle win rate > 0.5 with the 95% interval above 0.5 (not informative "
+                    "when a best step is the unchanged SFT policy, KL 0)",
             "numbers": f"win rate {rate['rate']:.3f} [{rate['low']:.3f}, {rate['high']:.3f}] "
-                       f"over {rate['n']} samples",
-            "verdict": _interval_verdict(rate)})
+                       f"over {rate['n']} samples; best steps {w['best_step']} (KL "
+                       f"{w.get('kl_at_best', float('nan')):.2f}) vs {single['best_step']} (KL "
+                       f"{single.get('kl_at_best', float('nan')):.2f})",
+            "verdict": (f"not informative ({' and '.join(unchanged)} at its best step is the "
+                        "SFT policy)") if unchanged else _interval_verdict(rate)})
   return out
 
 
