@@ -78,7 +78,8 @@ def _stub(bin_dir, name, body):
 def test_slurm_script_sets_the_coordinator_and_runs_one_process_per_node(tmp_path):
   bin_dir = tmp_path / "bin"
   bin_dir.mkdir()
-  _stub(bin_dir, "scontrol", 'printf "gpu-node-07\\ngpu-node-08\\n"\n')
+  # a long node list: the script must read all of it (an early-closed pipe is SIGPIPE, 141)
+  _stub(bin_dir, "scontrol", 'printf "gpu-node-07\\ngpu-node-08\\n"; seq 1 20000\n')
   # srun stub: run the task command twice, as SLURM would on two nodes
   _stub(bin_dir, "srun", 'shift  # --kill-on-bad-exit\n'
         'for id in 0 1; do SLURM_PROCID=$id "$@"; done\n')
