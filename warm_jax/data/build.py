@@ -181,7 +181,7 @@ def _check_output_dir(output_dir: str, *, overwrite: bool) -> None:
                      "new one is complete), or choose another --output_dir")
 
 
-def _install(tmp_dir: str, output_dir: str) -> None:
+def install_dir(tmp_dir: str, output_dir: str) -> None:
   """Renames the finished build into place; an old dir is moved aside first, then deleted."""
   old = None
   if os.path.lexists(output_dir):
@@ -361,7 +361,7 @@ def build_dataset(*, output_dir: str, world: prefs.WorldConfig = prefs.WorldConf
     seconds["total"] = time.perf_counter() - t_start
     stats["build_seconds"] = {k: round(v, 2) for k, v in seconds.items()}
     _write_json(os.path.join(tmp_dir, data_dir_lib.STATS_FILE), stats)
-    _install(tmp_dir, output_dir)
+    install_dir(tmp_dir, output_dir)
   except BaseException:
     shutil.rmtree(tmp_dir, ignore_errors=True)
     raise

@@ -54,7 +54,6 @@ import shutil
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -463,16 +462,6 @@ def _check_output_dir(output_dir: str | None, *, data_dir: str, policy_dir: str,
   return None
 
 
-def _install(tmp_dir: str, output_dir: str) -> None:
-  old = None
-  if os.path.lexists(output_dir):
-    old = f"{output_dir}.old-{uuid.uuid4().hex[:8]}"
-    os.rename(output_dir, old)
-  os.rename(tmp_dir, output_dir)
-  if old:
-    shutil.rmtree(old, ignore_errors=True)
-
-
 # ---------------------------------------------------------------------------------------------
 # The stage
 # ---------------------------------------------------------------------------------------------
@@ -634,7 +623,8 @@ def build_policy_pairs(*, output_dir: str | None, data_dir: str | None,
     _write_json(os.path.join(tmp_dir, data_dir_lib.STATS_FILE), stats)
     _write_json(os.path.join(tmp_dir, DONE_FILE), {"num_pairs": len(pairs),
                                                    "wall_s": round(seconds["total"], 2)})
-    _install(tmp_dir, output_dir)
+    from warm_jax.data.build import install_dir  # the data build's atomic install
+    install_dir(tmp_dir, output_dir)
   except BaseException:
     shutil.rmtree(tmp_dir, ignore_errors=True)
     raise
