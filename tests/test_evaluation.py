@@ -156,3 +156,35 @@ def test_accuracy_vs_m_and_pairs(setup):
   pairs = evaluator.wa_minus_ens_over_pairs(members, rewards)
   assert pairs["pairs"] == [[0, 1], [0, 2], [1, 2]]
   assert all(len(v) == 3 for v in pairs["diff"].values())
+
+
+def test_real_token_ends_and_trimmed_widths():
+  from warm_jax.scoring import real_token_ends, trimmed_width
+  mask = np.array([[1, 1, 0, 0], [1, 1, 1, 1], [0, 0, 0, 0], [0, 1, 1, 0]])
+  assert real_token_ends(mask).tolist() == [2, 4, 0, 3]
+  assert [trimmed_width(e, 128) for e in (0, 1, 32, 33, 96, 97, 128)] == [32, 32, 32, 64, 96,
+                                                                          128, 128]
+  assert trimmed_width(5, 16) == 16  # never wider than the sequences
+  assert trimmed_width(300, 1024) == 512  # quarters of the length: 256, 512, 768, 1024
+
+
+@pytest.mark.parametrize("batch_size", [8, 16])
+def test_scoring_rows_of_mixed_lengths_matches_the_model_on_full_width(batch_size):
+  """The scorer sorts rows by length and cuts each batch's trailing padding; rewards and
+  features must equal the model's on the untouched full-width rows, in the input order."""
+  cfg = tiny_config(max_len=128)
+  params = unboxed_init(RewardModel(cfg), 3)
+  rng = np.random.default_rng(0)
+  n, length = 19, 128  # batches cut to 32, 64, 96 or 128 columns
+  ends = rng.integers(3, length + 1, n)
+  ends[3], ends[7], ends[9] = length, 8, 40
+  tokens = rng.integers(1, cfg.vocab_size, (n, length)).astype(np.int32)
+  mask = (np.arange(length)[None] < ends[:, None]).astype(np.int32)
+  tokens = tokens * mask
+  scorer = RewardScorer(model_config=cfg, partitioner=Partitioner(), batch_size=batch_size)
+  placed = scorer.place(params)
+  expected = _direct_rewards(cfg, params, tokens, mask)
+  np.testing.assert_allclose(scorer.rewards(placed, tokens, mask), expected, atol=1e-5)
+  features = np.asarray(RewardModel(cfg).apply({"params": params}, tokens, mask,
+                                               method=RewardModel.features))
+  np.testing.assert_allclose(scorer.features(placed, tokens, mask), features, atol=1e-5)

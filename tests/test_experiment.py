@@ -43,8 +43,8 @@ def test_tiny_experiment_writes_the_documented_schema(tiny_run):
   lmc = metrics["lmc"]["clean"]
   assert {"checkpoints_of_one_run", "two_data_orders", "two_learning_rates",
           "two_baklava_inits", "from_scratch"} <= set(lmc)
-  for curve in lmc.values():
-    assert len(curve["lambdas"]) >= 11
+  for curve in lmc.values():  # the tiny scale's lmc_lambdas
+    assert curve["lambdas"] == [0.0, 0.5, 1.0]
   # best-of-N: every selector has one value per N, finite
   bon = metrics["bon"]
   assert bon["n"] == [1, 2, 4]
@@ -76,7 +76,9 @@ def test_tiny_experiment_writes_the_documented_schema(tiny_run):
           "bon", "rl/best_member", "win_rates", "total"} <= set(metrics["timings"])
   assert metrics["policy_pairs"]["num_pairs"] == metrics["rm"]["clean"]["subset_sizes"][
       "ood_policy"] == 16
-  assert set(metrics["cpu_s"]) == set(metrics["timings"])  # every stage and the total
+  # every stage and the total; in-process stages run one at a time, so the total is their sum
+  assert set(metrics["cpu_s"]) == set(metrics["timings"]) - {"stages_sum"}
+  assert metrics["timings"]["total"] == pytest.approx(metrics["timings"]["stages_sum"], abs=0.1)
   assert all(v > 0 for v in metrics["cpu_s"].values()) and len(metrics["load_average"]) == 3
   for f in metrics["findings"]:
     assert f["verdict"] and f["numbers"]
@@ -149,6 +151,10 @@ def test_lazy_stage_arguments_are_resolved_when_the_stage_starts(tmp_path):
     ({"baklava_steps": (5, 7)}, "must include the last SFT step"),
     ({"rm_steps": 7}, "must be even"),
     ({"num_members": 0}, "must be positive"),
+    ({"rm_microbatches": 3}, "must be >= 1 and divide rm_batch"),
+    ({"lm_microbatches": 0}, "must be >= 1 and divide pretrain_batch"),
+    ({"lmc_lambdas": (0.0, 1.0)}, "with at least one interior point"),
+    ({"lmc_lambdas": (0.0, 0.7, 0.3, 1.0)}, "increasing, from 0.0"),
 ])
 def test_experiment_scale_refuses_inconsistent_presets(override, message):
   from warm_jax.experiment import ExperimentScale
@@ -292,3 +298,84 @@ def test_sft_keeps_every_baklava_step(tmp_path, capsys, monkeypatch):
   assert code == 0, err
   sft = next(line for line in out.splitlines() if "gin/sft.gin" in line)
   assert "--gin.SAVE_EVERY=100" in sft  # gcd of (200, 300, 400): 300 is kept too
+
+
+def _sleeper(tmp_path, name, seconds, after=(), code=0):
+  from warm_jax import experiment
+  return experiment.Stage(name, [sys.executable, "-c",
+                                 f"import sys, time; time.sleep({seconds}); sys.exit({code})"],
+                          str(tmp_path / name), after=tuple(after))
+
+
+def test_parallel_stages_overlap_and_wait_for_their_dependencies(tmp_path):
+  from warm_jax import experiment
+  a = _sleeper(tmp_path, "a", 1.5)
+  b = _sleeper(tmp_path, "b", 1.5)
+  c = _sleeper(tmp_path, "c", 0.1, after=("a",))
+  d = _sleeper(tmp_path, "d", 0.1, after=("b", "c"))
+  records = experiment.run_stages([a, b, c, d], log_dir=str(tmp_path / "logs"), parallel=2)
+  assert set(records) == {"a", "b", "c", "d"}
+  assert records["b"]["start"] < records["a"]["end"]  # a and b ran together
+  assert records["c"]["start"] >= records["a"]["end"]
+  assert records["d"]["start"] >= max(records["b"]["end"], records["c"]["end"])
+  for stage in (a, b, c, d):
+    assert json.load(open(stage.done_path)) == records[stage.name]
+  wall = experiment.experiment_wall_seconds(records)
+  stages_sum = sum(r["wall_s"] for r in records.values())
+  span = max(r["end"] for r in records.values()) - min(r["start"] for r in records.values())
+  assert wall == pytest.approx(span, abs=0.05) and wall < stages_sum - 1.0
+  # a rerun skips them all and reports the same records
+  again = experiment.run_stages([a, b, c, d], log_dir=str(tmp_path / "logs"), parallel=2)
+  assert again == records
+
+
+def test_a_failing_parallel_stage_stops_its_sibling_without_done_markers(tmp_path):
+  import time
+  from warm_jax import experiment
+  slow = _sleeper(tmp_path, "slow", 60)
+  boom = _sleeper(tmp_path, "boom", 0.5, code=3)
+  later = _sleeper(tmp_path, "later", 0.1, after=("boom",))
+  t0 = time.time()
+  with pytest.raises(experiment.StageFailed, match="stage boom failed \\(exit 3\\)"):
+    experiment.run_stages([slow, boom, later], log_dir=str(tmp_path / "logs"), parallel=2)
+  assert time.time() - t0 < 30  # the sibling was terminated, not waited for
+  for stage in (slow, boom, later):
+    assert not os.path.exists(stage.done_path)
+
+
+def test_experiment_wall_seconds_counts_overlaps_once_and_old_markers_by_wall():
+  from warm_jax.experiment import experiment_wall_seconds
+  records = {"a": {"wall_s": 10, "start": 0, "end": 10}, "b": {"wall_s": 5, "start": 5, "end": 12},
+             "c": {"wall_s": 3, "start": 100, "end": 103}, "old": {"wall_s": 7}}
+  assert experiment_wall_seconds(records) == 12 + 3 + 7
+
+
+def test_every_stage_of_the_plans_waits_only_for_earlier_stages(tmp_path):
+  from warm_jax import experiment
+  for overrides in ({}, {"rl_kl_coefs": (0.001, 0.01)}, {"vmapped_members": False}):
+    plan = experiment.run_experiment(
+        output_dir=str(tmp_path / "x"), scale="default", scales=_scales(),
+        overrides=overrides, dry_run=True)
+    stages = plan.stages()
+    seen = set()
+    for stage in stages:
+      assert set(stage.after) <= seen, (stage.name, stage.after)
+      seen.add(stage.name)
+    after = {stage.name: set(stage.after) for stage in stages}
+    assert {n for n in after if n.startswith("pairs/")} <= after["eval/clean"]
+    assert "policy_pairs" in after["eval/corrupt"]
+    assert all("eval/clean" in deps for n, deps in after.items() if n.startswith("rl/"))
+    assert {n for n in after if n.startswith("rl/")} <= after["win_rates"]
+  with pytest.raises(ValueError, match="no entry in experiment.stage_dependencies"):
+    experiment.stage_dependencies("mystery", ["mystery"])
+
+
+def _scales():
+  import gin
+  from warm_jax import configurables
+  configurables.register()  # as gin_main does
+  gin.clear_config()
+  gin.parse_config_file(os.path.join(REPO_ROOT, "gin/experiments/warm_synthetic_tldr.gin"))
+  scales = gin.query_parameter("run_experiment.scales")
+  gin.clear_config()
+  return scales

@@ -76,6 +76,7 @@ def evaluate_reward_models(*, output_dir: str | None, data_dir: str,
                            model_config: TransformerConfig, members_dir: str | None = None,
                            member_paths: Sequence[str] = (), ms: Sequence[int] = (2, 6),
                            lmc_pairs: Mapping[str, Sequence[str]] | None = None,
+                           lmc_lambdas: Sequence[float] = ev.LAMBDAS,
                            pairs_histogram: bool = True, orders_seed: int = 0,
                            batch_size: int = 64, seq_len: int | None = None,
                            vocab_size: int | None = None,
@@ -85,6 +86,8 @@ def evaluate_reward_models(*, output_dir: str | None, data_dir: str,
   """Runs the evaluations and writes OUTPUT_DIR/eval.json and plots (see module docstring).
 
   lmc_pairs: {name: (params_path_a, params_path_b)}, e.g. the four diversity levels.
+  lmc_lambdas: the interpolation weights of the LMC curves (each interior one costs a pass
+    over every subset): increasing from 0.0 to 1.0.
   policy_pairs_dir: a `python -m warm_jax.data.policy_pairs` output built from DATA_DIR;
     adds the subset `ood_policy` to every table, curve and histogram (None: not evaluated).
   max_pairs_per_subset: evaluate a seeded sample of at most this many pairs per subset (None:
@@ -92,6 +95,10 @@ def evaluate_reward_models(*, output_dir: str | None, data_dir: str,
   """
   if not output_dir:
     raise ValueError("OUTPUT_DIR is not set: pass --gin.OUTPUT_DIR=\"'/path'\"")
+  lmc_lambdas = [float(x) for x in lmc_lambdas]
+  if (len(lmc_lambdas) < 2 or lmc_lambdas[0] != 0.0 or lmc_lambdas[-1] != 1.0
+      or lmc_lambdas != sorted(set(lmc_lambdas))):
+    raise ValueError(f"LMC_LAMBDAS={tuple(lmc_lambdas)}: increasing, from 0.0 to 1.0")
   if any(int(m) < 1 for m in ms):
     raise ValueError(f"WARM_MS={tuple(ms)}: every M (members averaged) must be >= 1")
   t0 = time.time()
@@ -133,7 +140,7 @@ def evaluate_reward_models(*, output_dir: str | None, data_dir: str,
         result["wa_minus_ens"] = evaluator.wa_minus_ens_over_pairs(members, member_rewards)
   if lmc_pairs:
     result["lmc"] = {name: evaluator.lmc_curve(ckpt_lib.load_params(a),
-                                               ckpt_lib.load_params(b))
+                                               ckpt_lib.load_params(b), lambdas=lmc_lambdas)
                      for name, (a, b) in lmc_pairs.items()}
   result["wall_s"] = round(time.time() - t0, 2)
   write_outputs(output_dir, result)

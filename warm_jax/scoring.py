@@ -86,20 +86,31 @@ class RewardScorer:
         x, jax.Array) else x, s), params, self.param_shardings)
 
   def _run(self, fn, params, tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Calls `fn` over batches of rows sorted by where their real tokens end, each batch cut
+    to the bucketed width of its longest row (`trimmed_width`). The model is causal and reads
+    a row at its last real token, so the columns after it cannot change the result: this only
+    skips work (~30% of it on the synthetic pairs, whose sides are 60-125 of 128 tokens)."""
     n = len(tokens)
-    outputs = []
+    if n == 0:
+      return np.zeros((0,), np.float32)
+    ends = real_token_ends(mask)
+    order = np.argsort(ends, kind="stable")
+    result = None
     with self.partitioner.mesh_context():
       for start in range(0, n, self.batch_size):
-        t = tokens[start:start + self.batch_size]
-        m = mask[start:start + self.batch_size]
-        pad = self.batch_size - len(t)
+        rows = order[start:start + self.batch_size]
+        width = trimmed_width(int(ends[rows].max()), tokens.shape[1])
+        t, m = tokens[rows, :width], mask[rows, :width]
+        pad = self.batch_size - len(rows)
         if pad:
           t = np.concatenate([t, np.zeros((pad,) + t.shape[1:], t.dtype)])
           m = np.concatenate([m, np.ones((pad,) + m.shape[1:], m.dtype)])
         batch = self.partitioner.shard_batch({"t": t, "m": m}, self.batch_size)
-        outputs.append(np.asarray(jax.device_get(fn(params, batch["t"], batch["m"])))[
-            :self.batch_size - pad])
-    return np.concatenate(outputs) if outputs else np.zeros((0,), np.float32)
+        out = np.asarray(jax.device_get(fn(params, batch["t"], batch["m"])))[:len(rows)]
+        if result is None:
+          result = np.empty((n,) + out.shape[1:], out.dtype)
+        result[rows] = out
+    return result
 
   def rewards(self, params: Any, tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """[n] rewards read at each sequence's last real token; params from `place`."""
@@ -114,6 +125,20 @@ class RewardScorer:
     """(r_chosen, r_rejected) for preference arrays (chosen_/rejected_ tokens and masks)."""
     return (self.rewards(params, arrays["chosen_tokens"], arrays["chosen_mask"]),
             self.rewards(params, arrays["rejected_tokens"], arrays["rejected_mask"]))
+
+
+def real_token_ends(mask: np.ndarray) -> np.ndarray:
+  """[n] one past the last real (mask != 0) column of each row; 0 for a row with none."""
+  real = np.asarray(mask) != 0
+  last = real.shape[1] - np.argmax(real[:, ::-1], axis=1)
+  return np.where(real.any(axis=1), last, 0)
+
+
+def trimmed_width(end: int, length: int) -> int:
+  """The width a batch whose rows end by `end` is cut to: `end` rounded up to a quarter of the
+  full length (at least 32 columns), so at most 4 compiled shapes per sequence length."""
+  quantum = max(32, length // 4)
+  return min(length, max(quantum, -(-end // quantum) * quantum))
 
 
 def unboxed_init(model: nn.Module, seed: int = 0) -> Any:
