@@ -478,7 +478,7 @@ def stage_dependencies(name: str, names: Sequence[str]) -> tuple[str, ...]:
     deps = []
   elif kind == "pretrain":
     deps = ["data/clean"]
-  elif kind in ("sft",):
+  elif kind == "sft":
     deps = ["pretrain"]
   elif kind == "policy_pairs":
     deps = ["sft"]
@@ -589,36 +589,38 @@ def run_stages(stages: Sequence[Stage], *, log_dir: str, env: Mapping[str, str] 
   A failed stage stops the others (they resume on the rerun) and raises StageFailed.
   """
   import concurrent.futures
-  import threading
   os.makedirs(log_dir, exist_ok=True)
   parallel = 1 if in_process else max(1, int(parallel))
   records: dict[str, dict[str, float]] = {}
   t_start = time.time()
   total = len(stages)
   index = {stage.name: k for k, stage in enumerate(stages, 1)}
+  def label(stage: Stage) -> str:
+    return f"[experiment] stage {index[stage.name]}/{total} {stage.name}"
+
+  def log_path(stage: Stage) -> str:
+    return os.path.join(log_dir, stage.name.replace("/", "_") + ".log")
+
   pending = []
   for stage in stages:
-    prefix = f"[experiment] stage {index[stage.name]}/{total} {stage.name}"
     if os.path.exists(stage.done_path):
       with open(stage.done_path) as f:
         records[stage.name] = json.load(f)
-      print(f"{prefix}: done already ({records[stage.name]['wall_s']:.0f}s), skipped",
+      print(f"{label(stage)}: done already ({records[stage.name]['wall_s']:.0f}s), skipped",
             file=sys.stderr, flush=True)
     else:
       pending.append(stage)
   known = {stage.name for stage in stages}
   running_procs: dict[str, subprocess.Popen] = {}
-  lock = threading.Lock()
 
   def run_one(stage: Stage) -> tuple[int, float, float, float]:
-    log_path = os.path.join(log_dir, stage.name.replace("/", "_") + ".log")
     t0 = time.time()
     if in_process:
       cpu0 = _cpu_seconds()
-      code = _run_in_process(stage, log_path, env)
+      code = _run_in_process(stage, log_path(stage), env)
       cpu = _cpu_seconds() - cpu0
     else:
-      code, cpu = _run_subprocess(stage, log_path, env, running_procs)
+      code, cpu = _run_subprocess(stage, log_path(stage), env, running_procs)
     return code, cpu, t0, time.time()
 
   failure = None
@@ -633,13 +635,12 @@ def run_stages(stages: Sequence[Stage], *, log_dir: str, env: Mapping[str, str] 
           if any(dep in known and dep not in records for dep in stage.after):
             continue
           pending.remove(stage)
-          if not stage.resolved:
-            with lock:
-              stage.resolve()
-              if on_resolve:
-                on_resolve()
+          if not stage.resolved:  # on this (the scheduling) thread only
+            stage.resolve()
+            if on_resolve:
+              on_resolve()
           others = ", ".join(futures[f].name for f in futures)
-          print(f"[experiment] stage {index[stage.name]}/{total} {stage.name}: running "
+          print(f"{label(stage)}: running "
                 f"({time.time() - t_start:.0f}s into the experiment"
                 + (f"; beside {others})" if others else ")"), file=sys.stderr, flush=True)
           futures[pool.submit(run_one, stage)] = stage
@@ -651,12 +652,11 @@ def run_stages(stages: Sequence[Stage], *, log_dir: str, env: Mapping[str, str] 
       for future in done:
         stage = futures.pop(future)
         code, cpu, t0, t1 = future.result()
-        log_path = os.path.join(log_dir, stage.name.replace("/", "_") + ".log")
         if code != 0:
           if failure is None:
-            failure = (f"stage {stage.name} failed (exit {code}); its log is {log_path}; fix the "
-                       "cause and rerun the same command: finished stages are skipped and this "
-                       "one resumes")
+            failure = (f"stage {stage.name} failed (exit {code}); its log is {log_path(stage)}; "
+                       "fix the cause and rerun the same command: finished stages are skipped "
+                       "and this one resumes")
             for name, proc in list(running_procs.items()):
               if proc.poll() is None and name != stage.name:
                 proc.terminate()  # it resumes from its own checkpoints on the rerun
@@ -667,7 +667,7 @@ def run_stages(stages: Sequence[Stage], *, log_dir: str, env: Mapping[str, str] 
         atomic_write_text(stage.done_path, json.dumps(record) + "\n")
         records[stage.name] = record
         if parallel > 1:
-          print(f"[experiment] stage {index[stage.name]}/{total} {stage.name}: done in "
+          print(f"{label(stage)}: done in "
                 f"{record['wall_s']:.0f}s", file=sys.stderr, flush=True)
   if failure is not None:
     raise StageFailed(failure)
