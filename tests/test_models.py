@@ -211,3 +211,76 @@ def test_traced_dropout_rate_matches_the_configured_one():
   np.testing.assert_allclose(per_member[1], configured, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(per_member[0], model.apply({"params": params}, tokens),
                              rtol=1e-5, atol=1e-6)
+
+
+def _log_softmax(x):
+  x = x - x.max(-1, keepdims=True)
+  return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_logprob_readout_matches_the_lm_of_the_same_backbone(variant):
+  """reward = kernel . h_last + logprob_kernel . [softmin, mean, sum] of the response tokens'
+  log-probs, the log-probs computed independently (numpy) from LanguageModel's logits on the
+  same decoder (and untied lm_head), the response given by response_mask only."""
+  cfg = tiny_config(**VARIANTS[variant], reward_readout="hidden_logprob",
+                    logprob_softmin_temperature=0.5)
+  lm = LanguageModel(cfg)
+  lm_params = _init(lm, cfg)
+  rm = RewardModel(cfg)
+  tokens = jnp.ones((2, 8), jnp.int32)
+  rm_params = nn.unbox(rm.init(jax.random.key(1), tokens, jnp.ones_like(tokens),
+                               jnp.ones_like(tokens)))["params"]
+  assert set(rm_params["reward_head"]) == {"kernel", "bias", "logprob_kernel"}
+  params = dict(lm_params, reward_head={
+      "kernel": rm_params["reward_head"]["kernel"], "bias": jnp.asarray([0.3]),
+      "logprob_kernel": jnp.asarray([[0.7], [-0.4], [0.2]])})
+  assert set(params) == set(rm_params)  # lm_head (untied) is part of the RM, as in the LM
+  rng = np.random.default_rng(0)
+  tok = rng.integers(3, cfg.vocab_size, (2, 9))
+  mask = np.array([[1] * 9, [1] * 7 + [0] * 2])
+  response = np.array([[0] * 5 + [1] * 4, [0] * 4 + [1] * 3 + [0] * 2])
+  r = np.asarray(rm.apply({"params": params}, jnp.asarray(tok), jnp.asarray(mask),
+                          jnp.asarray(response)))
+  logits = np.asarray(lm.apply({"params": lm_params}, jnp.asarray(tok), jnp.asarray(mask)),
+                      np.float64)
+  hidden = np.asarray(rm.apply({"params": params}, jnp.asarray(tok), jnp.asarray(mask),
+                               method=lambda m, t, k: m.decoder(t, k)))
+  for b in range(2):
+    lp = np.array([_log_softmax(logits[b, t - 1])[tok[b, t]] for t in range(1, 9)
+                   if response[b, t]])
+    tau = 0.5
+    softmin = -tau * np.log(np.sum(np.exp(-lp / tau)))
+    feats = np.array([softmin, lp.mean(), lp.sum()])
+    last = int(mask[b].sum()) - 1
+    expected = (hidden[b, last] @ np.asarray(params["reward_head"]["kernel"])[:, 0]
+                + feats @ np.array([0.7, -0.4, 0.2]) + 0.3)
+    np.testing.assert_allclose(r[b], expected, rtol=1e-4, atol=1e-4)
+  # without a response mask the readout refuses, naming the fix
+  with pytest.raises(ValueError, match="response_mask"):
+    rm.apply({"params": params}, jnp.asarray(tok), jnp.asarray(mask))
+
+
+def test_logprob_readout_ignores_prompt_tokens_and_padding():
+  cfg = tiny_config(reward_readout="hidden_logprob")
+  rm = RewardModel(cfg)
+  tok = jnp.ones((1, 6), jnp.int32)
+  params = nn.unbox(rm.init(jax.random.key(0), tok, jnp.ones_like(tok), jnp.ones_like(tok)))[
+      "params"]
+  params["reward_head"]["logprob_kernel"] = jnp.asarray([[1.0], [1.0], [1.0]])
+  real = np.array([5, 9, 3, 7, 11, 4])
+  resp = np.array([0, 0, 0, 1, 1, 1])
+  base = rm.apply({"params": params}, jnp.asarray(real[None]), jnp.ones((1, 6), jnp.int32),
+                  jnp.asarray(resp[None]))
+  left = rm.apply({"params": params}, jnp.asarray(np.r_[[0, 0], real][None]),
+                  jnp.asarray([[0, 0] + [1] * 6]), jnp.asarray(np.r_[[1, 1], resp][None]))
+  np.testing.assert_allclose(left, base, atol=1e-5)  # a response mask on pads is not read
+  # the response tokens' log-probs matter: changing a response-mask bit changes the reward
+  other = rm.apply({"params": params}, jnp.asarray(real[None]), jnp.ones((1, 6), jnp.int32),
+                   jnp.asarray(np.array([0, 0, 1, 1, 1, 1])[None]))
+  assert abs(float(other[0]) - float(base[0])) > 1e-4
+
+
+def test_reward_readout_is_validated():
+  with pytest.raises(ValueError, match="reward_readout"):
+    tiny_config(reward_readout="mean_pool")

@@ -43,7 +43,7 @@ from warm_jax import win_rates as wr
 from warm_jax.models import TransformerConfig
 from warm_jax.partitioning import Partitioner
 from warm_jax.reward_sources import parse_reward_sources, score_with_source
-from warm_jax.sampling import Sampler, SamplingConfig, join_prompt_and_response, trim_padding
+from warm_jax.sampling import Sampler, SamplingConfig, candidate_sequences
 from warm_jax.scoring import RewardScorer
 
 RESULT_FILE = "bon.json"
@@ -248,19 +248,19 @@ def best_of_n(*, output_dir: str | None, data_dir: str | None, sft_path: str | N
   oracle_all = oracle_judge.score(prompt_index=index, prompt_tokens=tokens, prompt_mask=mask,
                                   response_tokens=samples.tokens,
                                   response_mask=samples.mask).reshape(count, per_prompt)
-  seq_tokens, seq_mask = trim_padding(*join_prompt_and_response(tokens, mask, samples.tokens,
-                                                                samples.mask))
+  seq_tokens, seq_mask, seq_response = candidate_sequences(tokens, mask, samples.tokens,
+                                                           samples.mask)
   rm_all, by_path = {}, {}  # ENS reuses its members' rewards: each checkpoint scored once
   for source in sources:
     if source.combine == "ens" or len(source.paths) == 1:
       for path in source.paths:
         if path not in by_path:
           tree = scorer.place(ckpt_lib.load_params(path))
-          by_path[path] = scorer.rewards(tree, seq_tokens, seq_mask)
+          by_path[path] = scorer.rewards(tree, seq_tokens, seq_mask, seq_response)
       rewards = np.mean([by_path[p] for p in source.paths], axis=0)
     else:
       trees = [scorer.place(tree) for tree in source.load()]
-      rewards = score_with_source(scorer, trees, seq_tokens, seq_mask)
+      rewards = score_with_source(scorer, trees, seq_tokens, seq_mask, seq_response)
     rm_all[source.name] = rewards.reshape(count, per_prompt)
     logging.info("scored with %s (%s of %d)", source.name, source.combine, len(source.paths))
 

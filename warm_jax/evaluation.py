@@ -62,10 +62,11 @@ def subsets_from_splits(*, rm_train: dict[str, np.ndarray], id_val: dict[str, np
   max_pairs: keep at most this many pairs per subset, a seeded uniform sample (in data order);
     every evaluation costs one pass over all subsets, so this bounds an LMC point's cost.
   """
-  token_keys = ("chosen_tokens", "chosen_mask", "rejected_tokens", "rejected_mask")
+  token_keys = ("chosen_tokens", "chosen_mask", "rejected_tokens", "rejected_mask",
+                "chosen_response_mask", "rejected_response_mask")
 
-  def take(arrays, rows):
-    return {k: arrays[k][rows] for k in token_keys}
+  def take(arrays, rows):  # response masks only where the data dir has them
+    return {k: arrays[k][rows] for k in token_keys if k in arrays}
 
   corrupted = rm_train["corrupted"].astype(bool)
   sets = {
@@ -106,11 +107,13 @@ def score_subsets(scorer: RewardScorer, params: Any, subsets: dict[str, PairSet]
   """Rewards of both sides of every pair of every subset, in ONE pass over the concatenated
   sequences (so an LMC point or a vs-M point costs ceil(2 * total pairs / batch) calls)."""
   placed = scorer.place(params)
-  tokens = np.concatenate([s.arrays[f"{side}_tokens"] for s in subsets.values()
-                           for side in ("chosen", "rejected")])
-  mask = np.concatenate([s.arrays[f"{side}_mask"] for s in subsets.values()
-                         for side in ("chosen", "rejected")])
-  rewards = scorer.rewards(placed, tokens, mask)
+
+  def stacked(feature):
+    parts = [s.arrays.get(f"{side}_{feature}") for s in subsets.values()
+             for side in ("chosen", "rejected")]
+    return None if any(p is None for p in parts) else np.concatenate(parts)
+
+  rewards = scorer.rewards(placed, stacked("tokens"), stacked("mask"), stacked("response_mask"))
   out, start = {}, 0
   for name, s in subsets.items():
     n = len(s)

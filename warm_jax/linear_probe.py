@@ -7,7 +7,9 @@ well defined (WORLD.md lesson 4).
 
 With the backbone frozen, the Bradley-Terry loss of a linear head r = w . phi(x, y) + b is a
 logistic regression on feature differences: -log sigmoid(w . (phi+ - phi-)); the bias cancels
-and is set to 0. Features are computed once (one sharded forward pass over the pairs) and the
+and is set to 0. phi is `RewardModel.features`: the last hidden state, plus the three log-prob
+features under the 'hidden_logprob' readout (then w is split into reward_head/kernel and
+reward_head/logprob_kernel). Features are computed once (one sharded forward pass over the pairs) and the
 L2-regularised problem is solved by Newton's method in float64, which converges in a few steps
 and is exact to the tolerance; no learning rate to tune.
 
@@ -30,6 +32,7 @@ import numpy as np
 from warm_jax import checkpoints as ckpt_lib
 from warm_jax.data.batching import ArrayDataset
 from warm_jax.models import RewardModel, TransformerConfig
+from warm_jax.models.heads import LOGPROB_FEATURES
 from warm_jax.partitioning import Partitioner
 from warm_jax.scoring import RewardScorer, unboxed_init
 
@@ -115,8 +118,7 @@ def linear_probe(*, sft_path: str, output_dir: str, model_config: TransformerCon
   feats = {name: _pair_features(scorer, placed, data.features)
            for name, data in (("train", train_data), ("eval", eval_data)) if data is not None}
   fit = fit_bradley_terry_head(*feats["train"], l2=l2)
-  params["reward_head"]["kernel"] = fit.kernel.astype(np.float32)[:, None]
-  params["reward_head"]["bias"] = np.zeros((1,), np.float32)
+  params["reward_head"] = head_params(fit.kernel, model_config)
   report = {"sft_path": sft_path, "l2": l2, "iterations": fit.iterations,
             "train_loss": fit.train_loss, "train_accuracy": fit.train_accuracy,
             "num_train_pairs": len(feats["train"][0])}
@@ -135,10 +137,27 @@ def linear_probe(*, sft_path: str, output_dir: str, model_config: TransformerCon
   return report
 
 
+def head_params(kernel: np.ndarray, model_config: TransformerConfig) -> dict[str, np.ndarray]:
+  """The reward head's leaves from a probe's kernel over `RewardModel.features` ([d_model],
+  or [d_model + 3] with the log-prob readout, whose last 3 entries weigh the log-prob
+  features); the bias is 0 (Bradley-Terry cannot see it)."""
+  kernel = np.asarray(kernel, np.float32)
+  d = model_config.d_model
+  expected = d + (len(LOGPROB_FEATURES) if model_config.reads_logprobs else 0)
+  if kernel.shape != (expected,):
+    raise ValueError(f"probe kernel of shape {kernel.shape}: the reward head of this model "
+                     f"reads {expected} features")
+  head = {"kernel": kernel[:d, None], "bias": np.zeros((1,), np.float32)}
+  if model_config.reads_logprobs:
+    head["logprob_kernel"] = kernel[d:, None]
+  return head
+
+
 def _pair_features(scorer: RewardScorer, params: Any, arrays: dict[str, np.ndarray]
                    ) -> tuple[np.ndarray, np.ndarray]:
-  return (scorer.features(params, arrays["chosen_tokens"], arrays["chosen_mask"]),
-          scorer.features(params, arrays["rejected_tokens"], arrays["rejected_mask"]))
+  return tuple(scorer.features(params, arrays[f"{side}_tokens"], arrays[f"{side}_mask"],
+                               arrays.get(f"{side}_response_mask"))
+               for side in ("chosen", "rejected"))
 
 
 @dataclasses.dataclass(frozen=True)

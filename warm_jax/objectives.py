@@ -80,8 +80,9 @@ class LanguageModelObjective:
 class PreferenceObjective:
   """Bradley-Terry reward modelling: L = -log sigmoid(r(x, y+) - r(x, y-)) per pair.
 
-  Batch: chosen_tokens, chosen_mask, rejected_tokens, rejected_mask [batch, length]; the prompt
-  is inside both sequences and the reward is read at each sequence's last real token. Chosen and
+  Batch: chosen_tokens, chosen_mask, rejected_tokens, rejected_mask [batch, length] (+
+  chosen_response_mask, rejected_response_mask under the log-prob readout); the prompt is
+  inside both sequences and the reward is read at each sequence's last real token. Chosen and
   rejected go through the network as one concatenated batch (one forward, not two).
 
   Metric sums (divided by `weight` = number of pairs): loss, accuracy (ties count as correct, as
@@ -91,11 +92,23 @@ class PreferenceObjective:
 
   model_config: TransformerConfig
 
-  batch_features = ("chosen_tokens", "chosen_mask", "rejected_tokens", "rejected_mask")
   # Parameters that shift every reward by the same constant: Bradley-Terry sees only reward
   # differences, so their gradient is exactly zero (rounding noise that Adafactor would turn
-  # into full-size random steps). They stay at their initial (probed) values.
-  frozen = ("reward_head/bias", "decoder/final_norm/bias")
+  # into full-size random steps). They stay at their initial (probed) values. The final norm's
+  # bias is one of them only when nothing but the last hidden state's projection reads it (the
+  # log-prob readout reads it through the LM head).
+  @property
+  def frozen(self) -> tuple[str, ...]:
+    if self.model_config.reads_logprobs:
+      return ("reward_head/bias",)
+    return ("reward_head/bias", "decoder/final_norm/bias")
+
+  @property
+  def batch_features(self) -> tuple[str, ...]:
+    base = ("chosen_tokens", "chosen_mask", "rejected_tokens", "rejected_mask")
+    if self.model_config.reads_logprobs:
+      return base + ("chosen_response_mask", "rejected_response_mask")
+    return base
 
   def trainable(self, path: str) -> bool:
     return path not in self.frozen
@@ -106,12 +119,12 @@ class PreferenceObjective:
 
   def dummy_batch(self, batch_size: int, seq_len: int) -> dict[str, np.ndarray]:
     shape = (batch_size, seq_len)
-    return {"chosen_tokens": np.zeros(shape, np.int32), "chosen_mask": np.ones(shape, np.int32),
-            "rejected_tokens": np.zeros(shape, np.int32),
-            "rejected_mask": np.ones(shape, np.int32)}
+    return {k: (np.zeros if k.endswith("_tokens") else np.ones)(shape, np.int32)
+            for k in self.batch_features}
 
   def init_variables(self, rng: Array, batch: Batch) -> Any:
-    return self.module.init(rng, batch["chosen_tokens"], batch["chosen_mask"])
+    return self.module.init(rng, batch["chosen_tokens"], batch["chosen_mask"],
+                            batch.get("chosen_response_mask"))
 
   def rewards(self, params: Any, batch: Batch, rng: Array | None = None,
               dropout_rate: float | Array | None = None) -> tuple[Array, Array]:
@@ -120,8 +133,11 @@ class PreferenceObjective:
     n = batch["chosen_tokens"].shape[0]
     tokens = jnp.concatenate([batch["chosen_tokens"], batch["rejected_tokens"]], axis=0)
     mask = jnp.concatenate([batch["chosen_mask"], batch["rejected_mask"]], axis=0)
-    r = self.module.apply({"params": params}, tokens, mask, deterministic=rng is None,
-                          dropout_rate=dropout_rate,
+    response_mask = (jnp.concatenate([batch["chosen_response_mask"],
+                                      batch["rejected_response_mask"]], axis=0)
+                     if self.model_config.reads_logprobs else None)
+    r = self.module.apply({"params": params}, tokens, mask, response_mask,
+                          deterministic=rng is None, dropout_rate=dropout_rate,
                           rngs=None if rng is None else {"dropout": rng})
     return r[:n], r[n:]
 
@@ -149,9 +165,12 @@ class PreferenceObjective:
     return self._sums(r_chosen, r_rejected, valid.astype(jnp.float32))[1]
 
   def train_flops_per_example(self, seq_len: int) -> float:
-    # Two sequences per pair; no LM head (the scalar head's FLOPs are negligible).
+    # Two sequences per pair; no LM head (the scalar head's FLOPs are negligible) unless the
+    # log-prob readout reads the LM head at every position.
     cfg = self.model_config
-    per_token = cfg.train_flops_per_token(seq_len) - 6.0 * cfg.vocab_size * cfg.d_model
+    per_token = cfg.train_flops_per_token(seq_len)
+    if not cfg.reads_logprobs:
+      per_token -= 6.0 * cfg.vocab_size * cfg.d_model
     return 2 * per_token * seq_len
 
   @staticmethod

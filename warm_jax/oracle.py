@@ -96,7 +96,6 @@ class ControlRewardOracle:
             response_tokens: np.ndarray, response_mask: np.ndarray,
             prompt_index: np.ndarray | None = None) -> np.ndarray:
     del prompt_index
-    from warm_jax.sampling import join_prompt_and_response
-    tokens, mask = join_prompt_and_response(prompt_tokens, prompt_mask, response_tokens,
-                                            response_mask)
-    return self.scorer.rewards(self.params, tokens, mask)
+    from warm_jax.sampling import candidate_sequences
+    return self.scorer.rewards(self.params, *candidate_sequences(
+        prompt_tokens, prompt_mask, response_tokens, response_mask))

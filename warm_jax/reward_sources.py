@@ -93,6 +93,7 @@ def parse_reward_sources(specs: Mapping[str, Any]) -> list[RewardSource]:
 
 
 def score_with_source(scorer: Any, trees: Sequence[Any], tokens: np.ndarray,
-                      mask: np.ndarray) -> np.ndarray:
-  """[n] mean reward of the (placed) trees on [n, L] sequences (ENS when several)."""
-  return np.mean([scorer.rewards(tree, tokens, mask) for tree in trees], axis=0)
+                      mask: np.ndarray, response_mask: np.ndarray | None = None) -> np.ndarray:
+  """[n] mean reward of the (placed) trees on [n, L] sequences (ENS when several);
+  response_mask [n, L] marks the response tokens (the log-prob readout reads them)."""
+  return np.mean([scorer.rewards(tree, tokens, mask, response_mask) for tree in trees], axis=0)

@@ -54,6 +54,7 @@ from warm_jax import policy_objective as po
 from warm_jax.data.batching import ArrayDataset
 from warm_jax.metrics_writer import MetricsWriter, Progress
 from warm_jax.models import LanguageModel, RewardModel, TransformerConfig, ValueModel
+from warm_jax.models.heads import init_inputs
 from warm_jax.optimizers import OptimizerConfig
 from warm_jax.partitioning import Partitioner
 from warm_jax.reward_sources import parse_reward_source
@@ -163,7 +164,7 @@ def _score_rollout(policy, ref, sft, value, reward_trees, reward_shift, reward_s
     log_probs, entropy = log_probs_of(policy)
     ref_log_probs = log_probs_of(ref)[0]
     sft_log_probs = ref_log_probs if sft is None else log_probs_of(sft)[0]
-    rewards = jnp.mean(jnp.stack([rm.apply({"params": t}, tokens, mask)
+    rewards = jnp.mean(jnp.stack([rm.apply({"params": t}, tokens, mask, rmask)
                                   for t in reward_trees]), axis=0)
     values = (jnp.zeros(tokens.shape, jnp.float32) if value is None else
               po.state_values(vm.apply({"params": value}, tokens, mask)))
@@ -333,9 +334,9 @@ def train_policy(*, model_dir: str | None, sft_path: str | None, reward_model: A
     anchor = (anchor_ckpt.restore(start, abstract.params) if start
               else jax.tree_util.tree_map(jnp.copy, sft))
   source = parse_reward_source("reward", reward_model)
-  rm_shardings = partitioner.param_shardings(jax.eval_shape(lambda: RewardModel(
-      reward_model_config or model_config).init(jax.random.key(0), jnp.zeros((1, 2), jnp.int32),
-                                                jnp.ones((1, 2), jnp.int32)))["params"])
+  reward_module = RewardModel(reward_model_config or model_config)
+  rm_shardings = partitioner.param_shardings(jax.eval_shape(lambda: reward_module.init(
+      jax.random.key(0), *init_inputs(reward_module)))["params"])
   reward_trees = [jax.tree_util.tree_map(lambda x, s: jax.device_put(np.asarray(x), s), t,
                                          rm_shardings) for t in source.load()]
 

@@ -313,14 +313,35 @@ def join_prompt_and_response(prompt_tokens, prompt_mask, response_tokens, respon
           xp.concatenate([prompt_mask, response_mask], axis=1).astype(xp.int32))
 
 
+def candidate_sequences(prompt_tokens: np.ndarray, prompt_mask: np.ndarray,
+                        response_tokens: np.ndarray, response_mask: np.ndarray
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(tokens, mask, response mask) [n, <= P + T] of prompt + response as a reward model scores
+  them: joined (`join_prompt_and_response`), then the columns where no row has a real token
+  trimmed (as `trim_padding`); the response mask is 1 exactly on the generated tokens (EOS
+  included)."""
+  tokens, mask = join_prompt_and_response(prompt_tokens, prompt_mask, response_tokens,
+                                          response_mask)
+  response = np.concatenate([np.zeros_like(np.asarray(prompt_mask)),
+                             np.asarray(response_mask)], axis=1).astype(np.int32)
+  columns = _used_columns(mask)
+  return tokens[:, columns], mask[:, columns], response[:, columns]
+
+
+def _used_columns(mask: np.ndarray) -> slice:
+  """From the first to the last column where some row has a real token (all columns when no
+  row has one)."""
+  real = np.asarray(mask).any(axis=0)
+  if not real.any():
+    return slice(None)
+  return slice(int(np.argmax(real)), len(real) - int(np.argmax(real[::-1])))
+
+
 def trim_padding(tokens: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """Drops the leading and trailing columns of [n, L] arrays where no row has a real token
   (scoring then pays for the longest sequence, not for P + max_new_tokens)."""
-  real = np.asarray(mask).any(axis=0)
-  if not real.any():
-    return tokens, mask
-  first, last = int(np.argmax(real)), len(real) - int(np.argmax(real[::-1]))
-  return tokens[:, first:last], mask[:, first:last]
+  columns = _used_columns(mask)
+  return tokens[:, columns], mask[:, columns]
 
 
 # -------------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from warm_jax.models import RewardModel, TransformerConfig
+from warm_jax.models.heads import init_inputs
 from warm_jax.partitioning import Partitioner
 
 
@@ -36,26 +37,27 @@ class RewardScorer:
       raise ValueError(f"scoring batch_size {batch_size} is not divisible by the "
                        f"{partitioner.batch_divisor} batch devices")
     self.model = RewardModel(model_config)
+    self.model_config = model_config
     self.partitioner, self.batch_size = partitioner, batch_size
-    boxed = jax.eval_shape(lambda: self.model.init(
-        jax.random.key(0), jnp.zeros((1, 2), jnp.int32), jnp.ones((1, 2), jnp.int32)))
+    boxed = jax.eval_shape(lambda: self.model.init(jax.random.key(0),
+                                                   *init_inputs(self.model)))
     self.param_shardings = partitioner.param_shardings(boxed["params"])
     self.abstract_params = nn.unbox(boxed["params"])
     batch_sharding = partitioner.batch_sharding(2)
 
-    def rewards(params, tokens, mask):
+    def rewards(params, tokens, mask, response_mask):
       with partitioner.activation_rules():
-        return self.model.apply({"params": params}, tokens, mask)
+        return self.model.apply({"params": params}, tokens, mask, response_mask)
 
-    def features(params, tokens, mask):
+    def features(params, tokens, mask, response_mask):
       with partitioner.activation_rules():
-        return self.model.apply({"params": params}, tokens, mask, method=RewardModel.features)
+        return self.model.apply({"params": params}, tokens, mask, response_mask,
+                                method=RewardModel.features)
 
     out = partitioner.batch_sharding(1)
-    self._rewards = jax.jit(rewards, in_shardings=(self.param_shardings, batch_sharding,
-                                                   batch_sharding), out_shardings=out)
-    self._features = jax.jit(features, in_shardings=(self.param_shardings, batch_sharding,
-                                                     batch_sharding),
+    inputs = (self.param_shardings, batch_sharding, batch_sharding, batch_sharding)
+    self._rewards = jax.jit(rewards, in_shardings=inputs, out_shardings=out)
+    self._features = jax.jit(features, in_shardings=inputs,
                              out_shardings=partitioner.batch_sharding(2))
 
   def check_params(self, params: Any, *, name: str) -> None:
@@ -85,14 +87,30 @@ class RewardScorer:
     return jax.tree_util.tree_map(lambda x, s: jax.device_put(np.asarray(x) if not isinstance(
         x, jax.Array) else x, s), params, self.param_shardings)
 
-  def _run(self, fn, params, tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
+  def _response_mask(self, mask: np.ndarray, response_mask: np.ndarray | None) -> np.ndarray:
+    if response_mask is not None:
+      if np.shape(response_mask) != np.shape(mask):
+        raise ValueError(f"response_mask has shape {np.shape(response_mask)} but mask has "
+                         f"{np.shape(mask)}: give one response mask per token")
+      return np.asarray(response_mask)
+    if self.model_config.reads_logprobs:
+      raise ValueError("this reward model reads response log-probabilities "
+                       "(TransformerConfig.reward_readout='hidden_logprob'): pass "
+                       "response_mask (1 on the summary tokens and EOS); preference arrays of "
+                       "a data dir built before response masks existed lack them: rebuild it")
+    return np.zeros_like(mask)  # not read by the 'hidden' readout
+
+  def _run(self, fn, params, tokens: np.ndarray, mask: np.ndarray,
+           response_mask: np.ndarray | None) -> np.ndarray:
     """Calls `fn` over batches of rows sorted by where their real tokens end, each batch cut
     to the bucketed width of its longest row (`trimmed_width`). The model is causal and reads
-    a row at its last real token, so the columns after it cannot change the result: this only
-    skips work (~30% of it on the synthetic pairs, whose sides are 60-125 of 128 tokens)."""
+    a row at its last real token (and the response tokens before it), so the columns after it
+    cannot change the result: this only skips work (~30% of it on the synthetic pairs, whose
+    sides are 60-125 of 128 tokens)."""
     n = len(tokens)
     if n == 0:
       return np.zeros((0,), np.float32)
+    response_mask = self._response_mask(mask, response_mask)
     ends = real_token_ends(mask)
     order = np.argsort(ends, kind="stable")
     result = None
@@ -100,31 +118,39 @@ class RewardScorer:
       for start in range(0, n, self.batch_size):
         rows = order[start:start + self.batch_size]
         width = trimmed_width(int(ends[rows].max()), tokens.shape[1])
-        t, m = tokens[rows, :width], mask[rows, :width]
+        t, m, r = tokens[rows, :width], mask[rows, :width], response_mask[rows, :width]
         pad = self.batch_size - len(rows)
         if pad:
           t = np.concatenate([t, np.zeros((pad,) + t.shape[1:], t.dtype)])
           m = np.concatenate([m, np.ones((pad,) + m.shape[1:], m.dtype)])
-        batch = self.partitioner.shard_batch({"t": t, "m": m}, self.batch_size)
-        out = np.asarray(jax.device_get(fn(params, batch["t"], batch["m"])))[:len(rows)]
+          r = np.concatenate([r, np.zeros((pad,) + r.shape[1:], r.dtype)])
+        batch = self.partitioner.shard_batch({"t": t, "m": m, "r": r}, self.batch_size)
+        out = np.asarray(jax.device_get(fn(params, batch["t"], batch["m"], batch["r"])))
+        out = out[:len(rows)]
         if result is None:
           result = np.empty((n,) + out.shape[1:], out.dtype)
         result[rows] = out
     return result
 
-  def rewards(self, params: Any, tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """[n] rewards read at each sequence's last real token; params from `place`."""
-    return self._run(self._rewards, params, tokens, mask)
+  def rewards(self, params: Any, tokens: np.ndarray, mask: np.ndarray,
+              response_mask: np.ndarray | None = None) -> np.ndarray:
+    """[n] rewards read at each sequence's last real token (and, under the log-prob readout,
+    from the response tokens where response_mask is 1); params from `place`."""
+    return self._run(self._rewards, params, tokens, mask, response_mask)
 
-  def features(self, params: Any, tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """[n, d_model] final hidden state at each sequence's last real token."""
-    return self._run(self._features, params, tokens, mask)
+  def features(self, params: Any, tokens: np.ndarray, mask: np.ndarray,
+               response_mask: np.ndarray | None = None) -> np.ndarray:
+    """[n, d_model] final hidden state at each sequence's last real token ([n, d_model + 3]
+    with the log-prob readout's features: `RewardModel.features`)."""
+    return self._run(self._features, params, tokens, mask, response_mask)
 
   def pair_rewards(self, params: Any, arrays: dict[str, np.ndarray]
                    ) -> tuple[np.ndarray, np.ndarray]:
-    """(r_chosen, r_rejected) for preference arrays (chosen_/rejected_ tokens and masks)."""
-    return (self.rewards(params, arrays["chosen_tokens"], arrays["chosen_mask"]),
-            self.rewards(params, arrays["rejected_tokens"], arrays["rejected_mask"]))
+    """(r_chosen, r_rejected) for preference arrays (chosen_/rejected_ tokens, masks and,
+    when present, response masks)."""
+    return tuple(self.rewards(params, arrays[f"{side}_tokens"], arrays[f"{side}_mask"],
+                              arrays.get(f"{side}_response_mask"))
+                 for side in ("chosen", "rejected"))
 
 
 def real_token_ends(mask: np.ndarray) -> np.ndarray:
@@ -143,6 +169,6 @@ def trimmed_width(end: int, length: int) -> int:
 
 def unboxed_init(model: nn.Module, seed: int = 0) -> Any:
   """Fresh host params of `model` (no logical-axis boxes)."""
-  variables = model.init(jax.random.key(seed), jnp.zeros((1, 2), jnp.int32),
-                         jnp.ones((1, 2), jnp.int32))
+  variables = model.init(jax.random.key(seed), *init_inputs(model))
   return jax.device_get(nn.unbox(variables)["params"])
+

@@ -220,6 +220,7 @@ def test_seqio_tasks_and_converters_give_the_model_shapes(built):
               "num_truncated": ()},
       "preferences": {"chosen_tokens": (SEQ_LEN,), "chosen_mask": (SEQ_LEN,),
                       "rejected_tokens": (SEQ_LEN,), "rejected_mask": (SEQ_LEN,),
+                      "chosen_response_mask": (SEQ_LEN,), "rejected_response_mask": (SEQ_LEN,),
                       "num_truncated": (), **{k: () for k in synthetic_tasks.TASK_METADATA}},
       "prompts": {"prompt_tokens": (PROMPT_LEN,), "prompt_mask": (PROMPT_LEN,),
                   "num_truncated": ()},
@@ -264,7 +265,9 @@ def test_over_long_prompts_are_truncated_from_the_left_keeping_the_summary():
                  {"inputs": prompt, "chosen": [20, 1], "rejected": [30, 31, 32, 1]})
   assert out == {"chosen_tokens": [9, 10, 11, 12, 20, 1, 0, 0], "chosen_mask": [1] * 6 + [0] * 2,
                  "rejected_tokens": [9, 10, 11, 12, 30, 31, 32, 1],
-                 "rejected_mask": [1] * 8, "num_truncated": 6}
+                 "rejected_mask": [1] * 8, "num_truncated": 6,
+                 "chosen_response_mask": [0, 0, 0, 0, 1, 1, 0, 0],
+                 "rejected_response_mask": [0, 0, 0, 0, 1, 1, 1, 1]}
 
   prompts = converters.PromptFeatureConverter()
   assert _convert(prompts, {"inputs": 4}, {"inputs": prompt}) == {

@@ -14,7 +14,9 @@ fixed-shape arrays (`DIR/arrays/*.npz`) that the TF-free training stages load
   `loss_mask` 1 exactly on the summary tokens and its EOS.
 - `PreferenceFeatureConverter` (reward models): `inputs`, `chosen`, `rejected` ->
   `chosen_tokens`, `chosen_mask`, `rejected_tokens`, `rejected_mask` [L], right-padded, the
-  same prompt in both; per-pair metadata passes through.
+  same prompt in both, and `chosen_response_mask`, `rejected_response_mask` [L]: 1 exactly on
+  each side's summary tokens and its EOS (what a log-prob reward readout reads,
+  `TransformerConfig.reward_readout`); per-pair metadata passes through.
 - `PromptFeatureConverter` (best-of-N, RL): `inputs` -> `prompt_tokens`, `prompt_mask` [P],
   LEFT-padded so that every row's last prompt token sits at position P - 1, ready for decoding.
 Every converter except the LM one also emits `num_truncated` (a scalar): a prompt too long to
@@ -146,7 +148,10 @@ class PreferenceFeatureConverter(_Converter):
   MODEL_FEATURES = {"chosen_tokens": FeatureSpec(dtype=tf.int32),
                     "chosen_mask": FeatureSpec(dtype=tf.int32),
                     "rejected_tokens": FeatureSpec(dtype=tf.int32),
-                    "rejected_mask": FeatureSpec(dtype=tf.int32), "num_truncated": _scalar()}
+                    "rejected_mask": FeatureSpec(dtype=tf.int32),
+                    "chosen_response_mask": FeatureSpec(dtype=tf.int32),
+                    "rejected_response_mask": FeatureSpec(dtype=tf.int32),
+                    "num_truncated": _scalar()}
 
   def _convert_features(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]
                         ) -> tf.data.Dataset:
@@ -154,9 +159,11 @@ class PreferenceFeatureConverter(_Converter):
 
     def convert(ex):
       joined, num_truncated = _join(ex["inputs"], [ex["chosen"], ex["rejected"]], length)
-      (chosen, chosen_mask, _), (rejected, rejected_mask, _) = joined
+      (chosen, chosen_mask, chosen_response), (rejected, rejected_mask, rejected_response) = \
+          joined
       return {"chosen_tokens": chosen, "chosen_mask": chosen_mask, "rejected_tokens": rejected,
-              "rejected_mask": rejected_mask, "num_truncated": num_truncated,
+              "rejected_mask": rejected_mask, "chosen_response_mask": chosen_response,
+              "rejected_response_mask": rejected_response, "num_truncated": num_truncated,
               **self._passthrough(ex)}
 
     return ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
@@ -165,7 +172,9 @@ class PreferenceFeatureConverter(_Converter):
                                 ) -> dict[str, int]:
     length = task_feature_lengths["chosen"]
     return {"chosen_tokens": length, "chosen_mask": length, "rejected_tokens": length,
-            "rejected_mask": length, "num_truncated": 0, **self._passthrough_lengths()}
+            "rejected_mask": length, "chosen_response_mask": length,
+            "rejected_response_mask": length, "num_truncated": 0,
+            **self._passthrough_lengths()}
 
 
 class PromptFeatureConverter(_Converter):

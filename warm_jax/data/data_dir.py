@@ -48,6 +48,10 @@ SPLITS: Mapping[str, tuple[str, ...]] = {
     "preferences": ("rm_train", "id_val", "ood"),
     "prompts": ("train", "validation"),
 }
+# Preference splits only an on-policy RM data dir holds (`warm_jax.data.on_policy`): pairs of
+# the final SFT policy's samples at the best-of-N / RL temperature on the ID validation posts,
+# and of several policies' high-temperature samples on the OOD posts.
+ON_POLICY_SPLITS = ("id_policy", "ood_policy")
 BUILD_COMMAND = ("python -m warm_jax.data.build --gin_file=gin/data/synthetic_tldr.gin "
                  "--output_dir=DIR")
 
@@ -97,9 +101,15 @@ def dataset_name(kind: str, split: str) -> str:
   """'<kind>.<split>', the stem of the record and array files; validates both names."""
   if kind not in SPLITS:
     raise ValueError(f"unknown data kind {kind!r}: use one of {sorted(SPLITS)}")
-  if split not in SPLITS[kind]:
-    raise ValueError(f"unknown {kind} split {split!r}: use one of {SPLITS[kind]}")
+  if split not in all_splits(kind):
+    raise ValueError(f"unknown {kind} split {split!r}: use one of {all_splits(kind)}")
   return f"{kind}.{split}"
+
+
+def all_splits(kind: str) -> tuple[str, ...]:
+  """Every split name a dir may hold for `kind`: the data build's plus, for preferences, the
+  on-policy RM data dir's ON_POLICY_SPLITS."""
+  return SPLITS[kind] + (ON_POLICY_SPLITS if kind == "preferences" else ())
 
 
 def text_path(data_dir: str, name: str) -> str:

@@ -14,8 +14,10 @@ for different shapes fail at start-up with the fix in the message.
 Batches (all int32 unless noted; L = SEQ_LEN, P = PROMPT_LEN, masks 1 = real token):
   lm, sft:      tokens, mask, loss_mask [n, L] right-padded (sft: loss_mask 1 exactly on the
                 summary tokens and its EOS)
-  preferences:  chosen_tokens, chosen_mask, rejected_tokens, rejected_mask [n, L] and the
-                per-pair metadata of `data_dir.PREFERENCE_METADATA` [n] (gold rewards float32)
+  preferences:  chosen_tokens, chosen_mask, rejected_tokens, rejected_mask [n, L],
+                chosen_response_mask, rejected_response_mask [n, L] (1 on the summary and its
+                EOS) and the per-pair metadata of `data_dir.PREFERENCE_METADATA` [n] (gold
+                rewards float32)
   prompts:      prompt_tokens, prompt_mask [n, P] LEFT-padded, prompt_index [n]
 """
 
@@ -33,7 +35,11 @@ from warm_jax.data.vocab import SentencePieceVocabulary
 
 LM_FEATURES = ("tokens", "mask", "loss_mask")
 PREFERENCE_TOKEN_FEATURES = ("chosen_tokens", "chosen_mask", "rejected_tokens", "rejected_mask")
+# 1 on each side's summary tokens and EOS; data dirs built before they existed lack them (the
+# log-prob reward readout needs them, `TransformerConfig.reward_readout`)
+PREFERENCE_RESPONSE_FEATURES = ("chosen_response_mask", "rejected_response_mask")
 PREFERENCE_FEATURES = PREFERENCE_TOKEN_FEATURES + tuple(data_dir_lib.PREFERENCE_METADATA)
+PAIR_SELECTIONS = ("all", "corrupted", "clean")
 PROMPT_FEATURES = ("prompt_tokens", "prompt_mask", data_dir_lib.PROMPT_INDEX)
 _LENGTH_FEATURE = {"lm": "tokens", "sft": "tokens", "preferences": "chosen_tokens",
                    "prompts": "prompt_tokens"}
@@ -114,15 +120,36 @@ def sft_dataset(*, data_dir: str | None, split: str = "train", seed: int = 0,
 def preference_dataset(*, data_dir: str | None, split: str = "rm_train", seed: int = 0,
                        shuffle: bool = True, seq_len: int | None = None,
                        vocab_size: int | None = None,
-                       features: Sequence[str] | None = None) -> ArrayDataset:
-  """Preference pairs: chosen/rejected tokens and masks [n, L] plus per-pair metadata [n].
+                       features: Sequence[str] | None = None,
+                       pairs: str = "all") -> ArrayDataset:
+  """Preference pairs: chosen/rejected tokens, masks and response masks [n, L] plus per-pair
+  metadata [n].
 
-  split: rm_train, id_val or ood. features: the subset to keep (default PREFERENCE_FEATURES:
-  tokens, masks and every metadata array).
+  split: one of `data_dir.SPLITS['preferences']` (rm_train, id_val, ood; id_policy and
+    ood_policy in an on-policy RM data dir). features: the subset to keep (default: tokens,
+    masks, the response masks when the dir has them, and every metadata array).
+  pairs: 'all', or only the 'corrupted' / 'clean' pairs (label corruption; e.g. the training
+    set's corrupted pairs, evaluated along training to see how much of the corruption a reward
+    model memorises).
   """
-  return _load("preferences", data_dir=data_dir, split=split,
-               features=features or PREFERENCE_FEATURES, seed=seed, shuffle=shuffle,
-               length=seq_len, vocab_size=vocab_size)
+  if pairs not in PAIR_SELECTIONS:
+    raise ValueError(f"preference_dataset pairs={pairs!r}: use one of {PAIR_SELECTIONS}")
+  arrays = load_arrays(data_dir, kind="preferences", split=split, length=seq_len,
+                       vocab_size=vocab_size)
+  path = data_dir_lib.arrays_path(data_dir, data_dir_lib.dataset_name("preferences", split))
+  if features is None:
+    features = (PREFERENCE_TOKEN_FEATURES
+                + tuple(f for f in PREFERENCE_RESPONSE_FEATURES if f in arrays)
+                + tuple(data_dir_lib.PREFERENCE_METADATA))
+  if pairs != "all":
+    corrupted = arrays["corrupted"].astype(bool)
+    rows = corrupted if pairs == "corrupted" else ~corrupted
+    arrays = {k: v[rows] for k, v in arrays.items()}
+    if not rows.any():
+      raise data_dir_lib.DataDirError(f"{path} has no {pairs} pairs: build the data with "
+                                      "label corruption (CORRUPTION_RATE > 0) or use pairs="
+                                      "'all'")
+  return _dataset(arrays, tuple(features), path=path, seed=seed, shuffle=shuffle)
 
 
 def prompt_dataset(*, data_dir: str | None, split: str = "train", seed: int = 0,

@@ -398,10 +398,11 @@ def _write_json(path: str, value: Any) -> None:
     f.write("\n")
 
 
-def _export_arrays(tmp_dir: str, *, generators: Sequence[str], seq_len: int, prompt_len: int
-                   ) -> dict[str, np.ndarray]:
-  """arrays/preferences.ood.npz from text/preferences.ood.jsonl through the data build's seqio
-  task and converter (the canonical tokenisation path), plus pair_index."""
+def export_preference_arrays(tmp_dir: str, *, generators: Sequence[str], seq_len: int,
+                             prompt_len: int, split: str = SPLIT) -> dict[str, np.ndarray]:
+  """arrays/preferences.<split>.npz from text/preferences.<split>.jsonl of `tmp_dir` (which
+  holds spm.model) through the data build's seqio task and converter (the canonical
+  tokenisation path), plus pair_index."""
   import seqio
   import tensorflow as tf
   tf.config.set_visible_devices([], "GPU")  # the input pipeline never takes accelerators
@@ -409,11 +410,11 @@ def _export_arrays(tmp_dir: str, *, generators: Sequence[str], seq_len: int, pro
   vocabulary = seqio.SentencePieceVocabulary(os.path.join(tmp_dir, data_dir_lib.SPM_MODEL_FILE))
   tasks = synthetic_tasks.register_synthetic_tasks(tmp_dir, vocabulary=vocabulary,
                                                    generators=generators)
-  arrays = converters.task_arrays(tasks["preferences"], kind="preferences", split=SPLIT,
+  arrays = converters.task_arrays(tasks["preferences"], kind="preferences", split=split,
                                   seq_len=seq_len, prompt_len=prompt_len,
                                   passthrough_features=synthetic_tasks.metadata_feature_specs())
   arrays["pair_index"] = np.arange(len(arrays["chosen_tokens"]), dtype=np.int32)
-  name = data_dir_lib.dataset_name("preferences", SPLIT)
+  name = data_dir_lib.dataset_name("preferences", split)
   path = data_dir_lib.arrays_path(tmp_dir, name)
   os.makedirs(os.path.dirname(path), exist_ok=True)
   np.savez_compressed(path, **arrays)
@@ -579,8 +580,8 @@ def build_policy_pairs(*, output_dir: str | None, data_dir: str | None,
                              [data_dir_lib.post_record(p) for p in posts])
     data_dir_lib.write_jsonl(data_dir_lib.text_path(tmp_dir, SAMPLES_NAME), samples)
     generators = data_dir_lib.generator_names(meta)
-    arrays = _export_arrays(tmp_dir, generators=generators, seq_len=seq_len,
-                            prompt_len=prompt_len)
+    arrays = export_preference_arrays(tmp_dir, generators=generators, seq_len=seq_len,
+                                      prompt_len=prompt_len)
     seconds["arrays"] = time.perf_counter() - t
     from warm_jax.data.build import token_stats
     out_meta = {

@@ -51,6 +51,8 @@ SPLIT_NAMES = ("rm_train", "id_val", "ood")
 POLICY_PAIRS_SPLIT = "ood_policy"
 _SPLIT_STREAMS = {"rm_train": 11, "id_val": 12, "ood": 13,
                   POLICY_PAIRS_SPLIT: 14}  # seed-sequence stream per split
+# The on-policy RM data's pairs of policy samples (`build_sample_pairs`), one stream per split.
+_SAMPLE_PAIR_STREAMS = {"rm_train": 31, "id_val": 32, "id_policy": 33, "ood_policy": 34}
 _CORRUPTION_STREAM = 21
 _POLICY_STREAM = 22
 GOLD_TIE_TOLERANCE = 1e-9
@@ -353,6 +355,74 @@ def build_splits(*, config: WorldConfig,
       prompt_posts=tuple(prompt_posts), posts={p.post_id: p for p in all_posts})
 
 
+def build_sample_pairs(*, split: str, posts: Sequence[world.Post],
+                       candidates: Mapping[str, Sequence[tuple[str, str]]], pairs_per_post: int,
+                       temperature: float, seed: int,
+                       longer_is_better_rate: float | None = None) -> list[PreferencePair]:
+  """Comparisons of the given summaries of each post (the on-policy RM data's pairs).
+
+  For post j (in order), its candidates (generator name, text) are deduplicated by text (the
+  first generator of a text is kept), scored by the gold reward, and up to `pairs_per_post`
+  distinct pairs of candidates with different gold rewards are drawn at random without
+  replacement (one RNG per (seed, split, j)); each pair's a/b order is a fair coin, its label
+  Bradley-Terry at `temperature`, never corrupted (`corrupt` does that for training sets).
+  Equal lengths are kept. longer_is_better_rate (a data knob for ablations, default None:
+  no rejection): each pair slot draws whether the longer summary must be the better one and
+  takes a pair of distinct lengths that matches, or stays empty when none does.
+
+  split: 'rm_train', 'id_val', 'id_policy' or 'ood_policy' (its random stream).
+  """
+  if split not in _SAMPLE_PAIR_STREAMS:
+    raise ValueError(f"build_sample_pairs split={split!r}: use one of "
+                     f"{tuple(_SAMPLE_PAIR_STREAMS)}")
+  if pairs_per_post < 1:
+    raise ValueError(f"pairs_per_post={pairs_per_post}: must be >= 1")
+  out = []
+  for j, post in enumerate(posts):
+    rng = np.random.default_rng([seed, _SAMPLE_PAIR_STREAMS[split], j])
+    seen, cands = set(), []
+    for generator, text in candidates.get(post.post_id, ()):
+      if text not in seen:
+        seen.add(text)
+        cands.append((generator, text, gold_reward(post=post, summary_text=text),
+                      count_words(text)))
+    options = [(a, b) for a in range(len(cands)) for b in range(a + 1, len(cands))
+               if abs(cands[a][2] - cands[b][2]) > GOLD_TIE_TOLERANCE]
+    order = list(rng.permutation(len(options)))
+    chosen = []
+    if longer_is_better_rate is None:
+      chosen = [options[k] for k in order[:pairs_per_post]]
+    else:
+      for _ in range(pairs_per_post):
+        target = bool(rng.random() < longer_is_better_rate)
+        for k in order:
+          a, b = options[k]
+          (_, _, ga, la), (_, _, gb, lb) = cands[a], cands[b]
+          if la != lb and ((la > lb) == (ga > gb)) == target:
+            chosen.append(options[k])
+            order.remove(k)
+            break
+    for a, b in chosen:
+      if rng.random() < 0.5:
+        a, b = b, a
+      (gen_a, text_a, gold_a, len_a), (gen_b, text_b, gold_b, len_b) = cands[a], cands[b]
+      label = 0 if rng.random() < _sigmoid((gold_a - gold_b) / temperature) else 1
+      out.append(PreferencePair(
+          post_id=post.post_id, prompt=post.prompt, summary_a=text_a, summary_b=text_b,
+          generator_a=gen_a, generator_b=gen_b, gold_a=gold_a, gold_b=gold_b,
+          length_a=len_a, length_b=len_b, label=label, clean_label=label, corrupted=False))
+  return out
+
+
+def corrupt(pairs: Sequence[PreferencePair], *, rate: float, seed: int
+            ) -> list[PreferencePair]:
+  """Swaps the labels of exactly round(rate * len(pairs)) pairs chosen at random (seeded),
+  marking them corrupted: the paper's label corruption of a training set."""
+  if not 0.0 <= rate <= 1.0:
+    raise ValueError(f"corruption rate {rate!r}: must lie in [0, 1]")
+  return _corrupt(list(pairs), rate=rate, seed=seed)
+
+
 def _pearson(x: np.ndarray, y: np.ndarray) -> float:
   """Pearson correlation; NaN when either side is constant or there are < 2 points."""
   if len(x) < 2 or np.std(x) == 0 or np.std(y) == 0:
@@ -364,7 +434,8 @@ def pair_split_stats(pairs: Sequence[PreferencePair], *, temperature: float
                      ) -> dict[str, float]:
   """The per-split statistics of `stats` for one non-empty list of pairs (names without the
   split prefix): label_noise_rate, bt_expected_noise_rate, corruption_rate, length_label_corr,
-  length_gold_corr, longer_is_better_rate."""
+  length_gold_corr, longer_is_better_rate, equal_length_rate (pairs whose sides have the same
+  number of words)."""
   if not pairs:
     raise ValueError("pair_split_stats needs at least one pair")
   gold_gap = np.array([p.gold_a - p.gold_b for p in pairs])
@@ -383,6 +454,7 @@ def pair_split_stats(pairs: Sequence[PreferencePair], *, temperature: float
       "length_gold_corr": _pearson(len_gap, a_gold_better),
       "longer_is_better_rate": (float(np.mean((len_gap[differ] > 0) == (gold_gap[differ] > 0)))
                                 if differ.any() else float("nan")),
+      "equal_length_rate": float(np.mean(~differ)),
   }
 
 

@@ -9,8 +9,8 @@ Where it sits: `python -m warm_jax.data.build` writes the world's splits as JSON
   synthetic_tldr_lm             train, validation        targets (post + TL;DR + ref, EOS)
   synthetic_tldr_sft            train, validation        inputs (prompt), targets (ref, EOS)
   synthetic_tldr_preferences    rm_train, id_val, ood    inputs, chosen, rejected (EOS) plus
-                                                         the per-pair metadata of
-                                                         `data_dir.PREFERENCE_METADATA`
+                                (+ id_policy, ood_policy the per-pair metadata of
+                                in on-policy RM dirs)    `data_dir.PREFERENCE_METADATA`
   synthetic_tldr_prompts        train, validation        inputs (prompt, no EOS)
 
 Read them with `converters.get_model_dataset` / `task_arrays` (trim_output_features=False,
@@ -90,7 +90,7 @@ def _source(data_dir: str, kind: str, generators: Sequence[str]) -> seqio.Functi
       ds = ds.shuffle(max(len(records), 1), seed=seed)
     return ds
 
-  return seqio.FunctionDataSource(dataset_fn=dataset_fn, splits=data_dir_lib.SPLITS[kind])
+  return seqio.FunctionDataSource(dataset_fn=dataset_fn, splits=data_dir_lib.all_splits(kind))
 
 
 @seqio.map_over_dataset

@@ -34,6 +34,13 @@ from warm_jax.models.config import TransformerConfig
 
 
 def _head_of_leaves(paths: set[str], source: str) -> str:
+  if "reward_head/logprob_kernel" in paths:
+    raise ConversionError(
+        f"{source} is a reward model with the log-prob readout "
+        "(reward_head/logprob_kernel; TransformerConfig.reward_readout='hidden_logprob'): "
+        "Hugging Face's *ForSequenceClassification reads the last hidden state only, so it "
+        "cannot compute this reward; export a reward model trained with "
+        "reward_readout='hidden', or score it with warm-jax (plain orbax)")
   if any(p.startswith("reward_head/") for p in paths):
     return "reward"
   if any(p.startswith("value_head/") for p in paths):

@@ -3,7 +3,8 @@
 Every program of the pipeline (pre-training, SFT, reward models, value/policy for RL) builds its
 network from a `TransformerConfig`; the presets in `gin/models/*.gin` bind its fields. Two
 models can exchange weights (SFT -> RM init, WARM averaging) exactly when their configs agree on
-everything except `dropout_rate` and the compute dtype.
+everything except `dropout_rate` and the compute dtype (the reward readout only adds reward-head
+leaves: an SFT LM initialises a reward model of either readout).
 """
 
 from __future__ import annotations
@@ -16,6 +17,14 @@ NORMS = ("layernorm", "rmsnorm")
 POSITIONS = ("learned", "rotary")
 MLP_ACTIVATIONS = ("gelu", "relu", "swiglu", "geglu")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# How a RewardModel turns its backbone into a scalar (`models.heads.RewardModel`):
+#   'hidden'          w . h_last + b: the final hidden state at the last real token (the
+#                     paper's head; what Hugging Face's *ForSequenceClassification computes)
+#   'hidden_logprob'  the same plus a . [softmin_t lp_t, mean_t lp_t, sum_t lp_t], where lp_t is
+#                     the log-probability of response token t under the RM's own backbone and
+#                     LM head: the skill the shared SFT model holds behind its LM head
+#                     (docs/reward_models.md, "The log-prob readout")
+REWARD_READOUTS = ("hidden", "hidden_logprob")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +59,10 @@ class TransformerConfig:
       high_freq_factor, original_max_len), e.g. (32.0, 1.0, 4.0, 8192) for Llama 3.2; None
       for plain RoPE.
     dtype: compute dtype name ("float32" or "bfloat16"); parameters stay float32.
+    reward_readout: how a RewardModel reads its reward ("hidden" or "hidden_logprob", see
+      REWARD_READOUTS); LanguageModel and ValueModel ignore it.
+    logprob_softmin_temperature: tau of the log-prob readout's softmin
+      -tau * logsumexp(-lp / tau) over response tokens (-> min as tau -> 0).
   """
 
   vocab_size: int
@@ -73,6 +86,8 @@ class TransformerConfig:
   scale_embeddings: bool = False
   rope_scaling: tuple[float, float, float, int] | None = None
   dtype: str = "float32"
+  reward_readout: str = "hidden"
+  logprob_softmin_temperature: float = 0.25
 
   def __post_init__(self):
     def bad(field, why):
@@ -97,6 +112,10 @@ class TransformerConfig:
       bad("mlp_activation", f"choose one of {MLP_ACTIVATIONS}")
     if self.dtype not in DTYPES:
       bad("dtype", f"choose one of {tuple(DTYPES)}")
+    if self.reward_readout not in REWARD_READOUTS:
+      bad("reward_readout", f"choose one of {REWARD_READOUTS}")
+    if not self.logprob_softmin_temperature > 0:
+      bad("logprob_softmin_temperature", "must be > 0")
     if self.logit_softcap is not None and self.logit_softcap <= 0:
       bad("logit_softcap", "must be positive or None")
     if self.rope_scaling is not None:
@@ -118,6 +137,11 @@ class TransformerConfig:
   @property
   def per_head_dim(self) -> int:
     return self.head_dim if self.head_dim is not None else self.d_model // self.num_heads
+
+  @property
+  def reads_logprobs(self) -> bool:
+    """Whether a RewardModel of this config needs response masks (the log-prob readout)."""
+    return self.reward_readout == "hidden_logprob"
 
   @property
   def compute_dtype(self):

@@ -9,8 +9,23 @@ decoding path of `warm_jax.sampling` (see `Decoder.extend`).
 
 Parameter trees:
   LanguageModel: {decoder: {...}, [lm_head: {kernel}] }     (lm_head only when untied)
-  RewardModel:   {decoder: {...}, reward_head: {kernel, bias}}
+  RewardModel:   {decoder: {...}, reward_head: {kernel, bias[, logprob_kernel]}
+                  [, lm_head: {kernel}]}   (logprob_kernel with the log-prob readout; lm_head
+                                            with it when the embeddings are untied)
   ValueModel:    {decoder: {...}, value_head: {kernel, bias}}
+
+The reward readout (`TransformerConfig.reward_readout`):
+  'hidden'          r = kernel . h_last + bias, h_last the final hidden state at the last real
+                    token (the paper's head; Hugging Face's *ForSequenceClassification).
+  'hidden_logprob'  r = kernel . h_last + logprob_kernel . [softmin lp, mean lp, sum lp] + bias,
+                    lp_t = log p(token_t | tokens_<t) of every response token t (response_mask
+                    1: the summary and its EOS) under the RM's own backbone and LM head (tied
+                    embedding or lm_head), softmin = -tau * logsumexp(-lp / tau). An SFT model
+                    "knows" which summary tokens do not fit the post (a wrong fact is a
+                    surprising token) but holds it behind its LM head, not linearly in h_last;
+                    this readout lets the shared linear probe and every member read it, so the
+                    members need not leave the shared basin to learn it
+                    (docs/reward_models.md, "The log-prob readout").
 """
 
 from __future__ import annotations
@@ -79,26 +94,102 @@ class LanguageModel(nn.Module):
     return _softcap(logits, self.config.logit_softcap)
 
 
+LOGPROB_FEATURES = ("softmin", "mean", "sum")  # the log-prob readout's features, in order
+
+
+def response_log_prob_features(logits: Array, tokens: Array, response_mask: Array, *,
+                               temperature: float) -> Array:
+  """[batch, 3] (softmin, mean, sum) over response tokens of log p(token_t | tokens_<t).
+
+  logits [batch, length, vocab] (position t predicts token t + 1), tokens and response_mask
+  [batch, length] (response_mask[:, 0] is ignored: the first token has no prediction). A row
+  with no response token gets zeros.
+  """
+  log_probs = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
+  lp = jnp.take_along_axis(log_probs, tokens[:, 1:, None].astype(jnp.int32), axis=-1)[..., 0]
+  m = response_mask[:, 1:].astype(jnp.float32)
+  count = jnp.sum(m, axis=-1)
+  total = jnp.sum(lp * m, axis=-1)
+  mean = total / jnp.maximum(count, 1.0)
+  neg = jnp.where(m > 0, -lp / temperature, -jnp.inf)
+  softmin = -temperature * jax.nn.logsumexp(neg, axis=-1)
+  softmin = jnp.where(count > 0, softmin, 0.0)
+  return jnp.stack([softmin, mean, total], axis=-1)
+
+
+class RewardHead(nn.Module):
+  """The scalar head: kernel [d_model, 1] and bias [1] on the last hidden state, plus
+  logprob_kernel [3, 1] on the log-prob features under the 'hidden_logprob' readout."""
+
+  config: TransformerConfig
+
+  @nn.compact
+  def __call__(self, features: Array) -> Array:
+    """features [batch, d_model (+ 3)] (`RewardModel.features`) -> [batch] rewards."""
+    d = self.config.d_model
+    kernel = self.param("kernel", nn.with_logical_partitioning(
+        nn.initializers.normal(0.02), ("embed", None)), (d, 1), jnp.float32)
+    bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, (None,)),
+                      (1,), jnp.float32)
+    features = features.astype(jnp.float32)
+    reward = features[:, :d] @ kernel
+    if self.config.reads_logprobs:
+      logprob_kernel = self.param("logprob_kernel", nn.with_logical_partitioning(
+          nn.initializers.zeros, (None, None)), (len(LOGPROB_FEATURES), 1), jnp.float32)
+      reward = reward + features[:, d:] @ logprob_kernel
+    return (reward + bias)[:, 0]
+
+
 class RewardModel(nn.Module):
-  """tokens [batch, length] + mask -> scalar reward [batch], read at the last real token."""
+  """tokens [batch, length] + mask (+ response_mask) -> scalar reward [batch].
+
+  The reward is read at the last real token ('hidden' readout) and, with the 'hidden_logprob'
+  readout, from the log-probabilities of the response tokens (response_mask 1: the summary and
+  its EOS) under the RM's own LM head; see the module docstring.
+  """
 
   config: TransformerConfig
 
   def setup(self):
     self.decoder = Decoder(self.config)
-    self.reward_head = _scalar_head("reward_head")
+    self.reward_head = RewardHead(self.config)
+    if self.config.reads_logprobs and not self.config.tie_embeddings:
+      # the SFT model's own untied LM head, copied from its checkpoint like the decoder
+      self.lm_head = nn.DenseGeneral(
+          self.config.vocab_size, use_bias=False, dtype=jnp.float32, param_dtype=jnp.float32,
+          kernel_init=nn.with_logical_partitioning(
+              nn.initializers.normal(0.02), ("embed", "vocab")))
 
-  def features(self, tokens: Array, mask: Array, *, deterministic: bool = True,
-               dropout_rate: float | Array | None = None) -> Array:
-    """[batch, d_model] hidden state at the last real token (what the linear probe fits on)."""
+  def features(self, tokens: Array, mask: Array, response_mask: Array | None = None, *,
+               deterministic: bool = True, dropout_rate: float | Array | None = None) -> Array:
+    """[batch, d_model] hidden state at the last real token (what the linear probe fits on);
+    [batch, d_model + 3] with the log-prob features (`LOGPROB_FEATURES`) appended under the
+    'hidden_logprob' readout, which needs `response_mask`."""
     hidden = self.decoder(tokens, mask, deterministic=deterministic, dropout_rate=dropout_rate)
     idx = last_token_index(mask)
-    return jnp.take_along_axis(hidden, idx[:, None, None], axis=1)[:, 0].astype(jnp.float32)
+    last = jnp.take_along_axis(hidden, idx[:, None, None], axis=1)[:, 0].astype(jnp.float32)
+    if not self.config.reads_logprobs:
+      return last
+    if response_mask is None:
+      raise ValueError("this reward model reads response log-probabilities "
+                       "(reward_readout='hidden_logprob') and needs response_mask [batch, "
+                       "length], 1 on the response tokens (summary and EOS): pass it, or use "
+                       "reward_readout='hidden'")
+    if self.config.tie_embeddings:
+      logits = self.decoder.attend(hidden)
+    else:
+      logits = self.lm_head(hidden.astype(jnp.float32))
+    logits = _softcap(logits, self.config.logit_softcap)
+    lp_features = response_log_prob_features(
+        logits, tokens, response_mask * mask.astype(response_mask.dtype),
+        temperature=self.config.logprob_softmin_temperature)
+    return jnp.concatenate([last, lp_features], axis=-1)
 
-  def __call__(self, tokens: Array, mask: Array, *, deterministic: bool = True,
-               dropout_rate: float | Array | None = None) -> Array:
-    return self.reward_head(self.features(tokens, mask, deterministic=deterministic,
-                                          dropout_rate=dropout_rate))[:, 0]
+  def __call__(self, tokens: Array, mask: Array, response_mask: Array | None = None, *,
+               deterministic: bool = True, dropout_rate: float | Array | None = None) -> Array:
+    return self.reward_head(self.features(tokens, mask, response_mask,
+                                          deterministic=deterministic,
+                                          dropout_rate=dropout_rate))
 
 
 class ValueModel(nn.Module):
@@ -114,3 +205,11 @@ class ValueModel(nn.Module):
                dropout_rate: float | Array | None = None) -> Array:
     hidden = self.decoder(tokens, mask, deterministic=deterministic, dropout_rate=dropout_rate)
     return self.value_head(hidden.astype(jnp.float32))[..., 0]
+
+
+def init_inputs(model: nn.Module) -> tuple[Array, ...]:
+  """Dummy (tokens, mask[, response_mask]) [1, 2] that initialise every param of `model`."""
+  tokens, mask = jnp.zeros((1, 2), jnp.int32), jnp.ones((1, 2), jnp.int32)
+  if isinstance(model, RewardModel) and model.config.reads_logprobs:
+    return tokens, mask, mask
+  return tokens, mask
