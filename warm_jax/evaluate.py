@@ -7,11 +7,14 @@
 Reads every finished member under MEMBERS_DIR (member_<i> with DONE, latest checkpoint) or an
 explicit list of params paths, and writes OUTPUT_DIR/eval.json:
 
-  table        accuracy per subset (train_clean, train_corrupt, id_val, ood, and ood_policy
-               when POLICY_PAIRS_DIR is given) of each member,
-               WARM M and ENS M (members ranked best first on ID val), plus the ranking
-  lmc          per named pair: WA / ENS / straight line vs lambda (11 points) per subset, and
-               the bump (mean of curve - line over interior lambdas)
+  table        accuracy per subset (train_clean, train_corrupt, id_val, ood, and id_policy /
+               ood_policy in an on-policy RM data dir or ood_policy from POLICY_PAIRS_DIR) of
+               each member, WARM M and ENS M (members ranked best first on ID val), the
+               ranking, bt_loss and margin per model and subset, and `paired`: WA - ENS,
+               WA - best member, WA - mean member, ENS - best member with post-clustered
+               standard errors and 95% intervals
+  lmc          per named pair: WA / ENS / straight line vs lambda per subset, and the bump
+               (mean of curve - line over interior lambdas) with its paired statistics
   vs_m         accuracy of WA and ENS of the first M members for the orders best-to-worst,
                worst-to-best, random (seeded) and greedy (kept members only)
   wa_minus_ens Acc(WA) - Acc(ENS) per subset for every pair of members (lambda = 1/2)
@@ -58,18 +61,41 @@ def finished_members(members_dir: str) -> list[str]:
   return [path for _, path in sorted(found)]
 
 
+def _post_groups(data_dir: str, split: str, pair_index: np.ndarray) -> np.ndarray:
+  """[n] integer id of each pair's post (the cluster of the paired statistics), from the
+  split's records (`pair_index` is the record line of each array row)."""
+  from warm_jax.data import data_dir as data_dir_lib
+  records = data_dir_lib.load_records(data_dir, kind="preferences", split=split)
+  ids: dict[str, int] = {}
+  posts = np.array([ids.setdefault(r["post_id"], len(ids)) for r in records], np.int64)
+  return posts[np.asarray(pair_index, np.int64)]
+
+
 def load_subsets(data_dir: str, *, seq_len: int | None, vocab_size: int | None,
                  policy_pairs_dir: str | None = None,
                  max_pairs: int | None = None) -> dict[str, ev.PairSet]:
-  """The evaluation subsets of DATA_DIR, plus `ood_policy` from a policy-pairs dir if given."""
+  """The evaluation subsets of DATA_DIR (with id_policy / ood_policy when it is an on-policy
+  RM data dir), plus `ood_policy` from a policy-pairs dir if given; each pair knows its post."""
+  from warm_jax.data import data_dir as data_dir_lib
   from warm_jax.data.datasets import load_arrays
+  meta = data_dir_lib.read_meta(data_dir)
+  available = meta.get("splits", {}).get("preferences", data_dir_lib.SPLITS["preferences"])
+  names = [s for s in ("rm_train", "id_val", "ood", ev.ID_POLICY_SUBSET, ev.POLICY_SUBSET)
+           if s in available]
   splits = {split: load_arrays(data_dir, kind="preferences", split=split, length=seq_len,
-                               vocab_size=vocab_size) for split in ("rm_train", "id_val", "ood")}
+                               vocab_size=vocab_size) for split in names}
+  groups = {split: _post_groups(data_dir, split, arrays["pair_index"])
+            for split, arrays in splits.items()}
   if policy_pairs_dir:
-    from warm_jax.data.policy_pairs import load_policy_pairs
+    from warm_jax.data.policy_pairs import SPLIT, load_policy_pairs
+    if ev.POLICY_SUBSET in splits:
+      raise ValueError(f"DATA_DIR {data_dir} already holds the {ev.POLICY_SUBSET} split (an "
+                       "on-policy RM data dir): drop POLICY_PAIRS_DIR")
     splits[ev.POLICY_SUBSET] = load_policy_pairs(policy_pairs_dir, data_dir=data_dir,
                                                  seq_len=seq_len, vocab_size=vocab_size)
-  return ev.subsets_from_splits(**splits, max_pairs=max_pairs)
+    groups[ev.POLICY_SUBSET] = _post_groups(policy_pairs_dir, SPLIT,
+                                            splits[ev.POLICY_SUBSET]["pair_index"])
+  return ev.subsets_from_splits(**splits, groups=groups, max_pairs=max_pairs)
 
 
 def evaluate_reward_models(*, output_dir: str | None, data_dir: str,
@@ -154,7 +180,7 @@ def write_outputs(output_dir: str, result: dict[str, Any]) -> None:
   if "table" in result:
     plots.plot_accuracy_table(result["table"]["rows"], os.path.join(plot_dir, "accuracy.png"),
                               title="Pairwise accuracy: members, WARM M, ENS M")
-  for subset in ("id_val", "ood", ev.POLICY_SUBSET):
+  for subset in ("id_val", ev.ID_POLICY_SUBSET, "ood", ev.POLICY_SUBSET):
     if "vs_m" in result and subset in next(iter(result["vs_m"].values()))["wa"][0]:
       plots.plot_accuracy_vs_m(result["vs_m"], subset,
                                os.path.join(plot_dir, f"accuracy_vs_m_{subset}.png"))

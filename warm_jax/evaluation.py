@@ -11,9 +11,17 @@ Subsets (PAPER.md figs 4-5), from a built data dir's preference splits:
                  label = how much of the corruption the model memorised (lower is better)
   id_val         held-out posts, ID generator mix; accuracy vs the gold sign
   ood            held-out posts, OOD mix (length no longer predictive); accuracy vs gold
-  ood_policy     optional (a `python -m warm_jax.data.policy_pairs` dir): OOD pairs with
-                 high-temperature samples of the SFT policy; accuracy vs gold
-Pairwise accuracy counts ties as correct (r+ >= r-), as in the paper.
+  id_policy      on-policy RM data dirs (`warm_jax.data.on_policy`): held-out ID posts, pairs
+                 of the final SFT policy's samples at the best-of-N / RL temperature; vs gold
+  ood_policy     OOD posts, pairs of several policies' high-temperature samples (on-policy RM
+                 data dirs, or a `python -m warm_jax.data.policy_pairs` dir); vs gold
+Pairwise accuracy counts ties as correct (r+ >= r-), as in the paper. Beside it: the
+Bradley-Terry loss -log sigmoid(r_preferred - r_other) and the mean signed margin.
+
+Paired statistics (`warm_jax.paired_stats`): every comparison of two models (WA vs ENS, WA vs
+the best or the mean member, ENS vs the best member) and every LMC bump (curve vs its straight
+line) is a mean of per-pair differences on the same pairs, with a standard error that counts
+each post as one cluster (pairs of one post share its summaries) and a 95% interval.
 
 Models: a member is a params tree; WARM M = the uniform weight average of the M members ranked
 best first by ID-val accuracy (the paper ranks on OOD, which leaks the test distribution into
@@ -29,10 +37,13 @@ from typing import Any
 
 import numpy as np
 
+from warm_jax import paired_stats
 from warm_jax.scoring import RewardScorer
 
 SUBSETS = ("train_clean", "train_corrupt", "id_val", "ood")
-POLICY_SUBSET = "ood_policy"  # present only when the evaluation is given policy pairs
+ID_POLICY_SUBSET = "id_policy"  # present in on-policy RM data dirs
+POLICY_SUBSET = "ood_policy"  # on-policy RM data dirs, or when given a policy-pairs dir
+SUBSET_ORDER = ("train_clean", "train_corrupt", "id_val", ID_POLICY_SUBSET, "ood", POLICY_SUBSET)
 RANKING_SUBSET = "id_val"
 LAMBDAS = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))
 
@@ -47,48 +58,60 @@ class PairSet:
   name: str
   arrays: dict[str, np.ndarray]
   target: np.ndarray
+  groups: np.ndarray | None = None  # [n] the post of each pair (its cluster); None: unknown
 
   def __len__(self) -> int:
     return len(self.target)
 
+  def subset(self, rows: np.ndarray) -> "PairSet":
+    return PairSet(self.name, {k: v[rows] for k, v in self.arrays.items()}, self.target[rows],
+                   None if self.groups is None else self.groups[rows])
+
 
 def subsets_from_splits(*, rm_train: dict[str, np.ndarray], id_val: dict[str, np.ndarray],
                         ood: dict[str, np.ndarray],
+                        id_policy: dict[str, np.ndarray] | None = None,
                         ood_policy: dict[str, np.ndarray] | None = None,
+                        groups: dict[str, np.ndarray] | None = None,
                         max_pairs: int | None = None, seed: int = 0) -> dict[str, PairSet]:
-  """The four evaluation subsets from preference arrays (with metadata) of the three splits,
-  plus `ood_policy` (accuracy vs gold) when the policy-sample pairs are given.
+  """The evaluation subsets from preference arrays (with metadata) of the splits, plus
+  `id_policy` / `ood_policy` (accuracy vs gold) when their pairs are given.
 
+  groups: {split: [n] post id of each pair} (the clusters of the paired standard errors).
   max_pairs: keep at most this many pairs per subset, a seeded uniform sample (in data order);
     every evaluation costs one pass over all subsets, so this bounds an LMC point's cost.
   """
   token_keys = ("chosen_tokens", "chosen_mask", "rejected_tokens", "rejected_mask",
                 "chosen_response_mask", "rejected_response_mask")
+  groups = groups or {}
 
   def take(arrays, rows):  # response masks only where the data dir has them
     return {k: arrays[k][rows] for k in token_keys if k in arrays}
 
+  def group(split, rows):
+    return None if split not in groups else np.asarray(groups[split])[rows]
+
   corrupted = rm_train["corrupted"].astype(bool)
   sets = {
       "train_clean": PairSet("train_clean", take(rm_train, ~corrupted),
-                             np.zeros(int((~corrupted).sum()), np.int32)),
+                             np.zeros(int((~corrupted).sum()), np.int32),
+                             group("rm_train", ~corrupted)),
       "train_corrupt": PairSet("train_corrupt", take(rm_train, corrupted),
-                               np.zeros(int(corrupted.sum()), np.int32)),
-      "id_val": PairSet("id_val", take(id_val, slice(None)), id_val["gold_label"].astype(np.int32)),
-      "ood": PairSet("ood", take(ood, slice(None)), ood["gold_label"].astype(np.int32)),
+                               np.zeros(int(corrupted.sum()), np.int32),
+                               group("rm_train", corrupted)),
   }
-  if ood_policy is not None:
-    sets[POLICY_SUBSET] = PairSet(POLICY_SUBSET, take(ood_policy, slice(None)),
-                                  ood_policy["gold_label"].astype(np.int32))
+  for name, arrays in (("id_val", id_val), (ID_POLICY_SUBSET, id_policy), ("ood", ood),
+                       (POLICY_SUBSET, ood_policy)):
+    if arrays is not None:
+      sets[name] = PairSet(name, take(arrays, slice(None)), arrays["gold_label"].astype(np.int32),
+                           group(name, slice(None)))
   if max_pairs is not None:
     if max_pairs <= 0:
       raise ValueError(f"max_pairs={max_pairs}: must be positive (None: every pair)")
     rng = np.random.default_rng(seed)
     for name, pairs in sets.items():
       if len(pairs) > max_pairs:
-        rows = np.sort(rng.choice(len(pairs), max_pairs, replace=False))
-        sets[name] = PairSet(name, {k: v[rows] for k, v in pairs.arrays.items()},
-                             pairs.target[rows])
+        sets[name] = pairs.subset(np.sort(rng.choice(len(pairs), max_pairs, replace=False)))
   return {k: v for k, v in sets.items() if len(v)}
 
 
@@ -124,6 +147,27 @@ def score_subsets(scorer: RewardScorer, params: Any, subsets: dict[str, PairSet]
 
 def accuracies(rewards: Rewards, subsets: dict[str, PairSet]) -> dict[str, float]:
   return {name: pair_accuracy(*rewards[name], subsets[name].target) for name in rewards}
+
+
+def signed_margins(rewards: Rewards, subsets: dict[str, PairSet]) -> dict[str, np.ndarray]:
+  """Per subset, [n] r_preferred - r_other (the side `target` names is preferred): >= 0 is a
+  correct pair."""
+  return {name: np.where(subsets[name].target == 0, rc - rr, rr - rc)
+          for name, (rc, rr) in rewards.items()}
+
+
+def loss_and_margin(rewards: Rewards, subsets: dict[str, PairSet]
+                    ) -> tuple[dict[str, float], dict[str, float]]:
+  """Per subset, the mean Bradley-Terry loss -log sigmoid(margin) and the mean signed margin
+  (`signed_margins`) against the subset's target side."""
+  margins = signed_margins(rewards, subsets)
+  return ({s: float(np.mean(np.logaddexp(0.0, -m))) for s, m in margins.items()},
+          {s: float(np.mean(m)) for s, m in margins.items()})
+
+
+def correct_pairs(rewards: Rewards, subsets: dict[str, PairSet]) -> dict[str, np.ndarray]:
+  """Per subset, [n] float 1.0 where the model ranks the pair right (ties count as right)."""
+  return {s: (m >= 0).astype(np.float64) for s, m in signed_margins(rewards, subsets).items()}
 
 
 def ensemble_rewards(members: Sequence[Rewards], weights: Sequence[float] | None = None
@@ -180,21 +224,45 @@ class Evaluator:
   # -- the accuracy table (members, WARM M, ENS M) ------------------------------------------
   def table(self, members: Sequence[Any], ms: Sequence[int], *,
             member_names: Sequence[str] | None = None) -> dict[str, Any]:
+    """Accuracy (`rows`), Bradley-Terry loss and mean margin per model and subset, for the
+    members, WARM M and ENS M (the M best by ID val), plus `paired`: per comparison and
+    subset, the paired difference of accuracies with its post-clustered standard error."""
     names = list(member_names or [f"member_{i}" for i in range(len(members))])
     member_rewards = [self.rewards(p) for p in members]
     member_acc = [self.accuracy(r) for r in member_rewards]
     order = rank_members(member_acc)
-    rows = {names[i]: member_acc[i] for i in range(len(members))}
+    model_rewards = {names[i]: member_rewards[i] for i in range(len(members))}
     for m in ms:
       if m > len(members):
         continue
       top = order[:m]
-      rows[f"warm_{m}"] = self.accuracy(self.uniform_wa_rewards(members, top, member_rewards))
-      rows[f"ens_{m}"] = self.accuracy(ensemble_rewards([member_rewards[i] for i in top]))
-    return {"rows": rows, "ranking": [names[i] for i in order],
+      model_rewards[f"warm_{m}"] = self.uniform_wa_rewards(members, top, member_rewards)
+      model_rewards[f"ens_{m}"] = ensemble_rewards([member_rewards[i] for i in top])
+    rows, losses, margins, correct = {}, {}, {}, {}
+    for name, rewards in model_rewards.items():
+      rows[name] = self.accuracy(rewards)
+      losses[name], margins[name] = loss_and_margin(rewards, self.subsets)
+      correct[name] = correct_pairs(rewards, self.subsets)
+    best = names[order[0]]
+    correct["mean_member"] = {s: np.mean([correct[n][s] for n in names], axis=0)
+                              for s in self.subsets}
+    comparisons = []
+    for m in ms:
+      if m <= len(members):
+        comparisons += [(f"warm_{m}", f"ens_{m}"), (f"warm_{m}", "best_member"),
+                        (f"warm_{m}", "mean_member"), (f"ens_{m}", "best_member")]
+    paired = {}
+    for a, b in comparisons:
+      paired[f"{a}-{b}"] = {
+          s: paired_stats.paired_difference(correct[a][s], correct[best if b == "best_member"
+                                                                  else b][s],
+                                            self.subsets[s].groups)
+          for s in self.subsets}
+    return {"rows": rows, "bt_loss": losses, "margin": margins, "paired": paired,
+            "ranking": [names[i] for i in order],
             "ranking_subset": RANKING_SUBSET,
             "mean_member": {s: float(np.mean([a[s] for a in member_acc])) for s in self.subsets},
-            "best_member": names[order[0]],
+            "best_member": best,
             "_member_rewards": member_rewards}
 
   # -- LMC (fig. 3, 4-5) ------------------------------------------------------------------
@@ -202,28 +270,43 @@ class Evaluator:
                 rewards_a: Rewards | None = None, rewards_b: Rewards | None = None
                 ) -> dict[str, Any]:
     """WA (weights interpolated), ENS (rewards interpolated) and the straight line between the
-    endpoints' accuracies, per subset, at each lambda (lambda = weight of b)."""
+    endpoints' accuracies, per subset, at each lambda (lambda = weight of b); the bumps
+    (mean over interior lambdas of curve - line) with their paired statistics (`bump_paired`,
+    `ens_bump_paired`: per pair, the mean over interior lambdas of its correctness under the
+    curve minus the line's; the post-clustered standard error and 95% interval of their
+    mean)."""
     rewards_a = rewards_a or self.rewards(params_a)
     rewards_b = rewards_b or self.rewards(params_b)
     acc_a, acc_b = self.accuracy(rewards_a), self.accuracy(rewards_b)
+    correct_a, correct_b = correct_pairs(rewards_a, self.subsets), correct_pairs(rewards_b,
+                                                                                 self.subsets)
     curve = {"lambdas": [float(x) for x in lambdas], "wa": {}, "ens": {}, "line": {}}
     for s in self.subsets:
       curve["wa"][s], curve["ens"][s], curve["line"][s] = [], [], []
+    interior = {kind: {s: [] for s in self.subsets} for kind in ("wa", "ens")}
     for lam in lambdas:
       if lam == 0.0:
-        wa = acc_a
+        wa_rewards = rewards_a
       elif lam == 1.0:
-        wa = acc_b
+        wa_rewards = rewards_b
       else:
-        wa = self.accuracy(self.rewards(weight_average([params_a, params_b],
-                                                       [1.0 - lam, lam])))
-      ens = self.accuracy(ensemble_rewards([rewards_a, rewards_b], [1.0 - lam, lam]))
+        wa_rewards = self.rewards(weight_average([params_a, params_b], [1.0 - lam, lam]))
+      ens_rewards = ensemble_rewards([rewards_a, rewards_b], [1.0 - lam, lam])
+      wa, ens = self.accuracy(wa_rewards), self.accuracy(ens_rewards)
+      if 0.0 < lam < 1.0:
+        for kind, rewards in (("wa", wa_rewards), ("ens", ens_rewards)):
+          for s, c in correct_pairs(rewards, self.subsets).items():
+            interior[kind][s].append(c - ((1.0 - lam) * correct_a[s] + lam * correct_b[s]))
       for s in self.subsets:
         curve["wa"][s].append(wa[s])
         curve["ens"][s].append(ens[s])
         curve["line"][s].append((1.0 - lam) * acc_a[s] + lam * acc_b[s])
     curve["bump"] = {s: lmc_bump(curve["wa"][s], curve["line"][s]) for s in self.subsets}
     curve["ens_bump"] = {s: lmc_bump(curve["ens"][s], curve["line"][s]) for s in self.subsets}
+    for kind, key in (("wa", "bump_paired"), ("ens", "ens_bump_paired")):
+      curve[key] = {s: paired_stats.paired_difference(
+          np.mean(interior[kind][s], axis=0), np.zeros(len(self.subsets[s])),
+          self.subsets[s].groups) for s in self.subsets if interior[kind][s]}
     return curve
 
   # -- accuracy vs M by selection order (fig. 10) -------------------------------------------

@@ -92,8 +92,10 @@ class WorldConfig:
   n_prompts: int = 500
   temperature: float = 1.0  # Bradley-Terry temperature of the labels
   corruption_rate: float = 0.0  # fraction of TRAIN labels swapped (paper: 0.25)
-  id_longer_is_better_rate: float | None = 0.8  # None: no rejection, natural rate
-  ood_longer_is_better_rate: float | None = 0.4
+  # the length knob (an ablation): None rejects no pair for its lengths (the natural rate);
+  # a rate forces the share of pairs where the longer summary is the better one
+  id_longer_is_better_rate: float | None = None
+  ood_longer_is_better_rate: float | None = None
   id_mix: Mapping[str, float] = dataclasses.field(default_factory=lambda: dict(DEFAULT_ID_MIX))
   ood_mix: Mapping[str, float] = dataclasses.field(default_factory=lambda: dict(DEFAULT_OOD_MIX))
   ood_policy_rate: float = 0.3  # share of OOD candidates from policy_sampler, when one is given
