@@ -32,9 +32,10 @@ def test_tiny_experiment_writes_the_documented_schema(tiny_run):
   out, metrics, _ = tiny_run
   assert {"rm", "lmc", "bon", "rl", "win_rates", "timings", "findings"} <= set(metrics)
   # RM tables: members, WARM M and ENS M per setting, accuracies in [0, 1]
-  for setting, subsets in (("clean", {"train_clean", "id_val", "ood", "ood_policy"}),
-                           ("corrupt", {"train_clean", "train_corrupt", "id_val", "ood",
-                                        "ood_policy"})):
+  for setting, subsets in (("clean", {"train_clean", "id_val", "id_policy", "ood",
+                                      "ood_policy"}),
+                           ("corrupt", {"train_clean", "train_corrupt", "id_val", "id_policy",
+                                        "ood", "ood_policy"})):
     table = metrics["rm"][setting]["table"]
     assert {"member_0", "member_1", "member_2", "warm_2", "warm_3", "ens_2", "ens_3"} <= set(table)
     for row in table.values():
@@ -74,8 +75,20 @@ def test_tiny_experiment_writes_the_documented_schema(tiny_run):
   # timings: every stage and the total
   assert {"data/clean", "pretrain", "sft", "members/clean", "eval/clean", "average/warm_2",
           "bon", "rl/best_member", "win_rates", "total"} <= set(metrics["timings"])
-  assert metrics["policy_pairs"]["num_pairs"] == metrics["rm"]["clean"]["subset_sizes"][
-      "ood_policy"] == 16
+  # the on-policy RM data: every evaluated split is the built one, corruption exact
+  rm_data = metrics["rm_data"]["settings"]
+  for split in ("id_val", "id_policy", "ood_policy"):
+    assert rm_data["clean"][split]["num_pairs"] == metrics["rm"]["clean"]["subset_sizes"][split]
+  assert rm_data["corrupt"]["rm_train"]["corruption_rate"] == pytest.approx(
+      round(0.25 * rm_data["corrupt"]["rm_train"]["num_pairs"])
+      / rm_data["corrupt"]["rm_train"]["num_pairs"])
+  assert rm_data["clean"]["rm_train"]["corruption_rate"] == 0.0
+  # paired statistics beside the accuracies, and memorisation logged along training
+  paired = metrics["rm"]["clean"]["paired"]["warm_2-ens_2"]["id_policy"]
+  assert paired["low"] <= paired["diff"] <= paired["high"]
+  memo = metrics["rm"]["corrupt"]["memorisation"]
+  assert set(memo) == {"member_0", "member_1", "member_2"}
+  assert all(0.0 <= a <= 1.0 for row in memo.values() for a in row["accuracy"])
   # every stage and the total; in-process stages run one at a time, so the total is their sum
   assert set(metrics["cpu_s"]) == set(metrics["timings"]) - {"stages_sum"}
   assert metrics["timings"]["total"] == pytest.approx(metrics["timings"]["stages_sum"], abs=0.1)
@@ -99,7 +112,7 @@ def test_tiny_experiment_writes_report_plots_and_commands(tiny_run):
   commands = open(os.path.join(out, "commands.sh")).read()
   assert "written when it starts" not in commands  # every stage resolved after the run
   assert "warm_jax.average --inputs" in commands and "gin/win_rates.gin" in commands
-  assert "[experiment] stage 22/22 win_rates: running" in stderr
+  assert "[experiment] stage 21/21 win_rates: running" in stderr
 
 
 def test_rerun_skips_finished_stages_and_rebuilds_the_same_report(tiny_run):
@@ -107,7 +120,7 @@ def test_rerun_skips_finished_stages_and_rebuilds_the_same_report(tiny_run):
   proc = run_cli(["-m", "warm_jax.experiment", TINY_GIN, f"--output_dir={out}"], timeout=300,
                  env={"XLA_FLAGS": ""})
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert proc.stderr.count("skipped") == 22
+  assert proc.stderr.count("skipped") == 21
   with open(os.path.join(out, "metrics.json")) as f:
     again = json.load(f)
   assert again["rm"] == metrics["rm"] and again["bon"] == metrics["bon"]
@@ -155,6 +168,8 @@ def test_lazy_stage_arguments_are_resolved_when_the_stage_starts(tmp_path):
     ({"lm_microbatches": 0}, "must be >= 1 and divide pretrain_batch"),
     ({"lmc_lambdas": (0.0, 1.0)}, "with at least one interior point"),
     ({"lmc_lambdas": (0.0, 0.7, 0.3, 1.0)}, "increasing, from 0.0"),
+    ({"reward_readout": "mean"}, "'hidden' or 'hidden_logprob'"),
+    ({"rm_samples_per_post": 1}, "at least one sample per Baklava step"),
 ])
 def test_experiment_scale_refuses_inconsistent_presets(override, message):
   from warm_jax.experiment import ExperimentScale
@@ -216,17 +231,17 @@ def test_policy_findings_follow_their_rules_on_hand_made_numbers():
 
 
 EXPERIMENT_GINS = {
-    "gin/experiments/warm_synthetic_tldr.gin": (24, {"rl/warm_6", "rl/ens_2", "eval/corrupt",
-                                                     "policy_pairs"}),
-    "gin/experiments/warm_synthetic_tldr_tiny.gin": (22, {"rl/warm_2", "win_rates"}),
-    "gin/experiments/ablations/alpha_sweep.gin": (26, {"rl/best_member_kl0.001",
+    "gin/experiments/warm_synthetic_tldr.gin": (23, {"rl/warm_6", "rl/ens_2", "eval/corrupt",
+                                                     "rm_data"}),
+    "gin/experiments/warm_synthetic_tldr_tiny.gin": (21, {"rl/warm_2", "win_rates"}),
+    "gin/experiments/ablations/alpha_sweep.gin": (25, {"rl/best_member_kl0.001",
                                                        "rl/warm_6_kl0.01"}),
-    "gin/experiments/ablations/corruption.gin": (16, {"eval/corrupt"}),
-    "gin/experiments/ablations/m_sweep.gin": (27, {"average/warm_4", "rl/warm_4"}),
-    "gin/experiments/ablations/selection_order.gin": (16, {"members/clean"}),
-    "gin/experiments/ablations/diversity_data_order.gin": (16, {"members/clean"}),
-    "gin/experiments/ablations/diversity_learning_rate.gin": (16, {"members/clean"}),
-    "gin/experiments/ablations/diversity_baklava.gin": (16, {"members/clean"}),
+    "gin/experiments/ablations/corruption.gin": (15, {"eval/corrupt"}),
+    "gin/experiments/ablations/m_sweep.gin": (26, {"average/warm_4", "rl/warm_4"}),
+    "gin/experiments/ablations/selection_order.gin": (15, {"members/clean"}),
+    "gin/experiments/ablations/diversity_data_order.gin": (15, {"members/clean"}),
+    "gin/experiments/ablations/diversity_learning_rate.gin": (15, {"members/clean"}),
+    "gin/experiments/ablations/diversity_baklava.gin": (15, {"members/clean"}),
 }
 
 
@@ -280,7 +295,7 @@ def test_real_tldr_experiment_needs_the_manual_dir_and_has_no_oracle_stages(tmp_
                             f"--gin.TLDR_MANUAL_DIR='{tmp_path}'")
   assert code == 0, err
   assert "data/corrupt" not in out and "rl/" not in out and "# bon" not in out
-  assert "# policy_pairs" not in out  # no oracle to label them
+  assert "# policy_pairs" not in out and "# rm_data" not in out  # no oracle to label them
   assert "--gin.PREFERENCE_TASK=" in out and "tldr_comparisons" in out
 
 
@@ -363,7 +378,8 @@ def test_every_stage_of_the_plans_waits_only_for_earlier_stages(tmp_path):
       seen.add(stage.name)
     after = {stage.name: set(stage.after) for stage in stages}
     assert {n for n in after if n.startswith("pairs/")} <= after["eval/clean"]
-    assert "policy_pairs" in after["eval/corrupt"]
+    assert "rm_data" in after["eval/corrupt"] and "rm_data" in after["probe/corrupt"]
+    assert {"sft", "pretrain"} <= after["rm_data"]
     assert all("eval/clean" in deps for n, deps in after.items() if n.startswith("rl/"))
     assert {n for n in after if n.startswith("rl/")} <= after["win_rates"]
   with pytest.raises(ValueError, match="no entry in experiment.stage_dependencies"):

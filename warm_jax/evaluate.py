@@ -17,6 +17,8 @@ explicit list of params paths, and writes OUTPUT_DIR/eval.json:
                (mean of curve - line over interior lambdas) with its paired statistics
   vs_m         accuracy of WA and ENS of the first M members for the orders best-to-worst,
                worst-to-best, random (seeded) and greedy (kept members only)
+  lmc_bump_differences  bump(b) - bump(a) for every two LMC pairs, paired over the same pairs
+               (e.g. two_baklava_inits-checkpoints_of_one_run: the bump's growth with diversity)
   wa_minus_ens Acc(WA) - Acc(ENS) per subset for every pair of members (lambda = 1/2)
 
 and OUTPUT_DIR/plots/*.png. See warm_jax/evaluation.py for the definitions.
@@ -165,9 +167,11 @@ def evaluate_reward_models(*, output_dir: str | None, data_dir: str,
       if pairs_histogram:
         result["wa_minus_ens"] = evaluator.wa_minus_ens_over_pairs(members, member_rewards)
   if lmc_pairs:
-    result["lmc"] = {name: evaluator.lmc_curve(ckpt_lib.load_params(a),
-                                               ckpt_lib.load_params(b), lambdas=lmc_lambdas)
-                     for name, (a, b) in lmc_pairs.items()}
+    curves = {name: evaluator.lmc_curve(ckpt_lib.load_params(a), ckpt_lib.load_params(b),
+                                        lambdas=lmc_lambdas)
+              for name, (a, b) in lmc_pairs.items()}
+    result["lmc_bump_differences"] = evaluator.bump_differences(curves)
+    result["lmc"] = {name: ev.strip_private(curve) for name, curve in curves.items()}
   result["wall_s"] = round(time.time() - t0, 2)
   write_outputs(output_dir, result)
   logging.info("evaluation written to %s (%.1fs)", output_dir, result["wall_s"])

@@ -224,7 +224,8 @@ class Evaluator:
   # -- the accuracy table (members, WARM M, ENS M) ------------------------------------------
   def table(self, members: Sequence[Any], ms: Sequence[int], *,
             member_names: Sequence[str] | None = None) -> dict[str, Any]:
-    """Accuracy (`rows`), Bradley-Terry loss and mean margin per model and subset, for the
+    """Accuracy (`rows`, with its post-clustered standard error `accuracy_se`, which also
+    covers `mean_member`), Bradley-Terry loss and mean margin per model and subset, for the
     members, WARM M and ENS M (the M best by ID val), plus `paired`: per comparison and
     subset, the paired difference of accuracies with its post-clustered standard error."""
     names = list(member_names or [f"member_{i}" for i in range(len(members))])
@@ -251,6 +252,8 @@ class Evaluator:
       if m <= len(members):
         comparisons += [(f"warm_{m}", f"ens_{m}"), (f"warm_{m}", "best_member"),
                         (f"warm_{m}", "mean_member"), (f"ens_{m}", "best_member")]
+    accuracy_se = {name: {s: paired_stats.clustered_mean(c[s], self.subsets[s].groups)["se"]
+                          for s in self.subsets} for name, c in correct.items()}
     paired = {}
     for a, b in comparisons:
       paired[f"{a}-{b}"] = {
@@ -259,6 +262,7 @@ class Evaluator:
                                             self.subsets[s].groups)
           for s in self.subsets}
     return {"rows": rows, "bt_loss": losses, "margin": margins, "paired": paired,
+            "accuracy_se": accuracy_se,
             "ranking": [names[i] for i in order],
             "ranking_subset": RANKING_SUBSET,
             "mean_member": {s: float(np.mean([a[s] for a in member_acc])) for s in self.subsets},
@@ -307,7 +311,23 @@ class Evaluator:
       curve[key] = {s: paired_stats.paired_difference(
           np.mean(interior[kind][s], axis=0), np.zeros(len(self.subsets[s])),
           self.subsets[s].groups) for s in self.subsets if interior[kind][s]}
+    # per pair, its mean over interior lambdas of WA - line: two curves' bumps compare on them
+    curve["_bump_per_pair"] = {s: np.mean(v, axis=0) for s, v in interior["wa"].items() if v}
     return curve
+
+  def bump_differences(self, curves: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """For every two LMC curves b, a (in insertion order, a first), bump(b) - bump(a) per
+    subset as a paired difference over the same pairs (`paired_stats.paired_difference`):
+    e.g. 'two_baklava_inits-checkpoints_of_one_run', the paper's growth of the bump with
+    diversity."""
+    names = [n for n in curves if "_bump_per_pair" in curves[n]]
+    out = {}
+    for i, a in enumerate(names):
+      for b in names[i + 1:]:
+        out[f"{b}-{a}"] = {s: paired_stats.paired_difference(
+            curves[b]["_bump_per_pair"][s], curves[a]["_bump_per_pair"][s],
+            self.subsets[s].groups) for s in curves[a]["_bump_per_pair"]}
+    return out
 
   # -- accuracy vs M by selection order (fig. 10) -------------------------------------------
   def accuracy_vs_m(self, members: Sequence[Any], member_rewards: Sequence[Rewards],

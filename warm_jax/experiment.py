@@ -15,9 +15,13 @@ skipped on a rerun; an interrupted one is rerun and resumes from its own checkpo
 command of every stage is recorded in OUTPUT/commands.sh, so any stage can be rerun by hand.
 
 Stages (the embedded default; the scale preset picks sizes and steps):
-  data/{clean,corrupt}     the synthetic world, labels clean and 25% corrupted
+  data/clean               the synthetic world: posts, pre-training corpus, SFT examples,
+                           generator pairs, best-of-N / RL prompts
   pretrain, sft            LM pre-training, SFT keeping the Baklava checkpoints
-  policy_pairs             OOD pairs of high-temperature SFT samples (eval subset ood_policy)
+  rm_data                  the RMs' data: comparisons of the SFT checkpoints' own samples
+                           (`warm_jax.data.on_policy`), labels clean and 25% corrupted
+                           (rm_data/{clean,corrupt}); held-out id_policy (the final SFT policy
+                           at T=0.9) and ood_policy (other policies, high temperatures)
   probe/{clean,corrupt}    the shared linear-probed head
   members/{clean,corrupt}  M diverse RMs (lr x dropout x data order x Baklava SFT step)
   pairs/*                  the LMC diversity pairs (one hyper-parameter changed) and two
@@ -54,6 +58,7 @@ from typing import Any
 from warm_jax.checkpoints import atomic_write_text
 
 STAGE_DONE = "STAGE_DONE"
+RL_TEMPERATURE = 0.9  # the best-of-N / RL sampling temperature (gin/bon.gin, gin/rl.gin; paper)
 
 
 class StageFailed(RuntimeError):
@@ -94,9 +99,25 @@ class ExperimentScale:
   # the LMC curves' interpolation weights (lambda = weight of the second endpoint)
   lmc_lambdas: tuple[float, ...] = tuple(i / 10 for i in range(11))
   eval_max_pairs: int | None = None  # per evaluation subset (a seeded sample); None: all
-  # the OOD split of high-temperature SFT samples (evaluation subset `ood_policy`); 0: off
-  policy_pairs: int | None = None  # pairs to build; None: as many as the world's OOD split
   extra_data_bindings: tuple[str, ...] = ()
+  # the reward models' readout (TransformerConfig.reward_readout): 'hidden' (the last hidden
+  # state, the paper's head) or 'hidden_logprob' (+ the response tokens' log-probs under the
+  # RM's own LM head; docs/reward_models.md)
+  reward_readout: str = "hidden"
+  # the on-policy RM data (`warm_jax.data.on_policy`, synthetic data): rm_train / id_val pairs
+  # of samples of the SFT checkpoints at the Baklava steps (rm_samples_per_post in all, split
+  # evenly over the steps) at rm_policy_temperature; id_policy pairs of the final SFT policy at
+  # the best-of-N / RL temperature (0.9); ood_policy pairs of the pre-trained-only model at
+  # T=1 and the first and last Baklava SFT checkpoints at ood_policy_temperature
+  rm_samples_per_post: int = 6
+  rm_pairs_per_post: int = 5
+  rm_policy_temperature: float = 1.0
+  id_policy_samples_per_post: int = 4
+  id_policy_pairs_per_post: int = 3
+  ood_policy_temperature: float = 1.3
+  ood_policy_samples_per_policy: int = 2
+  ood_policy_pairs_per_post: int = 3
+  generator_share: float = 0.0  # share of rm_train / id_val pairs from the world's generators
   # policy side (PAPER.md figs 6-9); bon_prompts=0 / rl_steps=0 skip those stages
   max_new_tokens: int = 48
   bon_prompts: int = 64
@@ -158,6 +179,12 @@ class ExperimentScale:
         or list(self.lmc_lambdas) != sorted(set(self.lmc_lambdas))):
       raise ValueError(f"ExperimentScale.lmc_lambdas={self.lmc_lambdas}: increasing, from 0.0 "
                        "to 1.0, with at least one interior point")
+    if self.reward_readout not in ("hidden", "hidden_logprob"):
+      raise ValueError(f"ExperimentScale.reward_readout={self.reward_readout!r}: 'hidden' or "
+                       "'hidden_logprob'")
+    if self.rm_samples_per_post < len(self.baklava_steps):
+      raise ValueError(f"ExperimentScale.rm_samples_per_post={self.rm_samples_per_post}: at "
+                       f"least one sample per Baklava step ({len(self.baklava_steps)})")
     if self.data_source not in ("synthetic", "tldr"):
       raise ValueError(f"ExperimentScale.data_source={self.data_source!r}: 'synthetic' or "
                        "'tldr'")
@@ -208,8 +235,11 @@ class ExperimentPlan:
   """The stages of one experiment and where each writes."""
 
   def __init__(self, *, output_dir: str, scale: ExperimentScale, seed: int = 0,
-               tldr_manual_dir: str | None = None):
+               world_seed: int | None = None, tldr_manual_dir: str | None = None):
     self.out, self.scale, self.seed = os.path.abspath(output_dir), scale, seed
+    # the synthetic world's seed (its posts, generator pairs and label draws), apart from the
+    # training SEED; None: the data gin's WORLD_SEED (0)
+    self.world_seed = world_seed
     self.tldr_manual_dir = tldr_manual_dir
     if scale.data_source == "tldr" and not tldr_manual_dir:
       raise ValueError("this experiment reads the real TL;DR comparisons: pass "
@@ -217,9 +247,10 @@ class ExperimentPlan:
                        "OpenAI's summarize-from-feedback files; see docs/data.md)")
 
   @property
-  def has_policy_pairs(self) -> bool:
-    """Whether the policy-sample OOD split is built (synthetic data only: it needs the oracle)."""
-    return self.scale.data_source == "synthetic" and self.scale.policy_pairs != 0
+  def on_policy(self) -> bool:
+    """Whether the RMs train on comparisons of policy samples (`warm_jax.data.on_policy`;
+    synthetic data: the labels need the oracle). Real TL;DR data has its human comparisons."""
+    return self.scale.data_source == "synthetic"
 
   @property
   def settings(self) -> tuple[str, ...]:
@@ -228,7 +259,7 @@ class ExperimentPlan:
 
   def _data_bindings(self) -> list[str]:
     if self.scale.data_source != "tldr":
-      return []
+      return [] if self.world_seed is None else [_gin("WORLD_SEED", self.world_seed)]
     return [_gin("PREFERENCE_TASK", "tldr_comparisons"), _gin("SFT_TASK", "tldr_sft"),
             _gin("TLDR_MANUAL_DIR", os.path.abspath(self.tldr_manual_dir)),
             _gin("TLDR_DATA_DIR", self.path("data", "tfds"))]
@@ -236,27 +267,63 @@ class ExperimentPlan:
   def path(self, *parts: str) -> str:
     return os.path.join(self.out, *parts)
 
-  def data_dir(self, setting: str) -> str:
+  def data_dir(self, setting: str = "clean") -> str:
+    """The data build (pre-training corpus, SFT examples, prompts; real data: the RM pairs)."""
     return self.path("data", setting)
 
+  def rm_data_dir(self, setting: str) -> str:
+    """The reward models' DATA_DIR: the on-policy RM data of the setting (synthetic), or the
+    data build (real data)."""
+    return self.path("rm_data", setting) if self.on_policy else self.data_dir(setting)
+
+  def _model(self) -> list[str]:
+    """The model gin file and the reward readout: every stage that builds a model gets both
+    (a LanguageModel ignores the readout)."""
+    return [f"--gin_file={self.scale.model_gin}",
+            _gin("TransformerConfig.reward_readout", self.scale.reward_readout)]
+
   def _train(self, stage_gin: str, *bindings: str) -> list[str]:
-    return _py("warm_jax.train", f"--gin_file={self.scale.model_gin}",
-               f"--gin_file={stage_gin}", *bindings)
+    return _py("warm_jax.train", *self._model(), f"--gin_file={stage_gin}", *bindings)
 
   def _rm_common(self, setting: str) -> list[str]:
     s = self.scale
-    return [_gin("DATA_DIR", self.data_dir(setting)), _gin("SFT_DIR", self.path("sft")),
-            _gin("PROBE_DIR", self.path("probe", setting)), _gin("TRAIN_STEPS", s.rm_steps),
-            _gin("BATCH_SIZE", s.rm_batch), _gin("SEED", self.seed),
-            _gin("LEARNING_RATES", tuple(s.learning_rates)),
-            _gin("DROPOUT_RATES", tuple(s.dropout_rates)),
-            _gin("SFT_STEPS", tuple(s.baklava_steps)),
-            _gin("TrainerConfig.save_every", s.rm_steps // 2),
-            _gin("TrainerConfig.microbatches", s.rm_microbatches)]
+    out = [_gin("DATA_DIR", self.rm_data_dir(setting)), _gin("SFT_DIR", self.path("sft")),
+           _gin("PROBE_DIR", self.path("probe", setting)), _gin("TRAIN_STEPS", s.rm_steps),
+           _gin("BATCH_SIZE", s.rm_batch), _gin("SEED", self.seed),
+           _gin("LEARNING_RATES", tuple(s.learning_rates)),
+           _gin("DROPOUT_RATES", tuple(s.dropout_rates)),
+           _gin("SFT_STEPS", tuple(s.baklava_steps)),
+           _gin("TrainerConfig.save_every", s.rm_steps // 2),
+           _gin("TrainerConfig.microbatches", s.rm_microbatches)]
+    if setting == "corrupt":  # accuracy on the corrupted training pairs along training
+      out.append("--gin.{}.extra_eval_datasets={{'train_corrupt': "
+                 "@train_corrupt/preference_dataset()}}".format(
+                     "train_reward_members" if s.vmapped_members else "train_reward_model"))
+    return out
+
+  def on_policy_sources(self) -> dict[str, list[tuple[str, str, float, int]]]:
+    """The policies the on-policy RM data samples: TRAIN_POLICIES (the Baklava SFT steps),
+    ID_POLICY (the final SFT policy at the best-of-N / RL temperature), OOD_POLICIES."""
+    s = self.scale
+    steps = sorted(s.baklava_steps)
+    base, extra = divmod(s.rm_samples_per_post, len(steps))
+    train = [(f"sft_{step}", self._sft_step_dir(step), s.rm_policy_temperature,
+              base + (1 if k < extra else 0)) for k, step in enumerate(reversed(steps))]
+    ood = [("pretrain", self.path("pretrain"), 1.0, s.ood_policy_samples_per_policy)]
+    ood += [(f"sft_{step}", self._sft_step_dir(step), s.ood_policy_temperature,
+             s.ood_policy_samples_per_policy) for step in sorted({steps[0], steps[-1]})]
+    return {"TRAIN_POLICIES": train[::-1],
+            "ID_POLICY": [("sft", self.path("sft"), RL_TEMPERATURE,
+                           s.id_policy_samples_per_post)],
+            "OOD_POLICIES": ood}
+
+  def _sft_step_dir(self, step: int) -> str:
+    return (self.path("sft") if step == self.scale.sft_steps else
+            self.path("sft", "checkpoints", str(step)))
 
   def stages(self) -> list[Stage]:
     s, out = self.scale, []
-    for setting in self.settings:
+    for setting in (("clean",) if self.on_policy else self.settings):
       rate = 0.0 if setting == "clean" else s.corruption_rate
       out.append(Stage(f"data/{setting}", _py(
           "warm_jax.data.build", f"--gin_file={s.data_gin}",
@@ -274,17 +341,22 @@ class ExperimentPlan:
         _gin("TRAIN_STEPS", s.sft_steps), _gin("BATCH_SIZE", s.sft_batch),
         _gin("SAVE_EVERY", sft_every), _gin("SEED", self.seed),
         _gin("TrainerConfig.microbatches", s.lm_microbatches)), self.path("sft")))
-    if self.has_policy_pairs:
-      out.append(Stage("policy_pairs", _py(
-          "warm_jax.data.policy_pairs", f"--gin_file={s.model_gin}",
-          "--gin_file=gin/data/policy_pairs.gin", _gin("DATA_DIR", self.data_dir("clean")),
-          _gin("POLICY_DIR", self.path("sft")), _gin("OUTPUT_DIR", self.path("policy_pairs")),
-          _gin("NUM_PAIRS", s.policy_pairs), _gin("MAX_NEW_TOKENS", s.max_new_tokens),
-          _gin("BATCH_SIZE", s.policy_batch), _gin("SEED", self.seed)),
-          self.path("policy_pairs")))
+    if self.on_policy:
+      sources = self.on_policy_sources()
+      out.append(Stage("rm_data", _py(
+          "warm_jax.data.on_policy", *self._model(), "--gin_file=gin/data/on_policy.gin",
+          _gin("DATA_DIR", self.data_dir("clean")), _gin("OUTPUT_DIR", self.path("rm_data")),
+          *(f"--gin.{k}={v!r}" for k, v in sources.items()),
+          _gin("PAIRS_PER_POST", s.rm_pairs_per_post),
+          _gin("ID_POLICY_PAIRS_PER_POST", s.id_policy_pairs_per_post),
+          _gin("OOD_PAIRS_PER_POST", s.ood_policy_pairs_per_post),
+          _gin("GENERATOR_SHARE", s.generator_share),
+          _gin("CORRUPTION_RATE", s.corruption_rate),
+          _gin("MAX_NEW_TOKENS", s.max_new_tokens), _gin("BATCH_SIZE", s.policy_batch),
+          _gin("SEED", self.seed)), self.path("rm_data")))
     for setting in self.settings:
       out.append(Stage(f"probe/{setting}", self._train(
-          "gin/linear_probe.gin", _gin("DATA_DIR", self.data_dir(setting)),
+          "gin/linear_probe.gin", _gin("DATA_DIR", self.rm_data_dir(setting)),
           _gin("SFT_DIR", self.path("sft")), _gin("MODEL_DIR", self.path("probe", setting))),
           self.path("probe", setting)))
     for setting in self.settings:
@@ -302,14 +374,12 @@ class ExperimentPlan:
     out += self._pair_stages()
     for setting in self.settings:
       out.append(Stage(f"eval/{setting}", _py(
-          "warm_jax.evaluate", f"--gin_file={s.model_gin}", "--gin_file=gin/evaluate.gin",
-          _gin("DATA_DIR", self.data_dir(setting)),
+          "warm_jax.evaluate", *self._model(), "--gin_file=gin/evaluate.gin",
+          _gin("DATA_DIR", self.rm_data_dir(setting)),
           _gin("MEMBERS_DIR", self.path("members", setting)),
           _gin("OUTPUT_DIR", self.path("eval", setting)), _gin("WARM_MS", tuple(s.warm_ms)),
           _gin("BATCH_SIZE", s.eval_batch), _gin("MAX_PAIRS", s.eval_max_pairs),
           _gin("LMC_LAMBDAS", tuple(s.lmc_lambdas)),
-          _gin("POLICY_PAIRS_DIR", self.path("policy_pairs") if self.has_policy_pairs
-               else None),
           f"--gin.LMC_PAIRS={self.lmc_pairs(setting)!r}"), self.path("eval", setting)))
     out += self._policy_stages()
     names = [stage.name for stage in out]
@@ -370,7 +440,7 @@ class ExperimentPlan:
         for m in s.warm_ms:
           models[f"warm_{m}"] = self.warm_dir(m)
           models[f"ens_{m}"] = ranked[:m]
-        return _py("warm_jax.train", f"--gin_file={s.model_gin}", "--gin_file=gin/bon.gin",
+        return _py("warm_jax.train", *self._model(), "--gin_file=gin/bon.gin",
                    *self._policy_common(), _gin("SFT_DIR", self.path("sft")),
                    _gin("OUTPUT_DIR", self.path("bon")), _gin("N_MAX", s.bon_n_max),
                    _gin("NUM_PROMPTS", s.bon_prompts), _gin("BATCH_SIZE", s.policy_batch),
@@ -379,7 +449,7 @@ class ExperimentPlan:
     if s.rl_steps:
       for run, reward, kl_coef in self.rl_runs():
         out.append(Stage(f"rl/{run}", lambda run=run, reward=reward, kl_coef=kl_coef: _py(
-            "warm_jax.train", f"--gin_file={s.model_gin}", "--gin_file=gin/rl.gin",
+            "warm_jax.train", *self._model(), "--gin_file=gin/rl.gin",
             *self._policy_common(), _gin("SFT_DIR", self.path("sft")),
             _gin("MODEL_DIR", self.path("rl", run)),
             f"--gin.REWARD_MODEL={self.reward_spec(reward)!r}",
@@ -394,7 +464,7 @@ class ExperimentPlan:
           from warm_jax.win_rates import best_checkpoint
           policies = {run: best_checkpoint(self.path("rl", run)) for run in self.rl_run_names()}
           policies["sft"] = self.path("sft")
-          return _py("warm_jax.train", f"--gin_file={s.model_gin}",
+          return _py("warm_jax.train", *self._model(),
                      "--gin_file=gin/win_rates.gin", *self._policy_common(),
                      _gin("OUTPUT_DIR", self.path("win_rates")),
                      _gin("PROMPT_OFFSET", s.rl_eval_prompts),
@@ -480,16 +550,16 @@ def stage_dependencies(name: str, names: Sequence[str]) -> tuple[str, ...]:
     deps = ["data/clean"]
   elif kind == "sft":
     deps = ["pretrain"]
-  elif kind == "policy_pairs":
-    deps = ["sft"]
+  elif kind == "rm_data":
+    deps = ["sft", "pretrain", "data/clean"]
   elif kind == "probe":
-    deps = ["sft", f"data/{setting}"]
+    deps = ["sft", f"data/{setting}"] + having("rm_data")
   elif kind == "members":
     deps = [f"probe/{setting}"]
   elif kind == "pairs":
     deps = ["probe/clean"]
   elif kind == "eval":
-    deps = having(f"members/{setting}") + having("policy_pairs") + (
+    deps = having(f"members/{setting}") + having("rm_data") + (
         having("pairs") if setting == "clean" else [])
   elif kind == "average":
     deps = ["eval/clean"]
@@ -742,12 +812,16 @@ def write_commands(stages: Sequence[Stage], path: str) -> None:
 
 def run_experiment(*, output_dir: str | None, scale: str = "default",
                    scales: Mapping[str, Mapping[str, Any]], seed: int = 0,
+                   world_seed: int | None = None,
                    in_process: bool = False, parallel_stages: int = 1,
                    tldr_manual_dir: str | None = None,
                    overrides: Mapping[str, Any] | None = None,
                    dry_run: bool = False) -> dict[str, Any] | ExperimentPlan:
   """Runs (or resumes) every stage, then writes metrics.json, report.md and plots/.
 
+  seed: the training seed (SEED: inits, data orders, the member sweep, sampling).
+  world_seed: the synthetic world's seed (WORLD_SEED: posts, generator pairs, label draws);
+    None keeps the data gin's (0).
   in_process: run the stages in this process instead of one subprocess each (see
     `run_stages`); the tiny smoke scale does, to fit its budget.
   parallel_stages: run up to this many independent stages at once (subprocess mode; see
@@ -770,7 +844,7 @@ def run_experiment(*, output_dir: str | None, scale: str = "default",
                      f"OVERRIDES; the fields are those of warm_jax.experiment.ExperimentScale")
   preset = ExperimentScale(**{k: tuple(v) if isinstance(v, list) else v
                               for k, v in fields.items()})
-  plan = ExperimentPlan(output_dir=output_dir, scale=preset, seed=seed,
+  plan = ExperimentPlan(output_dir=output_dir, scale=preset, seed=seed, world_seed=world_seed,
                         tldr_manual_dir=tldr_manual_dir)
   stages = plan.stages()
   if dry_run:
@@ -791,6 +865,7 @@ def run_experiment(*, output_dir: str | None, scale: str = "default",
   # the experiment's wall time: stages that overlapped count once (experiment_wall_seconds)
   timings["total"] = experiment_wall_seconds(records)
   metrics = report.collect_metrics(plan, timings=timings, scale_name=scale)
+  metrics["seed"], metrics["world_seed"] = seed, world_seed
   metrics["cpu_s"] = {stage.name: records[stage.name]["cpu_s"] for stage in stages
                       if records[stage.name].get("cpu_s") is not None}
   metrics["cpu_s"]["total"] = round(sum(metrics["cpu_s"].values()), 2)

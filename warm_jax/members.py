@@ -22,7 +22,7 @@ import dataclasses
 import json
 import os
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -162,6 +162,7 @@ def train_reward_model(*, members_dir: str | None = None, member_index: int = 0,
                        trainer_config: TrainerConfig, dataset: ArrayDataset,
                        eval_dataset: ArrayDataset | None = None, seq_len: int,
                        partitioner: Partitioner | None = None, output_dir: str | None = None,
+                       extra_eval_datasets: Mapping[str, ArrayDataset] | None = None,
                        overrides: dict[str, Any] | None = None, from_scratch: bool = False
                        ) -> Any:
   """Trains member `member_index` of the sweep into MEMBERS_DIR/member_<index> (one job).
@@ -188,14 +189,15 @@ def train_reward_model(*, members_dir: str | None = None, member_index: int = 0,
       sft_dir=sft_dir, probe_dir=None if from_scratch else probe_dir,
       model_config=model_config, optimizer=optimizer,
       trainer_config=trainer_config, dataset=dataset, eval_dataset=eval_dataset,
-      seq_len=seq_len, partitioner=partitioner)
+      seq_len=seq_len, partitioner=partitioner, extra_eval_datasets=extra_eval_datasets)
 
 
 def train_member(*, member: MemberHParams, output_dir: str, sft_dir: str,
                  probe_dir: str | None, model_config: TransformerConfig,
                  optimizer: OptimizerConfig, trainer_config: TrainerConfig,
                  dataset: ArrayDataset, eval_dataset: ArrayDataset | None = None, seq_len: int,
-                 partitioner: Partitioner | None = None) -> Any:
+                 partitioner: Partitioner | None = None,
+                 extra_eval_datasets: Mapping[str, ArrayDataset] | None = None) -> Any:
   """Trains one reward model with explicit hyper-parameters into `output_dir`.
 
   The experiment driver uses this for the LMC diversity pairs (members that differ in exactly
@@ -211,5 +213,6 @@ def train_member(*, member: MemberHParams, output_dir: str, sft_dir: str,
                optimizer=opt_cfg, trainer_config=trainer_cfg,
                dataset=dataclasses.replace(dataset, seed=member.data_seed),
                eval_dataset=eval_dataset, seq_len=seq_len, partitioner=partitioner,
+               extra_eval_datasets=extra_eval_datasets,
                init_from=ProbedRewardModelInit(sft_path=sft_path, probe_path=probe_dir)
                if probe_dir else None)

@@ -18,11 +18,9 @@ from typing import Any
 from warm_jax import report_policy
 from warm_jax.checkpoints import atomic_write_text
 
-SUBSETS = ("train_clean", "train_corrupt", "id_val", "ood", "ood_policy")
+SUBSETS = ("train_clean", "train_corrupt", "id_val", "id_policy", "ood", "ood_policy")
 DIVERSITY_ORDER = ("checkpoints_of_one_run", "two_data_orders", "two_learning_rates",
                    "two_baklava_inits")
-# |Acc(WA) - Acc(ENS)| below this counts as "WA ~ ENS" (about one std of a ~1k-pair subset).
-SIMILAR_TOLERANCE = 0.015
 
 
 def _read_json(path: str) -> dict[str, Any] | None:
@@ -34,21 +32,27 @@ def _read_json(path: str) -> dict[str, Any] | None:
 
 def collect_metrics(plan: Any, *, timings: dict[str, float], scale_name: str
                     ) -> dict[str, Any]:
-  rm, lmc = {}, {}
+  rm, lmc, bump_differences = {}, {}, {}
   for setting in ("clean", "corrupt"):
     result = _read_json(plan.path("eval", setting, "eval.json"))
     if result is None:
       continue
-    rm[setting] = {"table": result["table"]["rows"], "ranking": result["table"]["ranking"],
-                   "ranking_subset": result["table"]["ranking_subset"],
-                   "mean_member": result["table"]["mean_member"],
-                   "best_member": result["table"]["best_member"],
+    table = result["table"]
+    rm[setting] = {"table": table["rows"], "ranking": table["ranking"],
+                   "ranking_subset": table["ranking_subset"],
+                   "mean_member": table["mean_member"],
+                   "best_member": table["best_member"],
                    "subset_sizes": result["subset_sizes"],
+                   "bt_loss": table.get("bt_loss"), "margin": table.get("margin"),
+                   "accuracy_se": table.get("accuracy_se"), "paired": table.get("paired"),
+                   "memorisation": _memorisation_along_training(plan, setting),
                    "vs_m": result.get("vs_m"), "wa_minus_ens": result.get("wa_minus_ens")}
     lmc[setting] = result.get("lmc", {})
+    bump_differences[setting] = result.get("lmc_bump_differences", {})
   data_stats = {s: _read_json(plan.path("data", s, "stats.json")) for s in ("clean", "corrupt")}
+  rm_data = _read_json(plan.path("rm_data", "stats.json"))
   rl_names = plan.rl_run_names() if hasattr(plan, "rl_run_names") else []
-  return {"scale": scale_name, "rm": rm, "lmc": lmc,
+  return {"scale": scale_name, "rm": rm, "lmc": lmc, "lmc_bump_differences": bump_differences,
           "bon": report_policy.collect_bon(plan.path("bon")),
           "rl": report_policy.collect_rl({n: plan.path("rl", n) for n in rl_names}),
           "win_rates": report_policy.collect_win_rates(plan.path("win_rates")),
@@ -56,15 +60,57 @@ def collect_metrics(plan: Any, *, timings: dict[str, float], scale_name: str
           "data": {s: {k: v for k, v in (st or {}).items()
                        if k in ("sizes", "label_noise_rate", "corruption_rate",
                                 "length_label_corr", "bt_expected_noise_rate")}
-                   for s, st in data_stats.items()},
+                   for s, st in data_stats.items() if st},
+          "rm_data": None if rm_data is None else {
+              "settings": {k: v["splits"] for k, v in rm_data["settings"].items()},
+              "samples": rm_data["samples"], "build_seconds": rm_data["build_seconds"]},
           "policy_pairs": _read_json(plan.path("policy_pairs", "stats.json")),
           "_plot_sources": {**{s: plan.path("eval", s, "plots") for s in ("clean", "corrupt")},
                             "bon": plan.path("bon", "plots")}}
 
 
+def _memorisation_along_training(plan: Any, setting: str) -> dict[str, Any] | None:
+  """Per member, (step, accuracy on the corrupted training pairs) along training, from the
+  members' metrics.jsonl (eval_train_corrupt/accuracy; the corrupted setting logs it)."""
+  from warm_jax.metrics_writer import read_metrics
+  members_dir = plan.path("members", setting)
+  if not os.path.isdir(members_dir):
+    return None
+  out = {}
+  for name in sorted(os.listdir(members_dir)):
+    if not os.path.exists(os.path.join(members_dir, name, "metrics.jsonl")):
+      continue
+    rows = [r for r in read_metrics(os.path.join(members_dir, name))
+            if "eval_train_corrupt/accuracy" in r]
+    if rows:
+      out[name] = {"step": [r["step"] for r in rows],
+                   "accuracy": [r["eval_train_corrupt/accuracy"] for r in rows]}
+  return out or None
+
+
 # -- findings ---------------------------------------------------------------------------------
+# Each finding: a stable id, the paper's claim, our rule, the numbers, an effect (in accuracy
+# points as a fraction) with its 95% interval, and a verdict from the rule's kind:
+#   positive   the effect should be > 0: reproduced when the interval excludes 0 above it
+#   negative   the effect should be < 0: reproduced when the interval excludes 0 below it
+#   not_below  "on or above" / "~": reproduced when the interval lies above -MARGIN (a
+#              non-inferiority test: not worse by more than MARGIN), not reproduced when it
+#              lies below 0, inconclusive otherwise
+#   threshold  the value should reach `threshold`: reproduced when the interval does
+# A single run's interval is the paired, post-clustered one of the evaluation; the seeds
+# sweep (`warm_jax.seeds`) applies the same rule to the interval over seeds.
+HELD_OUT = ("id_val", "id_policy", "ood", "ood_policy")
+MEMBERS_INFORMATIVE = 0.80  # members' accuracy on the policy's own samples at T = 0.9
+MEMORISATION = 0.60  # members' accuracy against the swapped labels of corrupted pairs
+MARGIN = 0.02  # the not_below findings' non-inferiority margin (2 accuracy points)
+
+
 def _fmt(x: float) -> str:
   return f"{100 * x:.1f}"
+
+
+def _pm(stats: dict[str, float]) -> str:
+  return (f"{100 * stats['diff']:+.1f} [{100 * stats['low']:+.1f}, {100 * stats['high']:+.1f}]")
 
 
 def standard_error(accuracy: float, n: int) -> float:
@@ -72,89 +118,138 @@ def standard_error(accuracy: float, n: int) -> float:
   return (max(accuracy * (1 - accuracy), 1e-4) / max(n, 1)) ** 0.5
 
 
-def directional_verdict(effect: float, se: float) -> str:
-  """effect (an accuracy difference) > 0 is the paper's direction, beyond 1 s.e."""
-  return report_policy.directional_verdict(effect, se, se_text=f"{100 * se:.1f} points")
+def verdict(kind: str, low: float, high: float, *, threshold: float = 0.0) -> str:
+  """The verdict of a finding of this kind (see above) from its 95% interval."""
+  import math
+  if not (math.isfinite(low) and math.isfinite(high)):
+    return "inconclusive (no interval)"
+  if kind == "negative":
+    kind, low, high = "positive", -high, -low
+  if kind == "positive":
+    return "reproduced" if low > 0 else ("opposite" if high < 0 else "inconclusive")
+  if kind == "not_below":
+    if high < 0:
+      return "not reproduced"
+    return "reproduced" if low >= -MARGIN else "inconclusive"
+  if kind == "threshold":
+    if low >= threshold:
+      return "reproduced"
+    return "not reproduced" if high < threshold else "inconclusive"
+  raise ValueError(f"unknown finding kind {kind!r}")
 
 
-def findings(metrics: dict[str, Any]) -> list[dict[str, str]]:
-  """Each paper finding with the rule applied, our numbers and the verdict."""
+def _finding(fid: str, finding: str, rule: str, numbers: str, kind: str, effect: float,
+             low: float, high: float, threshold: float = 0.0) -> dict[str, Any]:
+  return {"id": fid, "finding": finding, "rule": rule, "numbers": numbers, "kind": kind,
+          "effect": effect, "low": low, "high": high, "threshold": threshold,
+          "verdict": verdict(kind, low, high, threshold=threshold)}
+
+
+def _accuracy_interval(entry: dict[str, Any], model: str, subset: str) -> tuple[float, float,
+                                                                                float]:
+  acc = (entry["mean_member"] if model == "mean_member" else entry["table"][model])[subset]
+  se = ((entry.get("accuracy_se") or {}).get(model, {}).get(subset)
+        or standard_error(acc, entry["subset_sizes"].get(subset, 1)))
+  return acc, acc - 1.959964 * se, acc + 1.959964 * se
+
+
+def rm_findings(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+  """The reward-model findings (PAPER.md figs 3-5) with paired intervals (see above)."""
   out = []
   rm, lmc = metrics.get("rm", {}), metrics.get("lmc", {})
   clean = rm.get("clean")
-  if clean:
-    t, sizes = clean["table"], clean["subset_sizes"]
+  if clean and clean.get("paired"):
+    t, paired = clean["table"], clean["paired"]
     ms = sorted(int(k.split("_")[1]) for k in t if k.startswith("warm_"))
+    policy = "id_policy" if "id_policy" in t[clean["best_member"]] else None
+    if policy:
+      acc, low, high = _accuracy_interval(clean, "mean_member", policy)
+      out.append(_finding(
+          "members_informative", "The reward models are informative on the policy's own "
+          "samples (the premise of best-of-N and RL)",
+          f"mean member accuracy on {policy} (SFT samples at T=0.9) >= "
+          f"{100 * MEMBERS_INFORMATIVE:.0f}%",
+          f"mean member {_fmt(acc)} [{_fmt(low)}, {_fmt(high)}]; members " + ", ".join(
+              _fmt(t[n][policy]) for n in t if n.startswith("member_")),
+          "threshold", acc, low, high, MEMBERS_INFORMATIVE))
     for m in ms:
-      wa, ens = t[f"warm_{m}"], t[f"ens_{m}"]
-      gaps = {s: wa[s] - ens[s] for s in ("id_val", "ood", "ood_policy") if s in wa}
-      out.append({
-          "finding": f"WA ~ ENS (WARM M={m} vs ENS M={m}, clean labels)",
-          "rule": f"|Acc(WA) - Acc(ENS)| <= max({100 * SIMILAR_TOLERANCE:.1f} points, 1 s.e.) "
-                  "on every held-out subset",
-          "numbers": ", ".join(f"{s}: WA {_fmt(wa[s])} vs ENS {_fmt(ens[s])}" for s in gaps),
-          "verdict": "reproduced" if all(
-              abs(g) <= max(SIMILAR_TOLERANCE, standard_error(wa[s], sizes[s]))
-              for s, g in gaps.items()) else "not reproduced"})
-      best = clean["best_member"]
-      for subset, label in (("ood", "out of distribution"),
-                            ("ood_policy", "on high-temperature policy samples")):
-        if subset not in wa:
-          continue
-        out.append({
-            "finding": f"WARM M={m} beats the best single RM {label}",
-            "rule": f"Acc_{subset}(WARM M) > Acc_{subset}(best member, ranked on ID val)",
-            "numbers": f"{subset}: WARM {_fmt(wa[subset])} vs {best} {_fmt(t[best][subset])} "
-                       f"(mean member {_fmt(clean['mean_member'][subset])})",
-            "verdict": directional_verdict(wa[subset] - t[best][subset],
-                                           standard_error(wa[subset], sizes[subset]))})
+      for subset in [s for s in HELD_OUT if s in paired[f"warm_{m}-ens_{m}"]]:
+        stats = paired[f"warm_{m}-ens_{m}"][subset]
+        out.append(_finding(
+            f"wa_vs_ens/M{m}/{subset}", f"WA ~ ENS (WARM M={m} vs ENS M={m}, clean, {subset})",
+            "Acc(WA) - Acc(ENS), paired over the same pairs: interval above -2 points",
+            f"WA {_fmt(t[f'warm_{m}'][subset])} vs ENS {_fmt(t[f'ens_{m}'][subset])}: "
+            f"{_pm(stats)}", "not_below", stats["diff"], stats["low"], stats["high"]))
+      for subset in [s for s in ("ood_policy", "id_policy", "ood")
+                     if s in paired[f"warm_{m}-best_member"]]:
+        stats = paired[f"warm_{m}-best_member"][subset]
+        out.append(_finding(
+            f"wa_vs_best/M{m}/{subset}",
+            f"WARM M={m} beats the best single RM ({subset})",
+            f"Acc_{subset}(WARM M) - Acc_{subset}(ID-val-best member) > 0, paired",
+            f"WARM {_fmt(t[f'warm_{m}'][subset])} vs {clean['best_member']} "
+            f"{_fmt(t[clean['best_member']][subset])}: {_pm(stats)}",
+            "positive", stats["diff"], stats["low"], stats["high"]))
   corrupt = rm.get("corrupt")
-  if corrupt and "train_corrupt" in next(iter(corrupt["table"].values())):
-    t, sizes = corrupt["table"], corrupt["subset_sizes"]
+  if corrupt and corrupt.get("paired") and "train_corrupt" in corrupt["mean_member"]:
+    t, paired = corrupt["table"], corrupt["paired"]
+    acc, low, high = _accuracy_interval(corrupt, "mean_member", "train_corrupt")
+    out.append(_finding(
+        "members_memorise", "Members memorise corrupted training labels (the regime of the "
+        "paper's 10k steps x 128)",
+        f"mean member accuracy against the swapped labels >= {100 * MEMORISATION:.0f}%",
+        f"mean member {_fmt(acc)} [{_fmt(low)}, {_fmt(high)}]", "threshold", acc, low, high,
+        MEMORISATION))
     ms = sorted(int(k.split("_")[1]) for k in t if k.startswith("warm_"))
     for m in ms:
-      wa, ens = t[f"warm_{m}"], t[f"ens_{m}"]
-      out.append({
-          "finding": f"WA memorises fewer corrupted labels than ENS (M={m}, 25% corrupted)",
-          "rule": "Acc_train-corrupt(WA) < Acc_train-corrupt(ENS)",
-          "numbers": f"train-corrupt: WA {_fmt(wa['train_corrupt'])} vs ENS "
-                     f"{_fmt(ens['train_corrupt'])}; OOD: WA {_fmt(wa['ood'])} vs ENS "
-                     f"{_fmt(ens['ood'])}",
-          "verdict": directional_verdict(
-              ens["train_corrupt"] - wa["train_corrupt"],
-              standard_error(ens["train_corrupt"], sizes["train_corrupt"]))})
+      stats = paired[f"warm_{m}-ens_{m}"]["train_corrupt"]
+      out.append(_finding(
+          f"wa_memorises_less/M{m}", f"WA memorises fewer corrupted labels than ENS (M={m}, "
+          "25% corrupted)", "Acc_train-corrupt(WA) - Acc_train-corrupt(ENS) < 0, paired",
+          f"WA {_fmt(t[f'warm_{m}']['train_corrupt'])} vs ENS "
+          f"{_fmt(t[f'ens_{m}']['train_corrupt'])}: {_pm(stats)}",
+          "negative", stats["diff"], stats["low"], stats["high"]))
+      for subset in [s for s in ("id_policy", "ood_policy") if s in paired[f"warm_{m}-ens_{m}"]]:
+        stats = paired[f"warm_{m}-ens_{m}"][subset]
+        out.append(_finding(
+            f"corrupt_wa_vs_ens/M{m}/{subset}", f"With corrupted labels WA >= ENS held out "
+            f"(M={m}, {subset})", "Acc(WA) - Acc(ENS), paired: interval above -2 points",
+            f"WA {_fmt(t[f'warm_{m}'][subset])} vs ENS {_fmt(t[f'ens_{m}'][subset])}: "
+            f"{_pm(stats)}", "not_below", stats["diff"], stats["low"], stats["high"]))
   pairs = lmc.get("clean", {})
-  levels = [name for name in DIVERSITY_ORDER if name in pairs]
-  ood_se = standard_error(0.5, rm.get("clean", {}).get("subset_sizes", {}).get("ood", 1))
-  for name in levels:
-    bump = pairs[name]["bump"]
-    out.append({
-        "finding": f"LMC: WA above the straight line ({name.replace('_', ' ')})",
-        "rule": "mean over interior lambdas of Acc(WA) - line > 0 on OOD",
-        "numbers": f"bump OOD {100 * bump['ood']:+.2f}, ID val {100 * bump['id_val']:+.2f} "
-                   "points",
-        "verdict": directional_verdict(bump["ood"], ood_se)})
-  if len(levels) >= 2:
-    bumps = [pairs[n]["bump"]["ood"] for n in levels]
-    increasing = all(b2 >= b1 for b1, b2 in zip(bumps, bumps[1:]))
-    out.append({
-        "finding": "The LMC bump grows with diversity (checkpoints < data orders < learning "
-                   "rates < Baklava)",
-        "rule": "OOD bump non-decreasing in that order",
-        "numbers": ", ".join(f"{n}: {100 * b:+.2f}" for n, b in zip(levels, bumps)),
-        "verdict": ("reproduced" if increasing else "not reproduced") if
-                   max(bumps) - min(bumps) > ood_se else
-                   f"inconclusive (spread within 1 s.e. = {100 * ood_se:.1f} points)"})
-  if "from_scratch" in pairs:
-    bump = pairs["from_scratch"]["bump"]
-    out.append({
-        "finding": "Remark 1: LMC fails without shared pre-training (two RMs from one random "
-                   "init)",
-        "rule": "OOD bump < 0 (WA below the line)",
-        "numbers": f"bump OOD {100 * bump['ood']:+.2f}, ID val {100 * bump['id_val']:+.2f} "
-                   "points",
-        "verdict": directional_verdict(-bump["ood"], ood_se)})
-  return out + report_policy.policy_findings(metrics)
+  subset = next((s for s in ("ood_policy", "id_policy", "ood") if pairs and s in
+                 next(iter(pairs.values())).get("bump_paired", {})), None)
+  if subset:
+    for name in [n for n in DIVERSITY_ORDER if n in pairs]:
+      stats = pairs[name]["bump_paired"][subset]
+      out.append(_finding(
+          f"lmc_bump/{name}", f"LMC: WA on or above the straight line ({name.replace('_', ' ')})",
+          f"mean over interior lambdas of Acc_{subset}(WA) - line: interval above -2 points",
+          f"bump {_pm(stats)} points", "not_below", stats["diff"], stats["low"],
+          stats["high"]))
+    diffs = metrics.get("lmc_bump_differences", {}).get("clean", {})
+    key = "two_baklava_inits-checkpoints_of_one_run"
+    if key in diffs and subset in diffs[key]:
+      stats = diffs[key][subset]
+      out.append(_finding(
+          "lmc_bump_grows", "The LMC bump grows with diversity (two Baklava inits vs two "
+          "checkpoints of one run)", f"bump(Baklava) - bump(checkpoints) on {subset} > 0, "
+          "paired", f"{_pm(stats)} points; bumps " + ", ".join(
+              f"{n}: {100 * pairs[n]['bump'][subset]:+.2f}" for n in DIVERSITY_ORDER
+              if n in pairs), "positive", stats["diff"], stats["low"], stats["high"]))
+    if "from_scratch" in pairs:
+      stats = pairs["from_scratch"]["bump_paired"][subset]
+      out.append(_finding(
+          "lmc_from_scratch", "Remark 1: LMC fails without shared pre-training (two RMs from "
+          "one random init)", f"bump on {subset} < 0 (WA below the line), paired",
+          f"bump {_pm(stats)} points", "negative", stats["diff"], stats["low"],
+          stats["high"]))
+  return out
+
+
+def findings(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+  """Each paper finding with the rule applied, our numbers and the verdict."""
+  return rm_findings(metrics) + report_policy.policy_findings(metrics)
 
 
 # -- writing ----------------------------------------------------------------------------------
@@ -208,16 +303,48 @@ def write_report(output_dir: str, metrics: dict[str, Any]) -> None:
            "|---|---|---|---|"]
   for f in public["findings"]:
     lines.append(f"| {f['finding']} | {f['rule']} | {f['numbers']} | **{f['verdict']}** |")
+  lines += ["", "Intervals are 95%, paired over the same pairs with each post one cluster "
+            "(`warm_jax.paired_stats`); one run's interval says nothing about seeds: "
+            "`python -m warm_jax.seeds` gives the interval across seeds."]
   for setting, title in (("clean", "clean labels"), ("corrupt", "25% corrupted labels")):
     if setting in metrics["rm"]:
       lines += ["", f"## Reward-model accuracy, {title}", ""]
       lines += _table_md(metrics["rm"][setting]["table"])
+  for setting, title in (("clean", "clean labels"), ("corrupt", "25% corrupted labels")):
+    paired = metrics["rm"].get(setting, {}).get("paired")
+    if paired:
+      subsets = [s for s in SUBSETS if s in next(iter(paired.values()))]
+      lines += ["", f"## Paired differences, {title} (points, 95% interval, posts as "
+                "clusters)", "", "| comparison | " + " | ".join(subsets) + " |",
+                "|---" * (len(subsets) + 1) + "|"]
+      for name, row in paired.items():
+        lines.append(f"| {name} | " + " | ".join(_pm(row[s]) for s in subsets) + " |")
   if metrics["lmc"].get("clean"):
-    lines += ["", "## LMC bump per diversity level (clean labels)", "",
-              "| pair | ID val bump | OOD bump | ENS OOD bump |", "|---|---|---|---|"]
-    for name, curve in metrics["lmc"]["clean"].items():
-      lines.append(f"| {name} | {100 * curve['bump']['id_val']:+.2f} | "
-                   f"{100 * curve['bump']['ood']:+.2f} | {100 * curve['ens_bump']['ood']:+.2f} |")
+    curves = metrics["lmc"]["clean"]
+    subsets = [s for s in SUBSETS if s in next(iter(curves.values())).get("bump_paired", {})]
+    lines += ["", "## LMC bump per diversity level (clean labels; points, 95% interval)", "",
+              "| pair | " + " | ".join(subsets) + " |", "|---" * (len(subsets) + 1) + "|"]
+    for name, curve in curves.items():
+      lines.append(f"| {name} | " + " | ".join(_pm(curve["bump_paired"][s])
+                                                for s in subsets) + " |")
+  memo = metrics["rm"].get("corrupt", {}).get("memorisation")
+  if memo:
+    lines += ["", "## Memorisation along training (accuracy against the swapped labels of "
+              "the corrupted training pairs, %)", "",
+              "| member | " + " | ".join(str(st) for st in next(iter(memo.values()))["step"])
+              + " |", "|---" * (len(next(iter(memo.values()))["step"]) + 1) + "|"]
+    for name, row in memo.items():
+      lines.append(f"| {name} | " + " | ".join(_fmt(a) for a in row["accuracy"]) + " |")
+  rm_data = metrics.get("rm_data")
+  if rm_data:
+    lines += ["", "## The reward models' data (on-policy comparisons, clean setting)", "",
+              "| split | pairs | label noise (BT expected) | length-label corr | equal length | "
+              "longer is better |", "|---|---|---|---|---|---|"]
+    for split, st in rm_data["settings"]["clean"].items():
+      if st.get("num_pairs"):
+        lines.append(f"| {split} | {st['num_pairs']} | {_fmt(st['label_noise_rate'])} "
+                     f"({_fmt(st['bt_expected_noise_rate'])}) | {st['length_label_corr']:+.3f} "
+                     f"| {_fmt(st['equal_length_rate'])} | {_fmt(st['longer_is_better_rate'])} |")
   lines += report_policy.tables_md(metrics)
   lines += ["", "## Figures", ""] + [f"![{c}](plots/{c})" for c in copied]
   cpu = metrics.get("cpu_s") or {}

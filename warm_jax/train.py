@@ -19,7 +19,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -71,7 +71,8 @@ class InitFromCheckpoint:
 def train(*, model_dir: str | None = None, objective: Any, optimizer: OptimizerConfig,
           trainer_config: TrainerConfig, dataset: ArrayDataset, seq_len: int,
           partitioner: Partitioner | None = None, eval_dataset: ArrayDataset | None = None,
-          init_from: InitFromCheckpoint | None = None, write_config: bool = True) -> Any:
+          init_from: InitFromCheckpoint | None = None, write_config: bool = True,
+          extra_eval_datasets: Mapping[str, ArrayDataset] | None = None) -> Any:
   """Trains one stage into `model_dir`; returns the final TrainState.
 
   A finished stage (DONE present with the same train_steps) is skipped and None returned; an
@@ -95,7 +96,7 @@ def train(*, model_dir: str | None = None, objective: Any, optimizer: OptimizerC
                     config=trainer_config, model_dir=model_dir, seq_len=seq_len)
   t0 = time.time()
   state = trainer.train(dataset, eval_dataset=eval_dataset, init_params=init_from,
-                        on_start=write_config_file)
+                        on_start=write_config_file, extra_eval_datasets=extra_eval_datasets)
   if jax.process_index() == 0:
     ckpt_lib.atomic_write_text(os.path.join(model_dir, DONE_MARKER), json.dumps({
         "step": int(state.step), "train_steps": trainer_config.train_steps,

@@ -26,7 +26,7 @@ import math
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -244,12 +244,15 @@ class Trainer:
   # ---------------------------------------------------------------------------------------------
   def train(self, dataset: ArrayDataset, *, eval_dataset: ArrayDataset | None = None,
             init_params: Callable[["Trainer"], Any] | None = None,
-            on_start: Callable[[int], None] | None = None) -> TrainState:
+            on_start: Callable[[int], None] | None = None,
+            extra_eval_datasets: Mapping[str, ArrayDataset] | None = None) -> TrainState:
     """Trains up to `config.train_steps`, resuming from MODEL_DIR if it holds a checkpoint.
 
     Args:
       dataset: training examples; the batch of step s is dataset.batch(s, batch_size).
-      eval_dataset: evaluated every `eval_every` steps and at the end.
+      eval_dataset: evaluated every `eval_every` steps and at the end (metrics eval/*).
+      extra_eval_datasets: {name: dataset} evaluated with it (metrics eval_<name>/*), e.g. the
+        training set's corrupted pairs, to see a reward model memorise them along training.
       init_params: called (only when there is no checkpoint to resume) to produce the initial
         params, e.g. an SFT checkpoint mapped onto a reward model.
       on_start: called with the start step once the state is restored or initialised (e.g.
@@ -317,10 +320,10 @@ class Trainer:
                                  if k in ("train/loss", "train/grad_norm", "perf/tokens_per_s",
                                           "perf/mfu")})
           window, t_window, steps_window = [], time.perf_counter(), 0
-        if eval_dataset is not None and cfg.eval_every and done % cfg.eval_every == 0 \
-            and done != cfg.train_steps:
-          writer.write(done, {f"eval/{k}": v for k, v in
-                              self.evaluate(state.params, eval_dataset).items()})
+        if cfg.eval_every and done % cfg.eval_every == 0 and done != cfg.train_steps:
+          for prefix, data in eval_sets(eval_dataset, extra_eval_datasets):
+            writer.write(done, {f"{prefix}/{k}": v for k, v in
+                                self.evaluate(state.params, data).items()})
         checkpointer.save(done, state.params, state.opt_state,
                           force=done == cfg.train_steps)
         _maybe_inject_fault(done)
@@ -331,9 +334,9 @@ class Trainer:
             checkpointer.wait()
           raise Preempted(f"SIGTERM at step {done}: checkpoint saved in "
                           f"{checkpointer.directory}; rerun the same command to resume")
-      if eval_dataset is not None:
-        writer.write(int(state.step), {f"eval/{k}": v for k, v in
-                                       self.evaluate(state.params, eval_dataset).items()})
+      for prefix, data in eval_sets(eval_dataset, extra_eval_datasets):
+        writer.write(int(state.step), {f"{prefix}/{k}": v for k, v in
+                                       self.evaluate(state.params, data).items()})
       checkpointer.wait()
       if start < cfg.train_steps and checkpointer.latest_step() != cfg.train_steps:
         checkpointer.save(cfg.train_steps, state.params, state.opt_state, force=True)
@@ -391,6 +394,19 @@ def optimizer_step(state: TrainState, grads: Any, sums: dict[str, Array], *,
   metrics["param_norm"] = optax.tree.norm(params)
   metrics["learning_rate"] = jnp.asarray(schedule(state.step), jnp.float32)
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def eval_sets(eval_dataset: ArrayDataset | None,
+              extra: Mapping[str, ArrayDataset] | None) -> list[tuple[str, ArrayDataset]]:
+  """(metric prefix, dataset) of every evaluation of a training loop: 'eval' for the main
+  eval dataset, 'eval_<name>' for each extra one."""
+  out = [] if eval_dataset is None else [("eval", eval_dataset)]
+  for name, data in (extra or {}).items():
+    if not name.isidentifier():
+      raise ValueError(f"extra eval dataset name {name!r}: use an identifier (it names the "
+                       f"metrics eval_{name}/*)")
+    out.append((f"eval_{name}", data))
+  return out
 
 
 def _window_means(window: list[dict[str, Any]]) -> dict[str, float]:

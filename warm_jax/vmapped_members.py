@@ -62,7 +62,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -83,7 +83,7 @@ from warm_jax.partitioning import Partitioner
 # The loop helpers are the Trainer's own (private to the training loops, shared on purpose).
 from warm_jax.trainer import (NonFiniteError, Preempted, Trainer, TrainerConfig, TrainState,
                               _check_finite, _maybe_inject_fault, _SigtermFlag, _window_means,
-                              optimizer_step, sum_grads)
+                              eval_sets, optimizer_step, sum_grads)
 
 Array = jax.Array
 MEMBERS_AXIS = "members"
@@ -319,13 +319,15 @@ class VmappedMembersTrainer:
   # The loop
   # ---------------------------------------------------------------------------------------------
   def train(self, datasets: Sequence[ArrayDataset], *, eval_dataset: ArrayDataset | None = None,
-            init_params: Sequence[Callable[[Trainer], Any]] | None = None) -> TrainState:
+            init_params: Sequence[Callable[[Trainer], Any]] | None = None,
+            extra_eval_datasets: Mapping[str, ArrayDataset] | None = None) -> TrainState:
     """Trains every member up to `config.train_steps`, resuming from their checkpoints.
 
     Args:
       datasets: member m's training examples; its batch of step s is
         datasets[m].batch(s, batch_size) (its own seed: its own data order).
       eval_dataset: evaluated for every member every `eval_every` steps and at the end.
+      extra_eval_datasets: {name: dataset} evaluated with it (metrics eval_<name>/*).
       init_params: member m's initial params from init_params[m](member-level Trainer), used
         only when the members have no checkpoint step in common (as the sequential
         `init_params`); None: a fresh init, the same for every member (as sequential jobs).
@@ -435,9 +437,8 @@ class VmappedMembersTrainer:
             shown["mfu"] = rows[0]["perf/mfu"]
           progress.update(done, shown)
           windows, t_window, steps_window = [[] for _ in range(m)], time.perf_counter(), 0
-        if eval_dataset is not None and cfg.eval_every and done % cfg.eval_every == 0 \
-            and done != cfg.train_steps:
-          self._write_eval(writers, done, state.params, eval_dataset)
+        if cfg.eval_every and done % cfg.eval_every == 0 and done != cfg.train_steps:
+          self._write_eval(writers, done, state.params, eval_dataset, extra_eval_datasets)
         save(done, state, force=done == cfg.train_steps, scheduled=scheduled)
         _maybe_inject_fault(done)
         if stop.requested(done):
@@ -447,8 +448,8 @@ class VmappedMembersTrainer:
           raise Preempted(f"SIGTERM at step {done}: checkpoints of {m} members saved in "
                           f"{os.path.dirname(self.member_dirs[0].rstrip('/'))}; rerun the same "
                           "command to resume")
-      if eval_dataset is not None:
-        self._write_eval(writers, int(state.step), state.params, eval_dataset)
+      self._write_eval(writers, int(state.step), state.params, eval_dataset,
+                       extra_eval_datasets)
       for c in checkpointers:
         c.wait()
       if start < cfg.train_steps and any(c.latest_step() != cfg.train_steps
@@ -466,9 +467,11 @@ class VmappedMembersTrainer:
         w.close()
     return state
 
-  def _write_eval(self, writers, step: int, params: Any, dataset: ArrayDataset) -> None:
-    for writer, metrics in zip(writers, self.evaluate(params, dataset)):
-      writer.write(step, {f"eval/{k}": v for k, v in metrics.items()})
+  def _write_eval(self, writers, step: int, params: Any, dataset: ArrayDataset | None,
+                  extra: Mapping[str, ArrayDataset] | None) -> None:
+    for prefix, data in eval_sets(dataset, extra):
+      for writer, metrics in zip(writers, self.evaluate(params, data)):
+        writer.write(step, {f"{prefix}/{k}": v for k, v in metrics.items()})
 
   def _check_finite(self, per_member: list[dict[str, Any]], step: int, checkpointers) -> None:
     """The Trainer's NaN guard for every member; the first non-finite member is named (all
@@ -498,7 +501,9 @@ def train_reward_members(*, members_dir: str | None = None,
                          sft_dir: str, probe_dir: str, model_config: TransformerConfig,
                          optimizer: OptimizerConfig, trainer_config: TrainerConfig,
                          dataset: ArrayDataset, eval_dataset: ArrayDataset | None = None,
-                         seq_len: int, partitioner: Partitioner | None = None) -> TrainState:
+                         seq_len: int, partitioner: Partitioner | None = None,
+                         extra_eval_datasets: Mapping[str, ArrayDataset] | None = None
+                         ) -> TrainState:
   """Trains members `member_indices` of the sweep into MEMBERS_DIR/member_<i>, all in one
   vmapped program (arguments as `members.train_reward_model`, which trains one per job).
 
@@ -534,7 +539,7 @@ def train_reward_members(*, members_dir: str | None = None,
   t0 = time.time()
   state = trainer.train(
       [dataclasses.replace(dataset, seed=h.data_seed) for h in hparams],
-      eval_dataset=eval_dataset,
+      eval_dataset=eval_dataset, extra_eval_datasets=extra_eval_datasets,
       init_params=[ProbedRewardModelInit(sft_path=p, probe_path=probe_dir) for p in sft_paths])
   if jax.process_index() == 0:
     wall = round(time.time() - t0, 2)

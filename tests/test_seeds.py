@@ -1,0 +1,78 @@
+"""The seeds sweep: per-finding intervals over seeds (checked against a hand computation),
+resume, and its report."""
+
+import json
+import math
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from warm_jax import seeds as seeds_lib
+
+
+def _metrics(effects):
+  kinds = {"wa_vs_best": "positive", "wa_vs_ens": "not_below", "members": "threshold"}
+  return {"findings": [
+      {"id": fid, "finding": fid.replace("_", " "), "rule": "r", "kind": kinds[fid],
+       "threshold": 0.8 if fid == "members" else 0.0, "effect": e, "low": e - 0.01,
+       "high": e + 0.01, "verdict": "x", "numbers": "n"} for fid, e in effects.items()]
+      + [{"finding": "a policy finding without an effect", "verdict": "inconclusive"}],
+      "timings": {"total": 100.0}}
+
+
+def test_aggregate_gives_the_t_interval_and_the_rules_verdicts():
+  per_seed = {0: _metrics({"wa_vs_best": 0.020, "wa_vs_ens": -0.004, "members": 0.86}),
+              1: _metrics({"wa_vs_best": 0.030, "wa_vs_ens": 0.002, "members": 0.84}),
+              2: _metrics({"wa_vs_best": 0.025, "wa_vs_ens": -0.001, "members": 0.85}),
+              7: _metrics({"wa_vs_best": -0.010, "wa_vs_ens": 0.000, "members": 0.70})}
+  summary = seeds_lib.aggregate(per_seed)
+  assert summary["seeds"] == [0, 1, 2, 7] and summary["held_out_seeds"] == [7]
+  by_id = {f["id"]: f for f in summary["findings"]}
+  assert set(by_id) == {"wa_vs_best", "wa_vs_ens", "members"}
+  tuning = [0.020, 0.030, 0.025]
+  mean, sd = np.mean(tuning), np.std(tuning, ddof=1)
+  half = 4.303 * sd / math.sqrt(3)  # Student's t, 2 degrees of freedom
+  got = by_id["wa_vs_best"]["tuning"]
+  assert got["mean"] == pytest.approx(mean) and got["high"] == pytest.approx(mean + half, rel=1e-3)
+  assert got["verdict"] == "reproduced"
+  assert by_id["wa_vs_best"]["all"]["verdict"] == "inconclusive"  # seed 7 reverses it
+  held = by_id["wa_vs_best"]["held_out"]  # one held-out seed: its value, no interval
+  assert held["mean"] == pytest.approx(-0.010) and held["verdict"] == "inconclusive (no interval)"
+  assert by_id["wa_vs_ens"]["tuning"]["verdict"] == "reproduced"  # within the 2-point margin
+  assert by_id["members"]["tuning"]["verdict"] == "reproduced"  # interval above 0.80
+  assert summary["per_seed"]["7"]["verdicts"]["wa_vs_best"] == "x"
+
+
+def test_seeds_cli_runs_each_seed_once_and_resumes(tmp_path, monkeypatch):
+  """A stand-in experiment (a script writing metrics.json) checks the driver: every seed run
+  with its SEED/WORLD_SEED, a finished seed skipped on the rerun, then the aggregate."""
+  fake = tmp_path / "fake_experiment.py"
+  fake.write_text(
+      "import json, os, sys\n"
+      "args = dict(a.split('=', 1) for a in sys.argv[1:] if '=' in a)\n"
+      "out = args['--output_dir']; seed = int(args['--gin.SEED'])\n"
+      "assert int(args['--gin.WORLD_SEED']) == seed\n"
+      "os.makedirs(out, exist_ok=True)\n"
+      "open(os.path.join(out, 'ran'), 'a').write('x')\n"
+      f"m = {_metrics({'wa_vs_best': 0.0})!r}\n"
+      "m['findings'][0]['effect'] = 0.01 * (seed + 1)\n"
+      "json.dump(m, open(os.path.join(out, 'metrics.json'), 'w'))\n")
+  monkeypatch.setattr(seeds_lib, "experiment_command", lambda *, seed, output_dir, gin_args: [
+      sys.executable, str(fake), f"--output_dir={seeds_lib.seed_dir(output_dir, seed)}",
+      f"--gin.SEED={seed}", f"--gin.WORLD_SEED={seed}", *gin_args])
+  out = str(tmp_path / "sweep")
+  assert seeds_lib.main([f"--output_dir={out}", "--seeds=0-2", "--parallel=2"]) == 0
+  assert seeds_lib.main([f"--output_dir={out}", "--seeds=0,1,2"]) == 0  # all skipped
+  for k in range(3):
+    assert open(os.path.join(out, f"seed_{k}", "ran")).read() == "x"
+  summary = json.load(open(os.path.join(out, "metrics.json")))["seeds"]
+  assert summary["findings"][0]["all"]["mean"] == pytest.approx(0.02)
+  report = open(os.path.join(out, "report.md")).read()
+  assert "# WARM findings over seeds" in report and "wa vs best" in report
+  assert seeds_lib.main([f"--output_dir={tmp_path / 'none'}", "--aggregate_only"]) == 1
+  assert seeds_lib.main([f"--output_dir={out}", "--bogus"]) == 2
+  assert seeds_lib.parse_seeds("0-2,7") == [0, 1, 2, 7]
+  with pytest.raises(ValueError):
+    seeds_lib.parse_seeds("3-1")
