@@ -348,3 +348,44 @@ def test_gin_rm_members_binds_the_vmapped_stage():
     assert str(gin.query_parameter("train_reward_members.members_dir")) == "%MEMBERS_DIR"
   finally:
     gin.clear_config()
+
+
+def test_variants_equal_the_one_job_lmc_pairs_and_scratch_rms(assets, tmp_path):
+  """MEMBER_VARIANTS (the experiment's LMC diversity pairs and Remark 1's from-scratch RMs in
+  one program) against `train_reward_model` with the same overrides, one job each; the extra
+  eval dataset (the corrupted training pairs) is logged as eval_<name>/* along training."""
+  root, args = assets
+  base = draw_member(args["sweep"], 0)
+  variants = {"lr": {"learning_rate": 3e-2 if base.learning_rate != 3e-2 else 3e-3},
+              "scratch_a": {"data_seed": 11, "from_scratch": True},
+              "scratch_b": {"data_seed": 12, "from_scratch": True}}
+  corrupt = _pairs(6, seed=5)
+  corrupt["corrupted"] = np.ones(6, bool)
+  extra = {"train_corrupt": ArrayDataset(corrupt, shuffle=False)}
+  train_reward_members(members_dir=str(tmp_path / "vmap"), member_indices=(0,),
+                       partitioner=_partitioner(), variants=variants,
+                       extra_eval_datasets=extra, **args)
+  for name, overrides in variants.items():
+    overrides = dict(overrides)
+    scratch = overrides.pop("from_scratch", False)
+    train_reward_model(members_dir=str(tmp_path / "seq"), member_index=0,
+                       output_dir=str(tmp_path / "seq" / name), overrides=overrides,
+                       from_scratch=scratch, partitioner=_partitioner(), **args)
+    a, b = _params(tmp_path / "seq" / name), _params(tmp_path / "vmap" / name)
+    assert sorted(a) == sorted(b)
+    for k in a:
+      if k not in BT_INVARIANT:
+        np.testing.assert_allclose(b[k], a[k], rtol=0, atol=2e-3 * max(
+            float(np.max(np.abs(a[k]))), 1e-3), err_msg=(name, k))
+    hp = json.load(open(tmp_path / "vmap" / name / "hparams.json"))
+    assert (hp["probe_dir"] is None) == scratch
+    rows = [r for r in read_metrics(str(tmp_path / "vmap" / name))
+            if "eval_train_corrupt/accuracy" in r]
+    assert [r["step"] for r in rows] == [2, 4]
+  # the from-scratch RMs share their random init: same params at step 0 means their
+  # difference comes from the data order only; different from every SFT-started variant
+  sa, sb = _params(tmp_path / "vmap" / "scratch_a"), _params(tmp_path / "vmap" / "scratch_b")
+  assert any(not np.allclose(sa[k], sb[k]) for k in sa)
+  with pytest.raises(ValueError, match="unknown fields"):
+    train_reward_members(members_dir=str(tmp_path / "bad"), partitioner=_partitioner(),
+                         variants={"x": {"lr": 1.0}}, **args)

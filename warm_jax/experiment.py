@@ -133,6 +133,9 @@ class ExperimentScale:
   rl_rewards: tuple[str, ...] = ("best_member", "ens_2", "warm_2", "warm_6")
   rl_kl_coefs: tuple[float, ...] = ()  # the alpha sweep: every reward x alpha (rl/<reward>_kl<a>)
   win_rate_prompts: int = 128
+  # the SFT steps the members start from (None: every Baklava step, the paper's Baklava);
+  # baklava_steps still give the LMC Baklava pair and the on-policy data's policies
+  member_sft_steps: tuple[int, ...] | None = None
   # the diversity ablation: which sources make the M members differ ('all', or only one of
   # 'data_order', 'learning_rate', 'dropout', 'baklava'; the others fixed at member 0's)
   member_diversity: str = "all"
@@ -148,6 +151,10 @@ class ExperimentScale:
     if any(s > self.sft_steps or s <= 0 for s in self.baklava_steps):
       raise ValueError(f"ExperimentScale.baklava_steps={self.baklava_steps}: each must be an "
                        f"SFT step in 1..{self.sft_steps}")
+    if self.member_sft_steps is not None and not set(self.member_sft_steps) <= set(
+        self.baklava_steps):
+      raise ValueError(f"ExperimentScale.member_sft_steps={self.member_sft_steps}: each must be "
+                       f"one of baklava_steps {self.baklava_steps} (the kept SFT checkpoints)")
     if self.sft_steps not in self.baklava_steps:
       raise ValueError(f"ExperimentScale.baklava_steps={self.baklava_steps} must include the "
                        f"last SFT step {self.sft_steps} (the probe's backbone)")
@@ -292,7 +299,7 @@ class ExperimentPlan:
            _gin("BATCH_SIZE", s.rm_batch), _gin("SEED", self.seed),
            _gin("LEARNING_RATES", tuple(s.learning_rates)),
            _gin("DROPOUT_RATES", tuple(s.dropout_rates)),
-           _gin("SFT_STEPS", tuple(s.baklava_steps)),
+           _gin("SFT_STEPS", self.member_sft_steps),
            _gin("TrainerConfig.save_every", s.rm_steps // 2),
            _gin("TrainerConfig.microbatches", s.rm_microbatches)]
     if setting == "corrupt":  # accuracy on the corrupted training pairs along training
@@ -300,6 +307,11 @@ class ExperimentPlan:
                  "@train_corrupt/preference_dataset()}}".format(
                      "train_reward_members" if s.vmapped_members else "train_reward_model"))
     return out
+
+  @property
+  def member_sft_steps(self) -> tuple[int, ...]:
+    """The SFT steps the members' sweep draws from (member_sft_steps, else Baklava's)."""
+    return tuple(self.scale.member_sft_steps or self.scale.baklava_steps)
 
   def on_policy_sources(self) -> dict[str, list[tuple[str, str, float, int]]]:
     """The policies the on-policy RM data samples: TRAIN_POLICIES (the Baklava SFT steps),
@@ -493,7 +505,7 @@ class ExperimentPlan:
     s = self.scale
     return draw_member(MemberSweep(learning_rates=s.learning_rates,
                                    dropout_rates=s.dropout_rates,
-                                   sft_steps=s.baklava_steps, seed=self.seed), 0)
+                                   sft_steps=self.member_sft_steps, seed=self.seed), 0)
 
   def pair_variants(self) -> dict[str, dict[str, Any]]:
     """Member 0 with exactly one hyper-parameter changed, per diversity level."""
@@ -504,23 +516,40 @@ class ExperimentPlan:
             "learning_rate": {"learning_rate": other_lr},
             "baklava": {"sft_step": other_step}}
 
+  def scratch_variants(self) -> dict[str, dict[str, Any]]:
+    """Remark 1's two RMs: one random init (no pre-training), two data orders."""
+    base = self.base_member()
+    return {name: {"data_seed": base.data_seed + 100 + shift, "from_scratch": True}
+            for name, shift in (("scratch_a", 0), ("scratch_b", 1))}
+
   def _pair_stages(self) -> list[Stage]:
+    s = self.scale
+    scratch_steps = [_gin("TRAIN_STEPS", s.scratch_rm_steps),
+                     _gin("TrainerConfig.save_every", s.scratch_rm_steps)]
+    if s.vmapped_members:  # one program per group, as the members (same RMs, less time)
+      return [Stage("pairs/shared_start", self._train(
+                  "gin/rm_members.gin", *self._rm_common("clean"),
+                  _gin("MEMBERS_DIR", self.path("pairs")), _gin("NUM_MEMBERS", 1),
+                  f"--gin.MEMBER_VARIANTS={self.pair_variants()!r}"),
+                  self.path("pairs", "shared_start")),
+              Stage("pairs/scratch", self._train(
+                  "gin/rm_members.gin", *self._rm_common("clean"), *scratch_steps,
+                  _gin("MEMBERS_DIR", self.path("pairs")), _gin("NUM_MEMBERS", 1),
+                  f"--gin.MEMBER_VARIANTS={self.scratch_variants()!r}"),
+                  self.path("pairs", "scratch"))]
     stages = []
     for name, overrides in self.pair_variants().items():
       out = self.path("pairs", name)
       stages.append(Stage(f"pairs/{name}", self._train(
           "gin/rm.gin", *self._rm_common("clean"), _gin("MEMBERS_DIR", self.path("pairs")),
           _gin("MEMBER_DIR", out), f"--gin.MEMBER_OVERRIDES={overrides!r}"), out))
-    base = self.base_member()
-    for name, seed_shift in (("scratch_a", 0), ("scratch_b", 1)):
+    for name, overrides in self.scratch_variants().items():
       out = self.path("pairs", name)
+      overrides = {k: v for k, v in overrides.items() if k != "from_scratch"}
       stages.append(Stage(f"pairs/{name}", self._train(
           "gin/rm.gin", *self._rm_common("clean"), _gin("MEMBERS_DIR", self.path("pairs")),
-          _gin("MEMBER_DIR", out), _gin("FROM_SCRATCH", True),
-          _gin("TRAIN_STEPS", self.scale.scratch_rm_steps),
-          _gin("TrainerConfig.save_every", self.scale.scratch_rm_steps),
-          f"--gin.MEMBER_OVERRIDES={ {'data_seed': base.data_seed + 100 + seed_shift}!r}"),
-          out))
+          _gin("MEMBER_DIR", out), _gin("FROM_SCRATCH", True), *scratch_steps,
+          f"--gin.MEMBER_OVERRIDES={overrides!r}"), out))
     return stages
 
   def lmc_pairs(self, setting: str) -> dict[str, tuple[str, str]]:

@@ -495,6 +495,12 @@ class VmappedMembersTrainer:
           "their latest common checkpoint.") from None
 
 
+def _fresh_init(trainer: Trainer) -> Any:
+  """A random decoder and head from the member-level Trainer's seed: the same init for every
+  from-scratch member (Remark 1's "shared random init")."""
+  return trainer.init_state().params
+
+
 def train_reward_members(*, members_dir: str | None = None,
                          member_indices: Sequence[int] = (0,),
                          sweep: members_lib.MemberSweep = members_lib.MemberSweep(),
@@ -502,10 +508,18 @@ def train_reward_members(*, members_dir: str | None = None,
                          optimizer: OptimizerConfig, trainer_config: TrainerConfig,
                          dataset: ArrayDataset, eval_dataset: ArrayDataset | None = None,
                          seq_len: int, partitioner: Partitioner | None = None,
-                         extra_eval_datasets: Mapping[str, ArrayDataset] | None = None
+                         extra_eval_datasets: Mapping[str, ArrayDataset] | None = None,
+                         variants: Mapping[str, Mapping[str, Any]] | None = None
                          ) -> TrainState:
   """Trains members `member_indices` of the sweep into MEMBERS_DIR/member_<i>, all in one
   vmapped program (arguments as `members.train_reward_model`, which trains one per job).
+
+  variants: {name: overrides} instead trains one RM per entry into MEMBERS_DIR/<name>: member
+    member_indices[0]'s draw with the overrides (learning_rate, dropout_rate, data_seed,
+    sft_step), or, with 'from_scratch': True, a random decoder and head (the Trainer's seed,
+    shared by every from-scratch variant) and no probe: the experiment's LMC diversity pairs
+    and Remark 1's from-scratch RMs, in one program (`members.train_reward_model` trains the
+    same ones one job each).
 
   Returns the final stacked state ([members, ...] leaves, in the order of member_indices).
   """
@@ -518,11 +532,30 @@ def train_reward_members(*, members_dir: str | None = None,
                      "--gin.NUM_MEMBERS=3")
   if len(set(indices)) != len(indices):
     raise ValueError(f"member_indices {indices} repeat a member: each member is trained once")
-  hparams = [members_lib.draw_member(sweep, i) for i in indices]
-  dirs = [members_lib.member_dir(members_dir, i) for i in indices]
-  sft_paths = [members_lib.sft_checkpoint_path(sft_dir, h.sft_step) for h in hparams]
-  for out, member, sft_path in zip(dirs, hparams, sft_paths):
-    members_lib.write_hparams(out, member, {"sft_path": sft_path, "probe_dir": probe_dir})
+  if variants:
+    base = members_lib.draw_member(sweep, indices[0])
+    hparams, dirs, scratch = [], [], []
+    fields = {f.name for f in dataclasses.fields(members_lib.MemberHParams)} - {"index"}
+    for name, overrides in variants.items():
+      overrides = dict(overrides)
+      scratch.append(bool(overrides.pop("from_scratch", False)))
+      unknown = set(overrides) - fields
+      if unknown:
+        raise ValueError(f"variant {name!r} overrides unknown fields {sorted(unknown)}: use "
+                         f"{sorted(fields)} or from_scratch")
+      hparams.append(dataclasses.replace(base, **overrides))
+      dirs.append(os.path.join(members_dir, name))
+    names = list(variants)
+  else:
+    hparams = [members_lib.draw_member(sweep, i) for i in indices]
+    dirs = [members_lib.member_dir(members_dir, i) for i in indices]
+    scratch = [False] * len(indices)
+    names = [f"member {h.index}" for h in hparams]
+  sft_paths = [None if fresh else members_lib.sft_checkpoint_path(sft_dir, h.sft_step)
+               for h, fresh in zip(hparams, scratch)]
+  for out, member, sft_path, fresh in zip(dirs, hparams, sft_paths, scratch):
+    members_lib.write_hparams(out, member, {"sft_path": sft_path,
+                                            "probe_dir": None if fresh else probe_dir})
   if jax.process_index() == 0:
     from warm_jax.gin_utils import write_operative_config
     for out in dirs:
@@ -532,15 +565,18 @@ def train_reward_members(*, members_dir: str | None = None,
       partitioner=partitioner or Partitioner(),
       config=dataclasses.replace(
           trainer_config, name=f"rm_members_{indices[0]}" if len(indices) == 1 else
-          f"rm_members_{indices[0]}-{indices[-1]}"),
+          f"rm_members_{indices[0]}-{indices[-1]}") if not variants else
+      dataclasses.replace(trainer_config, name="rm_" + "+".join(names)),
       member_dirs=dirs, learning_rates=[h.learning_rate for h in hparams],
       dropout_rates=[h.dropout_rate for h in hparams], seq_len=seq_len,
-      member_names=[f"member {h.index}" for h in hparams])
+      member_names=names)
   t0 = time.time()
   state = trainer.train(
       [dataclasses.replace(dataset, seed=h.data_seed) for h in hparams],
       eval_dataset=eval_dataset, extra_eval_datasets=extra_eval_datasets,
-      init_params=[ProbedRewardModelInit(sft_path=p, probe_path=probe_dir) for p in sft_paths])
+      init_params=[_fresh_init if fresh else
+                   ProbedRewardModelInit(sft_path=p, probe_path=probe_dir)
+                   for p, fresh in zip(sft_paths, scratch)])
   if jax.process_index() == 0:
     wall = round(time.time() - t0, 2)
     for out in dirs:
