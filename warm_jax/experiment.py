@@ -88,6 +88,13 @@ class ExperimentScale:
   warm_ms: tuple[int, ...]
   scratch_rm_steps: int
   corruption_rate: float = 0.25
+  # the corrupted setting's memorisation regime (None: as the clean setting): it may train on
+  # the pairs of the first corrupt_train_posts RM-train posts only, for corrupt_rm_steps, over
+  # corrupt_learning_rates, so that its members see many epochs (the paper's 10k steps x 128
+  # are ~14 epochs) within a CPU budget (docs/experiment.md, "The corrupted setting")
+  corrupt_train_posts: int | None = None
+  corrupt_rm_steps: int | None = None
+  corrupt_learning_rates: tuple[float, ...] | None = None
   vmapped_members: bool = True
   # sequential microbatches per training step (same gradient; TrainerConfig.microbatches): on
   # CPU, small microbatches keep each layer's [batch, heads, length, length] attention scores
@@ -164,6 +171,13 @@ class ExperimentScale:
     if self.rm_steps % 2:
       raise ValueError(f"ExperimentScale.rm_steps={self.rm_steps}: must be even (the "
                        "'two checkpoints of one run' pair uses the half-way checkpoint)")
+    if self.corrupt_rm_steps is not None and (self.corrupt_rm_steps <= 0
+                                              or self.corrupt_rm_steps % 2):
+      raise ValueError(f"ExperimentScale.corrupt_rm_steps={self.corrupt_rm_steps}: None or a "
+                       "positive even number")
+    if self.corrupt_learning_rates is not None and len(self.corrupt_learning_rates) < 2:
+      raise ValueError("ExperimentScale.corrupt_learning_rates: None or >= 2 rates (the "
+                       "corrupted setting's LMC pair)")
     for m in self.warm_ms:
       if not 2 <= m <= self.num_members:
         raise ValueError(f"ExperimentScale.warm_ms={self.warm_ms}: each M must be in "
@@ -292,15 +306,25 @@ class ExperimentPlan:
   def _train(self, stage_gin: str, *bindings: str) -> list[str]:
     return _py("warm_jax.train", *self._model(), f"--gin_file={stage_gin}", *bindings)
 
+  def rm_steps(self, setting: str) -> int:
+    s = self.scale
+    return s.corrupt_rm_steps if setting == "corrupt" and s.corrupt_rm_steps else s.rm_steps
+
+  def learning_rates(self, setting: str) -> tuple[float, ...]:
+    s = self.scale
+    return tuple(s.corrupt_learning_rates if setting == "corrupt" and s.corrupt_learning_rates
+                 else s.learning_rates)
+
   def _rm_common(self, setting: str) -> list[str]:
     s = self.scale
+    steps = self.rm_steps(setting)
     out = [_gin("DATA_DIR", self.rm_data_dir(setting)), _gin("SFT_DIR", self.path("sft")),
-           _gin("PROBE_DIR", self.path("probe", setting)), _gin("TRAIN_STEPS", s.rm_steps),
+           _gin("PROBE_DIR", self.path("probe", setting)), _gin("TRAIN_STEPS", steps),
            _gin("BATCH_SIZE", s.rm_batch), _gin("SEED", self.seed),
-           _gin("LEARNING_RATES", tuple(s.learning_rates)),
+           _gin("LEARNING_RATES", self.learning_rates(setting)),
            _gin("DROPOUT_RATES", tuple(s.dropout_rates)),
            _gin("SFT_STEPS", self.member_sft_steps),
-           _gin("TrainerConfig.save_every", s.rm_steps // 2),
+           _gin("TrainerConfig.save_every", steps // 2),
            _gin("TrainerConfig.microbatches", s.rm_microbatches)]
     if setting == "corrupt":  # accuracy on the corrupted training pairs along training
       out.append("--gin.{}.extra_eval_datasets={{'train_corrupt': "
@@ -364,6 +388,7 @@ class ExperimentPlan:
           _gin("OOD_PAIRS_PER_POST", s.ood_policy_pairs_per_post),
           _gin("GENERATOR_SHARE", s.generator_share),
           _gin("CORRUPTION_RATE", s.corruption_rate),
+          _gin("CORRUPT_TRAIN_POSTS", s.corrupt_train_posts),
           _gin("MAX_NEW_TOKENS", s.max_new_tokens), _gin("BATCH_SIZE", s.policy_batch),
           _gin("SEED", self.seed)), self.path("rm_data")))
     for setting in self.settings:

@@ -242,6 +242,7 @@ def build_on_policy_data(*, output_dir: str | None, data_dir: str | None, model_
                          pairs_per_post: int = 5, id_policy_pairs_per_post: int = 3,
                          ood_pairs_per_post: int = 3, generator_share: float = 0.0,
                          corruption_rate: float = 0.25,
+                         corrupt_train_posts: int | None = None,
                          longer_is_better_rate: float | None = None,
                          max_new_tokens: int = 48, batch_size: int = 64, seed: int = 0,
                          overwrite: bool = False, partitioner: Any = None,
@@ -259,6 +260,10 @@ def build_on_policy_data(*, output_dir: str | None, data_dir: str | None, model_
     generator_share: share of the rm_train and id_val pairs taken from DATA_DIR's generator
       pairs (0: every pair compares policy samples).
     corruption_rate: the 'corrupt' setting's share of swapped training labels (paper: 0.25).
+    corrupt_train_posts: None (the corrupted setting trains on the same pairs as the clean
+      one) or K: its rm_train keeps the pairs of the first K RM-train posts, so that its
+      members can see many epochs of it (the memorisation regime) within a CPU budget; the
+      corruption count is exact on that set. Its held-out splits are the clean setting's.
     longer_is_better_rate: None (no pair dropped for its lengths) or the ablation's rate.
     max_new_tokens, batch_size: sampling length and rows per compiled sampling call.
     seed: the samples', pairs' and corruption's seed (same seed, same bytes).
@@ -277,6 +282,8 @@ def build_on_policy_data(*, output_dir: str | None, data_dir: str | None, model_
     raise OnPolicyDataError(f"GENERATOR_SHARE={generator_share}: must lie in [0, 1)")
   if not 0.0 <= corruption_rate <= 1.0:
     raise OnPolicyDataError(f"CORRUPTION_RATE={corruption_rate}: must lie in [0, 1]")
+  if corrupt_train_posts is not None and corrupt_train_posts < 1:
+    raise OnPolicyDataError(f"CORRUPT_TRAIN_POSTS={corrupt_train_posts}: None or >= 1")
   if longer_is_better_rate is not None and not 0.0 <= longer_is_better_rate <= 1.0:
     raise OnPolicyDataError(f"LONGER_IS_BETTER_RATE={longer_is_better_rate}: None or in [0, 1]")
   meta = policy_pairs.check_data_dir(data_dir)
@@ -307,7 +314,8 @@ def build_on_policy_data(*, output_dir: str | None, data_dir: str | None, model_
       "model_config": dataclasses.asdict(model_config), "pairs_per_post": pairs_per_post,
       "id_policy_pairs_per_post": id_policy_pairs_per_post,
       "ood_pairs_per_post": ood_pairs_per_post, "generator_share": generator_share,
-      "corruption_rate": corruption_rate, "longer_is_better_rate": longer_is_better_rate,
+      "corruption_rate": corruption_rate, "corrupt_train_posts": corrupt_train_posts,
+      "longer_is_better_rate": longer_is_better_rate,
       "max_new_tokens": max_new_tokens, "seed": seed,
   }
   finished = _check_output_dir(output_dir, data_dir=data_dir, request=request,
@@ -374,8 +382,11 @@ def build_on_policy_data(*, output_dir: str | None, data_dir: str | None, model_
     t = time.perf_counter()
     stats: dict[str, Any] = {"kind": KIND, "settings": {}, "label_temperature": temperature}
     for setting, rate in settings.items():
-      split_pairs = dict(pairs, ood=ood,
-                         rm_train=prefs.corrupt(pairs["rm_train"], rate=rate, seed=seed))
+      train = pairs["rm_train"]
+      if setting == "corrupt" and corrupt_train_posts is not None:
+        kept = {p.post_id for p in posts["rm_train"][:corrupt_train_posts]}
+        train = [p for p in train if p.post_id in kept]
+      split_pairs = dict(pairs, ood=ood, rm_train=prefs.corrupt(train, rate=rate, seed=seed))
       stats["settings"][setting] = _write_setting(
           os.path.join(tmp_dir, setting), data_dir=data_dir, meta=meta, pairs=split_pairs,
           posts=[p for s in ("rm_train", "id_val", "ood") for p in posts[s]],
