@@ -120,6 +120,19 @@ PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what schedulers expect from a termin
 PEER_FAILURE_EXIT_CODE = 1  # another process of a jax.distributed job died
 
 
+def function_main(fn: Any, argv: Sequence[str] | None, *, doc: str, example: str) -> int:
+  """`gin_main` for an entry point whose function `configurables.register` does not list (a
+  stage module that registers only itself, keeping its imports out of every other program):
+  makes `fn` a gin configurable under its own name, quiets absl's per-call INFO lines (orbax,
+  seqio) and runs it."""
+  try:
+    gin.get_configurable(fn.__name__)
+  except ValueError:
+    gin.external_configurable(fn, module=None)
+  logging.getLogger("absl").setLevel(logging.WARNING)
+  return gin_main(argv, entry=fn.__name__, doc=doc, example=example)
+
+
 def gin_main(argv: Sequence[str] | None, *, entry: str, doc: str, example: str) -> int:
   """The body of every gin-configured `python -m warm_jax.*` entry point.
 

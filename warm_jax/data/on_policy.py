@@ -299,14 +299,8 @@ def build_on_policy_data(*, output_dir: str | None, data_dir: str | None, model_
   if prompt_len + max_new_tokens > model_config.max_len:
     raise OnPolicyDataError(f"PROMPT_LEN {prompt_len} + MAX_NEW_TOKENS {max_new_tokens} exceeds "
                             f"the model's max_len {model_config.max_len}: lower MAX_NEW_TOKENS")
-  params_paths = {}
-  for group in sources.values():
-    for source in group:
-      if output_dir and (policy_pairs._inside(output_dir, source.path)
-                         or policy_pairs._inside(source.path, output_dir)):
-        raise OnPolicyDataError(f"OUTPUT_DIR {output_dir} overlaps policy {source.name}'s dir "
-                                f"{source.path}: write the on-policy data to a dir of its own")
-      params_paths[source.path] = policy_pairs.check_policy_dir(source.path, data_dir=data_dir)
+  params_paths = {source.path: policy_pairs.check_policy_dir(source.path, data_dir=data_dir)
+                  for group in sources.values() for source in group}
   request = {
       "data_dir": os.path.realpath(data_dir),
       "sources": {k: [dataclasses.asdict(s) | {"path": os.path.realpath(s.path)} for s in v]
@@ -318,8 +312,11 @@ def build_on_policy_data(*, output_dir: str | None, data_dir: str | None, model_
       "longer_is_better_rate": longer_is_better_rate,
       "max_new_tokens": max_new_tokens, "seed": seed,
   }
-  finished = _check_output_dir(output_dir, data_dir=data_dir, request=request,
-                               overwrite=overwrite)
+  inputs = {"DATA_DIR": data_dir, **{f"policy {s.name}'s dir": s.path
+                                      for group in sources.values() for s in group}}
+  finished = policy_pairs.check_output_dir(
+      output_dir, inputs=inputs, kind=KIND, what="on-policy RM data", request=request,
+      overwrite=overwrite, error=OnPolicyDataError)
   if finished is not None:
     return finished
 
@@ -462,61 +459,10 @@ def _write_setting(path: str, *, data_dir: str, meta: Mapping[str, Any],
   return stats
 
 
-def _check_output_dir(output_dir: str | None, *, data_dir: str, request: Mapping[str, Any],
-                      overwrite: bool) -> dict[str, Any] | None:
-  """None if OUTPUT_DIR may be (re)written; its stats if it holds this exact request; an error
-  otherwise."""
-  if not output_dir:
-    raise OnPolicyDataError("OUTPUT_DIR is not set: pass --gin.OUTPUT_DIR=\"'/path'\" (a new "
-                            "dir; the data dir is never modified)")
-  if policy_pairs._inside(output_dir, data_dir) or policy_pairs._inside(data_dir, output_dir):
-    raise OnPolicyDataError(f"OUTPUT_DIR {output_dir} overlaps DATA_DIR {data_dir}: write the "
-                            "on-policy data to a dir of its own")
-  if not os.path.lexists(output_dir) or (os.path.isdir(output_dir)
-                                         and not os.listdir(output_dir)):
-    return None
-  meta_path = os.path.join(output_dir, data_dir_lib.META_FILE)
-  meta = None
-  if os.path.isfile(meta_path):
-    with open(meta_path, encoding="utf-8") as f:
-      meta = json.load(f)
-  if not os.path.isdir(output_dir) or not meta or meta.get("kind") != KIND:
-    raise OnPolicyDataError(f"OUTPUT_DIR {output_dir} exists and is not an on-policy RM data "
-                            "dir: choose another path (nothing was written)")
-  done = os.path.isfile(os.path.join(output_dir, DONE_FILE))
-  same = meta.get("request") == policy_pairs._finite_or_none(json.loads(json.dumps(request)))
-  if done and same and not overwrite:
-    logging.info("on-policy data already built in %s for this request", output_dir)
-    with open(os.path.join(output_dir, data_dir_lib.STATS_FILE), encoding="utf-8") as f:
-      return json.load(f)
-  if not overwrite:
-    stored = meta.get("request") or {}
-    changed = [k for k in request if json.dumps(stored.get(k), sort_keys=True)
-               != json.dumps(request[k], sort_keys=True)]
-    what = (f"on-policy data built for another request (differing: {', '.join(changed)})"
-            if done else f"an unfinished build (no {DONE_FILE})")
-    raise OnPolicyDataError(f"OUTPUT_DIR {output_dir} already holds {what}: pass "
-                            "--gin.OVERWRITE=True to replace it (the old dir stays until the "
-                            "new one is complete), or choose another OUTPUT_DIR")
-  return None
-
-
-def register_configurable() -> None:
-  """Makes `build_on_policy_data` a gin configurable (once per process)."""
-  import gin
-  try:
-    gin.get_configurable("build_on_policy_data")
-  except ValueError:
-    gin.external_configurable(build_on_policy_data, module=None)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-  from warm_jax.gin_utils import gin_main
-  register_configurable()
-  logging.getLogger("absl").setLevel(logging.WARNING)
-  argv = list(sys.argv[1:] if argv is None else argv)
-  return gin_main(argv, entry="build_on_policy_data", doc=__doc__,
-                  example="--gin_file=gin/models/tiny.gin --gin_file=gin/data/on_policy.gin")
+  from warm_jax.gin_utils import function_main
+  return function_main(build_on_policy_data, sys.argv[1:] if argv is None else argv, doc=__doc__,
+                       example="--gin_file=gin/models/tiny.gin --gin_file=gin/data/on_policy.gin")
 
 
 if __name__ == "__main__":

@@ -421,21 +421,24 @@ def export_preference_arrays(tmp_dir: str, *, generators: Sequence[str], seq_len
   return arrays
 
 
-def _check_output_dir(output_dir: str | None, *, data_dir: str, policy_dir: str,
-                      request: Mapping[str, Any], overwrite: bool) -> dict[str, Any] | None:
-  """None if OUTPUT_DIR may be (re)written; the finished stats if it already holds this exact
-  request; an error otherwise."""
+def check_output_dir(output_dir: str | None, *, inputs: Mapping[str, str], kind: str,
+                     what: str, request: Mapping[str, Any], overwrite: bool,
+                     error: type[ValueError] = PolicyPairsError) -> dict[str, Any] | None:
+  """The resume rule of a stage that writes one dir (policy pairs, on-policy RM data): None if
+  OUTPUT_DIR may be (re)written; its stats.json if it already holds this exact `request` (a
+  finished dir of `kind`); otherwise an `error` naming the fix. `inputs` ({macro: path}) may
+  not overlap OUTPUT_DIR; `what` names the stage's output in messages."""
   if not output_dir:
-    raise PolicyPairsError("OUTPUT_DIR is not set: pass --gin.OUTPUT_DIR=\"'/path'\" (a new "
-                           "dir; the data dir is never modified)")
-  for name, other in (("DATA_DIR", data_dir), ("POLICY_DIR", policy_dir)):
+    raise error("OUTPUT_DIR is not set: pass --gin.OUTPUT_DIR=\"'/path'\" (a new dir; the "
+                "inputs are never modified)")
+  for name, other in inputs.items():
     if _inside(output_dir, other) or _inside(other, output_dir):
-      raise PolicyPairsError(f"OUTPUT_DIR {output_dir} overlaps {name} {other}: write the "
-                             "policy pairs to a dir of their own")
+      raise error(f"OUTPUT_DIR {output_dir} overlaps {name} {other}: write the {what} to a "
+                  "dir of its own")
   if not os.path.lexists(output_dir):
     return None
   if not os.path.isdir(output_dir):
-    raise PolicyPairsError(f"OUTPUT_DIR {output_dir} exists and is not a directory")
+    raise error(f"OUTPUT_DIR {output_dir} exists and is not a directory")
   if not os.listdir(output_dir):
     return None
   meta_path = os.path.join(output_dir, data_dir_lib.META_FILE)
@@ -443,23 +446,23 @@ def _check_output_dir(output_dir: str | None, *, data_dir: str, policy_dir: str,
   if os.path.isfile(meta_path):
     with open(meta_path, encoding="utf-8") as f:
       meta = json.load(f)
-  if not meta or meta.get("kind") != KIND:
-    raise PolicyPairsError(f"OUTPUT_DIR {output_dir} exists, is not empty and is not a "
-                           "policy-pairs dir: choose another path (nothing was written)")
+  if not meta or meta.get("kind") != kind:
+    raise error(f"OUTPUT_DIR {output_dir} exists, is not empty and is not a {what} dir: "
+                "choose another path (nothing was written)")
+  wanted = json.loads(json.dumps(_finite_or_none(dict(request))))  # as stored in meta.json
   done = os.path.isfile(os.path.join(output_dir, DONE_FILE))
-  if done and meta.get("request") == _finite_or_none(dict(request)) and not overwrite:
-    logging.info("policy pairs already built in %s for this request: nothing to do",
-                 output_dir)
+  if done and meta.get("request") == wanted and not overwrite:
+    logging.info("%s already built in %s for this request: nothing to do", what, output_dir)
     with open(os.path.join(output_dir, data_dir_lib.STATS_FILE), encoding="utf-8") as f:
       return json.load(f)
   if not overwrite:
     stored = meta.get("request") or {}
-    changed = [k for k in request if stored.get(k) != _finite_or_none(request[k])]
-    what = (f"policy pairs built with other settings (differing: {', '.join(changed)})"
-            if done else f"an unfinished policy-pairs dir (no {DONE_FILE})")
-    raise PolicyPairsError(f"OUTPUT_DIR {output_dir} already holds {what}: pass "
-                           "--gin.OVERWRITE=True to replace it (the old dir stays until the new "
-                           "one is complete), or choose another OUTPUT_DIR")
+    changed = [k for k in wanted if stored.get(k) != wanted[k]]
+    state = (f"{what} built with other settings (differing: {', '.join(changed)})"
+             if done else f"an unfinished {what} dir (no {DONE_FILE})")
+    raise error(f"OUTPUT_DIR {output_dir} already holds {state}: pass --gin.OVERWRITE=True "
+                "to replace it (the old dir stays until the new one is complete), or choose "
+                "another OUTPUT_DIR")
   return None
 
 
@@ -524,8 +527,10 @@ def build_policy_pairs(*, output_dir: str | None, data_dir: str | None,
       "samples_per_post": samples_per_post, "longer_is_better_rate": longer_is_better_rate,
       "max_new_tokens": max_new_tokens, "seed": seed,
   }
-  finished = _check_output_dir(output_dir, data_dir=data_dir, policy_dir=policy_dir,
-                               request=request, overwrite=overwrite)
+  finished = check_output_dir(output_dir, inputs={"DATA_DIR": data_dir,
+                                                  "POLICY_DIR": policy_dir},
+                              kind=KIND, what="policy-pairs", request=request,
+                              overwrite=overwrite)
   if finished is not None:
     return finished
   posts = held_out_posts(data_dir, meta=meta, posts_split=posts_split)
@@ -671,22 +676,10 @@ def load_policy_pairs(path: str, *, data_dir: str, seq_len: int | None = None,
   return arrays
 
 
-def register_configurable() -> None:
-  """Makes `build_policy_pairs` a gin configurable (once per process)."""
-  import gin
-  try:
-    gin.get_configurable("build_policy_pairs")
-  except ValueError:
-    gin.external_configurable(build_policy_pairs, module=None)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-  from warm_jax.gin_utils import gin_main
-  register_configurable()
-  logging.getLogger("absl").setLevel(logging.WARNING)  # orbax / seqio per-call INFO chatter
-  argv = list(sys.argv[1:] if argv is None else argv)
-  return gin_main(argv, entry="build_policy_pairs", doc=__doc__,
-                  example="--gin_file=gin/models/small.gin --gin_file=gin/data/policy_pairs.gin")
+  from warm_jax.gin_utils import function_main
+  return function_main(build_policy_pairs, sys.argv[1:] if argv is None else argv, doc=__doc__,
+                       example="--gin_file=gin/models/small.gin --gin_file=gin/data/policy_pairs.gin")
 
 
 if __name__ == "__main__":
