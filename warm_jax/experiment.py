@@ -101,6 +101,9 @@ class ExperimentScale:
   # in cache, 1.3-2x faster per step for the tiny decoder (docs/experiment.md, "Budgets")
   lm_microbatches: int = 1  # pre-training and SFT
   rm_microbatches: int = 1  # reward models (members, LMC pairs)
+  # RM training batches of pairs of similar length cut to their bucket's width (same losses,
+  # ~1.5x faster on the tiny decoder; warm_jax/data/batching.py); None: full width
+  rm_length_buckets: tuple[int, ...] | None = None
   rl_microbatches: int = 1
   eval_batch: int = 64
   # the LMC curves' interpolation weights (lambda = weight of the second endpoint)
@@ -325,7 +328,9 @@ class ExperimentPlan:
            _gin("DROPOUT_RATES", tuple(s.dropout_rates)),
            _gin("SFT_STEPS", self.member_sft_steps),
            _gin("TrainerConfig.save_every", steps // 2),
-           _gin("TrainerConfig.microbatches", s.rm_microbatches)]
+           _gin("TrainerConfig.microbatches", s.rm_microbatches),
+           _gin("LENGTH_BUCKETS", None if s.rm_length_buckets is None
+                else tuple(s.rm_length_buckets))]
     if setting == "corrupt":  # accuracy on the corrupted training pairs along training
       out.append("--gin.{}.extra_eval_datasets={{'train_corrupt': "
                  "@train_corrupt/preference_dataset()}}".format(

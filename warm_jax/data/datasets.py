@@ -23,6 +23,7 @@ Batches (all int32 unless noted; L = SEQ_LEN, P = PROMPT_LEN, masks 1 = real tok
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import zipfile
 from collections.abc import Sequence
@@ -121,7 +122,8 @@ def preference_dataset(*, data_dir: str | None, split: str = "rm_train", seed: i
                        shuffle: bool = True, seq_len: int | None = None,
                        vocab_size: int | None = None,
                        features: Sequence[str] | None = None,
-                       pairs: str = "all") -> ArrayDataset:
+                       pairs: str = "all",
+                       length_buckets: Sequence[int] | None = None) -> ArrayDataset:
   """Preference pairs: chosen/rejected tokens, masks and response masks [n, L] plus per-pair
   metadata [n].
 
@@ -131,6 +133,9 @@ def preference_dataset(*, data_dir: str | None, split: str = "rm_train", seed: i
   pairs: 'all', or only the 'corrupted' / 'clean' pairs (label corruption; e.g. the training
     set's corrupted pairs, evaluated along training to see how much of the corruption a reward
     model memorises).
+  length_buckets: training batches of pairs of similar length, cut to the bucket's width
+    (`batching.ArrayDataset`; a pair's length is its longer side's), e.g. (88, 96, 104, 112,
+    128); None: every batch full width.
   """
   if pairs not in PAIR_SELECTIONS:
     raise ValueError(f"preference_dataset pairs={pairs!r}: use one of {PAIR_SELECTIONS}")
@@ -149,7 +154,12 @@ def preference_dataset(*, data_dir: str | None, split: str = "rm_train", seed: i
       raise data_dir_lib.DataDirError(f"{path} has no {pairs} pairs: build the data with "
                                       "label corruption (CORRUPTION_RATE > 0) or use pairs="
                                       "'all'")
-  return _dataset(arrays, tuple(features), path=path, seed=seed, shuffle=shuffle)
+  dataset = _dataset(arrays, tuple(features), path=path, seed=seed, shuffle=shuffle)
+  if length_buckets is None:
+    return dataset
+  lengths = np.maximum(arrays["chosen_mask"].sum(1), arrays["rejected_mask"].sum(1))
+  return dataclasses.replace(dataset, length_buckets=tuple(int(w) for w in length_buckets),
+                             lengths=lengths)
 
 
 def prompt_dataset(*, data_dir: str | None, split: str = "train", seed: int = 0,
