@@ -55,6 +55,29 @@ def test_train_checkpoint_round_trip_and_plain_orbax_restore(tmp_path):
     _tree_equal(ckpt.load_params(str(path)), jax.device_get(state.params))
 
 
+def test_unfinished_save_is_removed_before_the_same_step_is_saved_again(tmp_path):
+  """A process killed mid-save leaves `<step>.orbax-checkpoint-tmp-*`; the resumed run saves
+  that step again. The leftover goes synchronously at start-up (orbax's background cleanup
+  could delete the new save's temporary dir), complete steps stay."""
+  trainer = _lm_trainer(tmp_path)
+  state = trainer.init_state()
+  manager = ckpt.TrainCheckpointer(trainer.model_dir, save_every=1, async_save=True)
+  manager.save(2, state.params, state.opt_state, force=True)
+  manager.close()
+  directory = tmp_path / "lm" / "checkpoints"
+  leftover = directory / "4.orbax-checkpoint-tmp-1796409356"
+  (leftover / "params").mkdir(parents=True)
+  (leftover / "params" / "half_written").write_text("x")
+  manager = ckpt.TrainCheckpointer(trainer.model_dir, save_every=1, async_save=True)
+  assert not leftover.exists()
+  assert manager.complete_steps() == [2]
+  manager.save(4, state.params, state.opt_state, force=True)
+  manager.wait()
+  manager.close()
+  assert sorted(p.name for p in directory.iterdir()) == ["2", "4"]
+  _tree_equal(ckpt.load_params(str(directory / "4")), jax.device_get(state.params))
+
+
 def test_save_params_is_plain_and_refuses_to_overwrite(tmp_path):
   params = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": {"c": np.ones(4)}}
   ckpt.save_params(params, str(tmp_path / "p"))

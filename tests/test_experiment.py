@@ -112,7 +112,7 @@ def test_tiny_experiment_writes_report_plots_and_commands(tiny_run):
   commands = open(os.path.join(out, "commands.sh")).read()
   assert "written when it starts" not in commands  # every stage resolved after the run
   assert "warm_jax.average --inputs" in commands and "gin/win_rates.gin" in commands
-  assert "[experiment] stage 21/21 win_rates: running" in stderr
+  assert "[experiment] stage 18/18 win_rates: running" in stderr
 
 
 def test_rerun_skips_finished_stages_and_rebuilds_the_same_report(tiny_run):
@@ -120,7 +120,7 @@ def test_rerun_skips_finished_stages_and_rebuilds_the_same_report(tiny_run):
   proc = run_cli(["-m", "warm_jax.experiment", TINY_GIN, f"--output_dir={out}"], timeout=300,
                  env={"XLA_FLAGS": ""})
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert proc.stderr.count("skipped") == 21
+  assert proc.stderr.count("skipped") == 18
   with open(os.path.join(out, "metrics.json")) as f:
     again = json.load(f)
   assert again["rm"] == metrics["rm"] and again["bon"] == metrics["bon"]
@@ -231,17 +231,17 @@ def test_policy_findings_follow_their_rules_on_hand_made_numbers():
 
 
 EXPERIMENT_GINS = {
-    "gin/experiments/warm_synthetic_tldr.gin": (23, {"rl/warm_6", "rl/ens_2", "eval/corrupt",
+    "gin/experiments/warm_synthetic_tldr.gin": (20, {"rl/warm_6", "rl/ens_2", "eval/corrupt",
                                                      "rm_data"}),
-    "gin/experiments/warm_synthetic_tldr_tiny.gin": (21, {"rl/warm_2", "win_rates"}),
-    "gin/experiments/ablations/alpha_sweep.gin": (25, {"rl/best_member_kl0.001",
+    "gin/experiments/warm_synthetic_tldr_tiny.gin": (18, {"rl/warm_2", "win_rates"}),
+    "gin/experiments/ablations/alpha_sweep.gin": (22, {"rl/best_member_kl0.001",
                                                        "rl/warm_6_kl0.01"}),
-    "gin/experiments/ablations/corruption.gin": (15, {"eval/corrupt"}),
-    "gin/experiments/ablations/m_sweep.gin": (26, {"average/warm_4", "rl/warm_4"}),
-    "gin/experiments/ablations/selection_order.gin": (15, {"members/clean"}),
-    "gin/experiments/ablations/diversity_data_order.gin": (15, {"members/clean"}),
-    "gin/experiments/ablations/diversity_learning_rate.gin": (15, {"members/clean"}),
-    "gin/experiments/ablations/diversity_baklava.gin": (15, {"members/clean"}),
+    "gin/experiments/ablations/corruption.gin": (12, {"eval/corrupt"}),
+    "gin/experiments/ablations/m_sweep.gin": (23, {"average/warm_4", "rl/warm_4"}),
+    "gin/experiments/ablations/selection_order.gin": (12, {"members/clean"}),
+    "gin/experiments/ablations/diversity_data_order.gin": (12, {"members/clean"}),
+    "gin/experiments/ablations/diversity_learning_rate.gin": (12, {"members/clean"}),
+    "gin/experiments/ablations/diversity_baklava.gin": (12, {"members/clean"}),
 }
 
 
@@ -274,14 +274,35 @@ def test_diversity_ablation_fixes_all_but_one_source(tmp_path, capsys, monkeypat
   _, out, _ = _dry_run(capsys, "--gin_file=gin/experiments/ablations/diversity_learning_rate.gin",
                        f"--output_dir={tmp_path}")
   members = next(line for line in out.splitlines() if "gin/rm_members.gin" in line)
-  assert "--gin.LEARNING_RATES=(0.0001, 0.0004, 0.001)" in members
+  assert "--gin.LEARNING_RATES=(0.0001, 0.0002, 0.0004)" in members
   assert "--gin.MemberSweep.vary_data_order=False" in members
+  assert "--gin.MemberSweep.cycle_pools=True" in members
   import re
   # later bindings win in gin: the last DROPOUT_RATES / SFT_STEPS is the fixed single value
   for macro in ("DROPOUT_RATES", "SFT_STEPS"):
     last = re.findall(rf"--gin.{macro}=\(([^)]*)\)", members)[-1]
     assert len([v for v in last.split(",") if v.strip()]) == 1, (macro, last)
   assert "--gin.NUM_MEMBERS=3" in members
+
+
+def test_diversity_ablation_members_are_distinct_and_a_short_pool_is_refused(
+    tmp_path, capsys, monkeypatch):
+  from warm_jax.members import MemberSweep, draw_member
+  # cycled pools: M members take M distinct values; independent draws repeat one of 3 in 3 here
+  cycled = MemberSweep(learning_rates=(1e-4, 2e-4, 4e-4), dropout_rates=(0.1,),
+                       vary_data_order=False,
+                       cycle_pools=True)
+  drawn = [draw_member(cycled, i) for i in range(3)]
+  assert [m.learning_rate for m in drawn] == [1e-4, 2e-4, 4e-4]
+  assert len({m.data_seed for m in drawn}) == 1 and len({m.dropout_rate for m in drawn}) == 1
+  free = MemberSweep(learning_rates=(1e-4, 2e-4, 4e-4), seed=0)
+  assert len({draw_member(free, i).learning_rate for i in range(3)}) < 3
+  monkeypatch.chdir(REPO_ROOT)
+  code, _, err = _dry_run(
+      capsys, "--gin_file=gin/experiments/ablations/diversity_learning_rate.gin",
+      f"--output_dir={tmp_path}", "--gin.OVERRIDES={'member_diversity': 'learning_rate', "
+      "'num_members': 3, 'warm_ms': (2, 3), 'learning_rates': (1e-4, 4e-4), 'rl_rewards': ()}")
+  assert code != 0 and "fewer distinct values than members" in err, err
 
 
 def test_real_tldr_experiment_needs_the_manual_dir_and_has_no_oracle_stages(tmp_path, capsys,

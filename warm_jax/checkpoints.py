@@ -42,6 +42,23 @@ class CheckpointWriteError(CheckpointError, OSError):
   """A checkpoint could not be written (disk full, unwritable dir); earlier ones are intact."""
 
 
+def remove_unfinished_saves(directory: epath.Path) -> list[str]:
+  """Deletes the temporary dirs of saves that never completed (a process killed mid-write
+  leaves `<step>.orbax-checkpoint-tmp*`); complete `<step>` dirs are untouched. Returns the
+  names removed."""
+  directory = epath.Path(directory)
+  if not directory.is_dir():
+    return []
+  removed = []
+  for path in sorted(directory.iterdir()):
+    if ".orbax-checkpoint-tmp" in path.name:
+      path.rmtree(missing_ok=True) if path.is_dir() else path.unlink(missing_ok=True)
+      removed.append(path.name)
+  if removed:
+    logging.info("removed unfinished checkpoint saves in %s: %s", directory, ", ".join(removed))
+  return removed
+
+
 class TrainCheckpointer:
   """A CheckpointManager over MODEL_DIR/checkpoints with params and opt_state items.
 
@@ -55,12 +72,17 @@ class TrainCheckpointer:
   def __init__(self, model_dir: str, *, save_every: int, keep: int | None = 3,
                async_save: bool = True):
     self.directory = epath.Path(os.path.abspath(model_dir)) / CHECKPOINTS_SUBDIR
+    if jax.process_index() == 0:
+      remove_unfinished_saves(self.directory)
     options = ocp.CheckpointManagerOptions(
         save_interval_steps=save_every,
         max_to_keep=keep,
         enable_async_checkpointing=async_save,
         create=True,
-        cleanup_tmp_directories=True,
+        # Unfinished saves are removed above, before the manager exists: orbax's own cleanup
+        # runs in a background thread and can delete the temporary dir of the first new save
+        # of the same step (seen when resuming after a SIGKILL mid-save).
+        cleanup_tmp_directories=False,
     )
     self.manager = ocp.CheckpointManager(
         self.directory, options=options, item_names=(PARAMS_ITEM, OPT_STATE_ITEM))

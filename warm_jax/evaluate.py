@@ -110,6 +110,8 @@ def evaluate_reward_models(*, output_dir: str | None, data_dir: str,
                            vocab_size: int | None = None,
                            policy_pairs_dir: str | None = None,
                            max_pairs_per_subset: int | None = None,
+                           vs_m_orders: Sequence[str] = ("best_to_worst", "worst_to_best",
+                                                         "random", "greedy"),
                            partitioner: Partitioner | None = None) -> dict[str, Any]:
   """Runs the evaluations and writes OUTPUT_DIR/eval.json and plots (see module docstring).
 
@@ -120,6 +122,8 @@ def evaluate_reward_models(*, output_dir: str | None, data_dir: str,
     adds the subset `ood_policy` to every table, curve and histogram (None: not evaluated).
   max_pairs_per_subset: evaluate a seeded sample of at most this many pairs per subset (None:
     all); the sizes used are in eval.json's subset_sizes.
+  vs_m_orders: the selection orders of `vs_m` (each costs up to M - 2 weight averages scored
+    on every subset; 'greedy' also runs the greedy soup, judged on the ranking subset).
   """
   if not output_dir:
     raise ValueError("OUTPUT_DIR is not set: pass --gin.OUTPUT_DIR=\"'/path'\"")
@@ -157,18 +161,30 @@ def evaluate_reward_models(*, output_dir: str | None, data_dir: str,
     rng = np.random.default_rng(orders_seed)
     orders = {"best_to_worst": ranked, "worst_to_best": ranked[::-1],
               "random": [int(i) for i in rng.permutation(len(members))]}
+    unknown = set(vs_m_orders) - set(orders) - {"greedy"}
+    if unknown:
+      raise ValueError(f"VS_M_ORDERS has unknown orders {sorted(unknown)}: choose among "
+                       "best_to_worst, worst_to_best, random, greedy")
+    orders = {k: v for k, v in orders.items() if k in vs_m_orders}
     if len(members) > 1:
-      from warm_jax.merging import greedy_selection
-      greedy = greedy_selection(
-          num_members=len(members), load_member=lambda i: members[i],
-          score_fn=lambda p: evaluator.accuracy(evaluator.rewards(p))[ev.RANKING_SUBSET])
-      orders["greedy"] = [step["member"] for step in greedy["steps"] if step["accepted"]]
+      if "greedy" in vs_m_orders:
+        from warm_jax.merging import greedy_selection
+        ranking_only = {ev.RANKING_SUBSET: evaluator.subsets[ev.RANKING_SUBSET]}
+        greedy = greedy_selection(  # a soup is judged on the ranking subset only
+            num_members=len(members), load_member=lambda i: members[i],
+            score_fn=lambda p: ev.accuracies(ev.score_subsets(scorer, p, ranking_only),
+                                             ranking_only)[ev.RANKING_SUBSET])
+        orders["greedy"] = [step["member"] for step in greedy["steps"] if step["accepted"]]
       result["vs_m"] = evaluator.accuracy_vs_m(members, member_rewards, orders)
       if pairs_histogram:
         result["wa_minus_ens"] = evaluator.wa_minus_ens_over_pairs(members, member_rewards)
   if lmc_pairs:
+    # an endpoint that is one of the members evaluated above reuses its rewards
+    scored = {os.path.realpath(p): r for p, r in zip(paths, member_rewards)} if paths else {}
     curves = {name: evaluator.lmc_curve(ckpt_lib.load_params(a), ckpt_lib.load_params(b),
-                                        lambdas=lmc_lambdas)
+                                        lambdas=lmc_lambdas,
+                                        rewards_a=scored.get(os.path.realpath(a)),
+                                        rewards_b=scored.get(os.path.realpath(b)))
               for name, (a, b) in lmc_pairs.items()}
     result["lmc_bump_differences"] = evaluator.bump_differences(curves)
     result["lmc"] = {name: ev.strip_private(curve) for name, curve in curves.items()}

@@ -109,6 +109,8 @@ class ExperimentScale:
   # the LMC curves' interpolation weights (lambda = weight of the second endpoint)
   lmc_lambdas: tuple[float, ...] = tuple(i / 10 for i in range(11))
   eval_max_pairs: int | None = None  # per evaluation subset (a seeded sample); None: all
+  # the selection orders of accuracy vs M (fig. 10); each costs M - 2 weight averages scored
+  eval_vs_m_orders: tuple[str, ...] = ("best_to_worst", "worst_to_best", "random", "greedy")
   extra_data_bindings: tuple[str, ...] = ()
   # the reward models' readout (TransformerConfig.reward_readout): 'hidden' (the last hidden
   # state, the paper's head) or 'hidden_logprob' (+ the response tokens' log-probs under the
@@ -422,6 +424,7 @@ class ExperimentPlan:
           _gin("OUTPUT_DIR", self.path("eval", setting)), _gin("WARM_MS", tuple(s.warm_ms)),
           _gin("BATCH_SIZE", s.eval_batch), _gin("MAX_PAIRS", s.eval_max_pairs),
           _gin("LMC_LAMBDAS", tuple(s.lmc_lambdas)),
+          _gin("VS_M_ORDERS", tuple(s.eval_vs_m_orders)),
           f"--gin.LMC_PAIRS={self.lmc_pairs(setting)!r}"), self.path("eval", setting)))
     out += self._policy_stages()
     names = [stage.name for stage in out]
@@ -524,9 +527,16 @@ class ExperimentPlan:
     pools = {"learning_rate": ("LEARNING_RATES", tuple(s.learning_rates), (base.learning_rate,)),
              "dropout": ("DROPOUT_RATES", tuple(s.dropout_rates), (base.dropout_rate,)),
              "baklava": ("SFT_STEPS", tuple(s.baklava_steps), (base.sft_step,))}
+    if source in pools and len(set(pools[source][1])) < s.num_members:
+      raise ValueError(
+          f"ExperimentScale.member_diversity={source!r} with num_members={s.num_members}: the "
+          f"pool {pools[source][1]} has fewer distinct values than members, so two members "
+          "would be identical (the other sources are fixed); give the pool at least "
+          "num_members values in OVERRIDES, or fewer members")
     out = [_gin(macro, full if name == source else fixed)
            for name, (macro, full, fixed) in pools.items()]
     out.append(f"--gin.MemberSweep.vary_data_order={source == 'data_order'}")
+    out.append("--gin.MemberSweep.cycle_pools=True")  # M distinct values of the varied pool
     return out
 
   # -- LMC diversity pairs (fig. 3) and Remark 1 ---------------------------------------------

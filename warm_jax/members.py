@@ -52,6 +52,10 @@ class MemberSweep:
     seed: sweep seed; member i draws from streams seeded by (seed, i, name).
     vary_data_order: False gives every member member 0's data seed (the diversity ablation:
       members that differ only in the pools above).
+    cycle_pools: True gives member i the value i mod len(pool) of every pool instead of a
+      draw (the diversity ablation: M members take M distinct values of the varied pool, where
+      independent draws would repeat one and, with the data order fixed, train two identical
+      members).
   """
 
   learning_rates: Sequence[float] = (1e-5, 4e-5, 1e-4)
@@ -59,6 +63,7 @@ class MemberSweep:
   sft_steps: Sequence[int | None] = (None,)
   seed: int = 0
   vary_data_order: bool = True
+  cycle_pools: bool = False
 
   def __post_init__(self):
     for name in ("learning_rates", "dropout_rates", "sft_steps"):
@@ -94,6 +99,8 @@ def draw_member(sweep: MemberSweep, index: int) -> MemberHParams:
     raise ValueError(f"member index {index} must be >= 0")
 
   def pick(name, pool):
+    if sweep.cycle_pools:
+      return pool[index % len(pool)]
     return pool[int(_stream(sweep.seed, index, name).integers(len(pool)))]
 
   return MemberHParams(

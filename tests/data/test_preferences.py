@@ -106,10 +106,19 @@ def test_corruption_flips_exactly_that_fraction_of_train_labels_only(splits, cle
     assert splits.id_val == clean_splits.id_val and splits.ood == clean_splits.ood
 
 
-def test_length_knob_holds_in_id_and_is_weaker_in_ood(clean_splits):
+@pytest.fixture(scope="module")
+def knob_splits():
+    """The generator pairs with the length knob on (off by default since world v2)."""
+    return prefs.build_splits(config=prefs.WorldConfig(
+        seed=0, corruption_rate=0.0, id_longer_is_better_rate=0.8,
+        ood_longer_is_better_rate=0.4, **SMALL))
+
+
+def test_length_knob_holds_in_id_and_is_weaker_in_ood(knob_splits):
     def longer_is_better(pairs):
         return np.mean([(p.length_a > p.length_b) == (p.gold_a > p.gold_b) for p in pairs])
 
+    clean_splits = knob_splits
     config = clean_splits.config
     assert all(p.length_a != p.length_b for p in clean_splits.rm_train + clean_splits.ood)
     id_rate, ood_rate = config.id_longer_is_better_rate, config.ood_longer_is_better_rate
