@@ -138,7 +138,9 @@ def test_peak_memory_stays_near_one_model_as_members_grow(tmp_path):
   # Stacking the members would add 6 models (240 MB) from M=2 to M=8; streaming adds a few MB
   # per input (TensorStore's per-checkpoint state): less than one model for all six.
   assert growth < model_bytes, {m: p / MIB for m, p in peaks.items()}
-  assert peaks[4] - peaks[2] < model_bytes / 2
+  # Two more members stacked would add 2 models (80 MB); RSS noise under a busy suite reached
+  # 28 MB (allocator arenas), so the bound is one model, still half of what stacking adds.
+  assert peaks[4] - peaks[2] < model_bytes, {m: p / MIB for m, p in peaks.items()}
 
 
 _KILL_DRIVER = textwrap.dedent("""
