@@ -188,3 +188,13 @@ def test_scoring_rows_of_mixed_lengths_matches_the_model_on_full_width(batch_siz
   features = np.asarray(RewardModel(cfg).apply({"params": params}, tokens, mask,
                                                method=RewardModel.features))
   np.testing.assert_allclose(scorer.features(placed, tokens, mask), features, atol=1e-5)
+
+
+def test_unknown_vs_m_order_is_refused_before_anything_is_read(tmp_path):
+  from warm_jax.evaluate import evaluate_reward_models
+  with pytest.raises(ValueError, match=r"VS_M_ORDERS has unknown orders \['best_first'\]"):
+    # the data and members dirs do not exist: the order is refused before they are opened
+    evaluate_reward_models(output_dir=str(tmp_path / "out"), data_dir=str(tmp_path / "none"),
+                           model_config=tiny_config(), members_dir=str(tmp_path / "none"),
+                           vs_m_orders=("best_first",))
+  assert not (tmp_path / "out").exists()

@@ -290,8 +290,7 @@ def test_diversity_ablation_members_are_distinct_and_a_short_pool_is_refused(
   from warm_jax.members import MemberSweep, draw_member
   # cycled pools: M members take M distinct values; independent draws repeat one of 3 in 3 here
   cycled = MemberSweep(learning_rates=(1e-4, 2e-4, 4e-4), dropout_rates=(0.1,),
-                       vary_data_order=False,
-                       cycle_pools=True)
+                       vary_data_order=False, cycle_pools=True)
   drawn = [draw_member(cycled, i) for i in range(3)]
   assert [m.learning_rate for m in drawn] == [1e-4, 2e-4, 4e-4]
   assert len({m.data_seed for m in drawn}) == 1 and len({m.dropout_rate for m in drawn}) == 1

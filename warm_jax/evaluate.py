@@ -45,6 +45,8 @@ from warm_jax.partitioning import Partitioner
 from warm_jax.scoring import RewardScorer
 
 EVAL_FILE = "eval.json"
+# the selection orders of accuracy vs M (fig. 10); "greedy" is the greedy soup's acceptance order
+VS_M_ORDERS = ("best_to_worst", "worst_to_best", "random", "greedy")
 
 
 def finished_members(members_dir: str) -> list[str]:
@@ -110,8 +112,7 @@ def evaluate_reward_models(*, output_dir: str | None, data_dir: str,
                            vocab_size: int | None = None,
                            policy_pairs_dir: str | None = None,
                            max_pairs_per_subset: int | None = None,
-                           vs_m_orders: Sequence[str] = ("best_to_worst", "worst_to_best",
-                                                         "random", "greedy"),
+                           vs_m_orders: Sequence[str] = VS_M_ORDERS,
                            partitioner: Partitioner | None = None) -> dict[str, Any]:
   """Runs the evaluations and writes OUTPUT_DIR/eval.json and plots (see module docstring).
 
@@ -127,6 +128,10 @@ def evaluate_reward_models(*, output_dir: str | None, data_dir: str,
   """
   if not output_dir:
     raise ValueError("OUTPUT_DIR is not set: pass --gin.OUTPUT_DIR=\"'/path'\"")
+  unknown = set(vs_m_orders) - set(VS_M_ORDERS)
+  if unknown:  # refused before any checkpoint is loaded or scored
+    raise ValueError(f"VS_M_ORDERS has unknown orders {sorted(unknown)}: choose among "
+                     f"{', '.join(VS_M_ORDERS)}")
   lmc_lambdas = [float(x) for x in lmc_lambdas]
   if (len(lmc_lambdas) < 2 or lmc_lambdas[0] != 0.0 or lmc_lambdas[-1] != 1.0
       or lmc_lambdas != sorted(set(lmc_lambdas))):
@@ -161,10 +166,6 @@ def evaluate_reward_models(*, output_dir: str | None, data_dir: str,
     rng = np.random.default_rng(orders_seed)
     orders = {"best_to_worst": ranked, "worst_to_best": ranked[::-1],
               "random": [int(i) for i in rng.permutation(len(members))]}
-    unknown = set(vs_m_orders) - set(orders) - {"greedy"}
-    if unknown:
-      raise ValueError(f"VS_M_ORDERS has unknown orders {sorted(unknown)}: choose among "
-                       "best_to_worst, worst_to_best, random, greedy")
     orders = {k: v for k, v in orders.items() if k in vs_m_orders}
     if len(members) > 1:
       if "greedy" in vs_m_orders:

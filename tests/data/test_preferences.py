@@ -118,14 +118,13 @@ def test_length_knob_holds_in_id_and_is_weaker_in_ood(knob_splits):
     def longer_is_better(pairs):
         return np.mean([(p.length_a > p.length_b) == (p.gold_a > p.gold_b) for p in pairs])
 
-    clean_splits = knob_splits
-    config = clean_splits.config
-    assert all(p.length_a != p.length_b for p in clean_splits.rm_train + clean_splits.ood)
+    config = knob_splits.config
+    assert all(p.length_a != p.length_b for p in knob_splits.rm_train + knob_splits.ood)
     id_rate, ood_rate = config.id_longer_is_better_rate, config.ood_longer_is_better_rate
-    assert longer_is_better(clean_splits.rm_train) == pytest.approx(id_rate, abs=0.04)
-    assert longer_is_better(clean_splits.id_val) == pytest.approx(id_rate, abs=0.05)
-    assert longer_is_better(clean_splits.ood) == pytest.approx(ood_rate, abs=0.05)
-    s = prefs.stats(clean_splits)
+    assert longer_is_better(knob_splits.rm_train) == pytest.approx(id_rate, abs=0.04)
+    assert longer_is_better(knob_splits.id_val) == pytest.approx(id_rate, abs=0.05)
+    assert longer_is_better(knob_splits.ood) == pytest.approx(ood_rate, abs=0.05)
+    s = prefs.stats(knob_splits)
     assert s["rm_train/length_label_corr"] > 0.25
     assert s["ood/length_label_corr"] < 0.0
     assert s["rm_train/length_label_corr"] - s["ood/length_label_corr"] > 0.3
