@@ -198,3 +198,44 @@ def test_unknown_vs_m_order_is_refused_before_anything_is_read(tmp_path):
                            model_config=tiny_config(), members_dir=str(tmp_path / "none"),
                            vs_m_orders=("best_first",))
   assert not (tmp_path / "out").exists()
+
+
+def test_distinct_rows_is_an_exact_factorisation():
+  from warm_jax.scoring import distinct_rows
+  rng = np.random.default_rng(1)
+  base = rng.integers(0, 4, (6, 5)).astype(np.int32)
+  picks = rng.integers(0, 6, 40)
+  tokens, masks = base[picks], (base[picks] > 0).astype(np.float32)
+  first, inverse = distinct_rows(tokens, masks)
+  np.testing.assert_array_equal(tokens[first][inverse], tokens)
+  np.testing.assert_array_equal(masks[first][inverse], masks)
+  # first occurrences, in order, and no two kept rows alike (a brute-force count)
+  assert list(first) == sorted(first)
+  distinct = {tuple(t) + tuple(m) for t, m in zip(tokens, masks)}
+  assert len(first) == len(distinct)
+  assert all(p == min(np.flatnonzero(picks == picks[p])) for p in first)
+  # rows that differ only in the mask are different rows
+  t = np.zeros((2, 3), np.int32)
+  m = np.array([[1, 1, 0], [1, 1, 1]], np.int32)
+  assert len(distinct_rows(t, m)[0]) == 2
+
+
+def test_repeated_rows_are_scored_once_and_get_the_same_reward(monkeypatch):
+  """Pairs of one post share their summaries: the scorer runs the model on each distinct row
+  once and hands every copy its reward (equal to the model's on that row)."""
+  cfg = tiny_config(max_len=64)
+  params = unboxed_init(RewardModel(cfg), 4)
+  rng = np.random.default_rng(2)
+  base = rng.integers(1, cfg.vocab_size, (5, 64)).astype(np.int32)
+  ends = np.array([10, 64, 33, 20, 47])
+  base_mask = (np.arange(64)[None] < ends[:, None]).astype(np.int32)
+  picks = np.array([0, 1, 0, 2, 3, 1, 4, 0, 2, 2, 3])
+  tokens, mask = base[picks] * base_mask[picks], base_mask[picks]
+  scorer = RewardScorer(model_config=cfg, partitioner=Partitioner(), batch_size=8)
+  seen = []
+  run_rows = scorer._run_rows
+  monkeypatch.setattr(scorer, "_run_rows",
+                      lambda fn, p, t, *a: seen.append(len(t)) or run_rows(fn, p, t, *a))
+  got = scorer.rewards(scorer.place(params), tokens, mask)
+  assert seen == [5]
+  np.testing.assert_allclose(got, _direct_rewards(cfg, params, tokens, mask), atol=1e-5)

@@ -281,6 +281,70 @@ def test_logprob_readout_ignores_prompt_tokens_and_padding():
   assert abs(float(other[0]) - float(base[0])) > 1e-4
 
 
+def _lp_params(cfg, seed=0):
+  rm = RewardModel(cfg)
+  tok = jnp.ones((1, 6), jnp.int32)
+  params = nn.unbox(rm.init(jax.random.key(seed), tok, jnp.ones_like(tok), jnp.ones_like(tok)))[
+      "params"]
+  params["reward_head"]["logprob_kernel"] = jnp.asarray([[0.9], [-0.6], [0.3]])
+  return params
+
+
+@pytest.mark.parametrize("variant", ["gpt2", "llama"])
+def test_logprob_window_gives_the_full_readouts_features(variant):
+  """With logprob_window W the LM head runs at W positions per row only; as long as every
+  response fits (at most W - 1 tokens), features and rewards equal the full computation:
+  right and left padding, rows shorter than the window, responses ending before padding."""
+  full_cfg = tiny_config(**VARIANTS[variant], reward_readout="hidden_logprob", max_len=32)
+  win_cfg = full_cfg.replace(logprob_window=6)
+  params = _lp_params(full_cfg)
+  rng = np.random.default_rng(3)
+  n, length = 6, 20
+  tok = rng.integers(3, full_cfg.vocab_size, (n, length)).astype(np.int32)
+  starts = np.array([0, 0, 0, 4, 0, 9])       # left padding of rows 3 and 5
+  ends = np.array([20, 14, 5, 20, 3, 16])     # right padding; rows 2 and 4 shorter than W
+  resp_len = np.array([5, 3, 2, 5, 1, 4])     # at most W - 1 = 5 response tokens
+  pos = np.arange(length)[None]
+  mask = ((pos >= starts[:, None]) & (pos < ends[:, None])).astype(np.int32)
+  response = ((pos >= (ends - resp_len)[:, None]) & (pos < ends[:, None])).astype(np.int32)
+  response[2, :3] = 1  # ... and stray bits on position 0 / prompt-side pads are not read
+  response[2, 0], response[3, 1] = 1, 1
+  args = (jnp.asarray(tok), jnp.asarray(mask), jnp.asarray(response))
+  full = np.asarray(RewardModel(full_cfg).apply({"params": params}, *args,
+                                                method=RewardModel.features))
+  win = np.asarray(RewardModel(win_cfg).apply({"params": params}, *args,
+                                              method=RewardModel.features))
+  np.testing.assert_allclose(win, full, rtol=1e-5, atol=1e-5)
+  assert np.abs(full[:, -3:]).min() > 0  # every row has log-prob features to compare
+
+
+def test_a_response_longer_than_the_logprob_window_is_refused_or_nan():
+  from warm_jax.models.heads import check_response_window
+  from warm_jax.objectives import PreferenceObjective
+  cfg = tiny_config(reward_readout="hidden_logprob", logprob_window=4)
+  params = _lp_params(cfg)
+  tok = np.full((2, 10), 5, np.int32)
+  mask = np.ones((2, 10), np.int32)
+  response = np.zeros((2, 10), np.int32)
+  response[0, 7:] = 1  # 3 tokens: fits a window of 4
+  response[1, 6:] = 1  # 4 tokens: does not
+  feats = np.asarray(RewardModel(cfg).apply({"params": params}, jnp.asarray(tok),
+                                            jnp.asarray(mask), jnp.asarray(response),
+                                            method=RewardModel.features))
+  assert np.isfinite(feats[0]).all()
+  assert np.isnan(feats[1, -3:]).all()  # inside a program: NaN, never a different reward
+  check_response_window(mask[:1], response[:1], 4, name="x")
+  with pytest.raises(ValueError, match=r"the batch: a response of 4 tokens .* window of 4 "
+                                       r"positions.*logprob_window >= 5"):
+    check_response_window(mask, response, 4, name="the batch")
+  batch = {"chosen_tokens": tok, "chosen_mask": mask, "chosen_response_mask": response,
+           "rejected_tokens": tok, "rejected_mask": mask, "rejected_response_mask": response}
+  with pytest.raises(ValueError, match="training batch's chosen sequences"):
+    PreferenceObjective(cfg).check_host_batch(batch)
+  with pytest.raises(ValueError, match="logprob_window"):
+    tiny_config(logprob_window=1)
+
+
 def test_reward_readout_is_validated():
   with pytest.raises(ValueError, match="reward_readout"):
     tiny_config(reward_readout="mean_pool")

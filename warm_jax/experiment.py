@@ -116,6 +116,9 @@ class ExperimentScale:
   # state, the paper's head) or 'hidden_logprob' (+ the response tokens' log-probs under the
   # RM's own LM head; docs/reward_models.md)
   reward_readout: str = "hidden"
+  # the log-prob readout's window (TransformerConfig.logprob_window): LM logits only at the
+  # last positions of each sequence, which hold its response; None: at every position
+  logprob_window: int | None = None
   # the on-policy RM data (`warm_jax.data.on_policy`, synthetic data): rm_train / id_val pairs
   # of samples of the SFT checkpoints at the Baklava steps (rm_samples_per_post in all, split
   # evenly over the steps) at rm_policy_temperature; id_policy pairs of the final SFT policy at
@@ -208,6 +211,10 @@ class ExperimentScale:
     if self.reward_readout not in ("hidden", "hidden_logprob"):
       raise ValueError(f"ExperimentScale.reward_readout={self.reward_readout!r}: 'hidden' or "
                        "'hidden_logprob'")
+    if self.logprob_window is not None and self.logprob_window <= self.max_new_tokens:
+      raise ValueError(f"ExperimentScale.logprob_window={self.logprob_window}: the RMs read "
+                       f"sampled responses of up to max_new_tokens={self.max_new_tokens} "
+                       f"tokens; use a window >= {self.max_new_tokens + 1}, or None")
     if self.rm_samples_per_post < len(self.baklava_steps):
       raise ValueError(f"ExperimentScale.rm_samples_per_post={self.rm_samples_per_post}: at "
                        f"least one sample per Baklava step ({len(self.baklava_steps)})")
@@ -305,8 +312,10 @@ class ExperimentPlan:
   def _model(self) -> list[str]:
     """The model gin file and the reward readout: every stage that builds a model gets both
     (a LanguageModel ignores the readout)."""
+    window = ([] if self.scale.logprob_window is None else
+              [_gin("TransformerConfig.logprob_window", self.scale.logprob_window)])
     return [f"--gin_file={self.scale.model_gin}",
-            _gin("TransformerConfig.reward_readout", self.scale.reward_readout)]
+            _gin("TransformerConfig.reward_readout", self.scale.reward_readout), *window]
 
   def _train(self, stage_gin: str, *bindings: str) -> list[str]:
     return _py("warm_jax.train", *self._model(), f"--gin_file={stage_gin}", *bindings)

@@ -22,6 +22,7 @@ import numpy as np
 
 from warm_jax import losses
 from warm_jax.models import LanguageModel, RewardModel, TransformerConfig
+from warm_jax.models.heads import check_response_window
 
 Array = jax.Array
 Batch = dict[str, Array]
@@ -125,6 +126,15 @@ class PreferenceObjective:
   def init_variables(self, rng: Array, batch: Batch) -> Any:
     return self.module.init(rng, batch["chosen_tokens"], batch["chosen_mask"],
                             batch.get("chosen_response_mask"))
+
+  def check_host_batch(self, batch: dict[str, np.ndarray]) -> None:
+    """Refuses a host batch the model cannot read exactly (the trainers call it before a
+    batch is sharded): responses longer than the log-prob readout's window."""
+    if self.model_config.reads_logprobs:
+      for side in ("chosen", "rejected"):
+        check_response_window(batch[f"{side}_mask"], batch.get(f"{side}_response_mask"),
+                              self.model_config.logprob_window,
+                              name=f"a training batch's {side} sequences")
 
   def rewards(self, params: Any, batch: Batch, rng: Array | None = None,
               dropout_rate: float | Array | None = None) -> tuple[Array, Array]:

@@ -200,6 +200,9 @@ class Trainer:
       raise ValueError(f"the dataset has no feature(s) {missing} that "
                        f"{type(self.objective).__name__} needs (it has {sorted(host_batch)}): "
                        "bind the dataset that matches this stage's objective")
+    check = getattr(self.objective, "check_host_batch", None)
+    if check is not None:
+      check(host_batch)
     return self.partitioner.shard_batch({k: host_batch[k] for k in self.batch_shardings},
                                         self.config.batch_size)
 

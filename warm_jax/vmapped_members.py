@@ -279,6 +279,10 @@ class VmappedMembersTrainer:
     """Each member's *global* batch (numpy [batch, ...]) -> sharded [members, batch, ...]
     arrays, keeping the objective's features only. Every process passes all members' global
     batches and keeps the shards its devices hold, whatever the member axis's layout."""
+    check = getattr(self.objective, "check_host_batch", None)
+    if check is not None:
+      for batch in host_batches:
+        check(batch)
     out = {}
     for name, sharding in self.batch_shardings.items():
       missing = [i for i, b in enumerate(host_batches) if name not in b]

@@ -63,6 +63,13 @@ class TransformerConfig:
       REWARD_READOUTS); LanguageModel and ValueModel ignore it.
     logprob_softmin_temperature: tau of the log-prob readout's softmin
       -tau * logsumexp(-lp / tau) over response tokens (-> min as tau -> 0).
+    logprob_window: the log-prob readout computes LM logits only at the last `logprob_window`
+      positions of each row (ending at its last real token), which must hold every response
+      token after the window's first (responses of at most logprob_window - 1 tokens, EOS
+      included): the same features for a fraction of the LM head's cost (it is ~40% of the
+      tiny decoder's FLOPs at every position). None: logits at every position. A longer
+      response is refused on the host (`models.heads.check_response_window`) and gives NaN
+      features inside a compiled program, never a silently different reward.
   """
 
   vocab_size: int
@@ -88,6 +95,7 @@ class TransformerConfig:
   dtype: str = "float32"
   reward_readout: str = "hidden"
   logprob_softmin_temperature: float = 0.25
+  logprob_window: int | None = None
 
   def __post_init__(self):
     def bad(field, why):
@@ -116,6 +124,10 @@ class TransformerConfig:
       bad("reward_readout", f"choose one of {REWARD_READOUTS}")
     if not self.logprob_softmin_temperature > 0:
       bad("logprob_softmin_temperature", "must be > 0")
+    if self.logprob_window is not None and (not isinstance(self.logprob_window, int)
+                                            or self.logprob_window < 2):
+      bad("logprob_window", "must be an integer >= 2 (a response of window - 1 tokens), or "
+          "None for logits at every position")
     if self.logit_softcap is not None and self.logit_softcap <= 0:
       bad("logit_softcap", "must be positive or None")
     if self.rope_scaling is not None:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from warm_jax.models.config import TransformerConfig
 from warm_jax.models.transformer import Decoder, KVCache
@@ -103,10 +104,12 @@ def response_log_prob_features(logits: Array, tokens: Array, response_mask: Arra
 
   logits [batch, length, vocab] (position t predicts token t + 1), tokens and response_mask
   [batch, length] (response_mask[:, 0] is ignored: the first token has no prediction). A row
-  with no response token gets zeros.
+  with no response token gets zeros. log p is the target's logit minus the row's logsumexp
+  (no [batch, length, vocab] log-softmax is materialised).
   """
-  log_probs = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
-  lp = jnp.take_along_axis(log_probs, tokens[:, 1:, None].astype(jnp.int32), axis=-1)[..., 0]
+  logits = logits[:, :-1].astype(jnp.float32)
+  target = jnp.take_along_axis(logits, tokens[:, 1:, None].astype(jnp.int32), axis=-1)[..., 0]
+  lp = target - jax.nn.logsumexp(logits, axis=-1)
   m = response_mask[:, 1:].astype(jnp.float32)
   count = jnp.sum(m, axis=-1)
   total = jnp.sum(lp * m, axis=-1)
@@ -115,6 +118,40 @@ def response_log_prob_features(logits: Array, tokens: Array, response_mask: Arra
   softmin = -temperature * jax.nn.logsumexp(neg, axis=-1)
   softmin = jnp.where(count > 0, softmin, 0.0)
   return jnp.stack([softmin, mean, total], axis=-1)
+
+
+def response_window(mask: Array, window: int) -> tuple[Array, Array]:
+  """(positions [batch, window], valid [batch, window]): the last `window` positions of each
+  row, ending at its last real token, clipped at 0; valid is 0 where a position was clipped
+  or is position 0 (which has no prediction). The log-prob readout's LM head runs there only.
+  """
+  last = last_token_index(mask)
+  positions = last[:, None] - (window - 1) + jnp.arange(window)[None, :]
+  return jnp.maximum(positions, 0), (positions >= 1).astype(jnp.int32)
+
+
+def check_response_window(mask, response_mask, window: int | None, *, name: str) -> None:
+  """Host check (numpy) that every response token of every row lies in the log-prob readout's
+  window (`TransformerConfig.logprob_window`): raises naming the longest response and the fix.
+  """
+  if window is None or response_mask is None:
+    return
+  real = np.asarray(mask) != 0
+  resp = (np.asarray(response_mask) != 0) & real
+  resp[:, 0] = False  # the first token has no prediction and is never read
+  if not resp.any():
+    return
+  length = real.shape[1]
+  last = length - 1 - np.argmax(real[:, ::-1], axis=1)
+  first = np.where(resp.any(axis=1), np.argmax(resp, axis=1), last)
+  span = last - first + 1  # the response tokens to read, the first one included
+  if span.max() > window - 1:
+    raise ValueError(
+        f"{name}: a response of {int(span.max())} tokens (summary + EOS, up to the last real "
+        f"token) does not fit the log-prob readout's window of {window} positions "
+        f"(TransformerConfig.logprob_window, which reads responses of up to {window - 1}): "
+        f"set logprob_window >= {int(span.max()) + 1} (ExperimentScale.logprob_window in an "
+        "experiment), or None to read logits at every position")
 
 
 class RewardHead(nn.Module):
@@ -175,14 +212,26 @@ class RewardModel(nn.Module):
                        "(reward_readout='hidden_logprob') and needs response_mask [batch, "
                        "length], 1 on the response tokens (summary and EOS): pass it, or use "
                        "reward_readout='hidden'")
+    response_mask = response_mask * mask.astype(response_mask.dtype)
+    window = self.config.logprob_window
+    missed = None
+    if window is not None and window < tokens.shape[1]:
+      positions, valid = response_window(mask, window)
+      hidden = jnp.take_along_axis(hidden, positions[..., None], axis=1)
+      full_count = jnp.sum(response_mask[:, 1:], axis=-1)
+      tokens = jnp.take_along_axis(tokens, positions, axis=1)
+      response_mask = jnp.take_along_axis(response_mask, positions, axis=1) * valid.astype(
+          response_mask.dtype)
+      missed = full_count - jnp.sum(response_mask[:, 1:], axis=-1)
     if self.config.tie_embeddings:
       logits = self.decoder.attend(hidden)
     else:
       logits = self.lm_head(hidden.astype(jnp.float32))
     logits = _softcap(logits, self.config.logit_softcap)
     lp_features = response_log_prob_features(
-        logits, tokens, response_mask * mask.astype(response_mask.dtype),
-        temperature=self.config.logprob_softmin_temperature)
+        logits, tokens, response_mask, temperature=self.config.logprob_softmin_temperature)
+    if missed is not None:  # a response longer than the window: NaN, never a wrong reward
+      lp_features = jnp.where(missed[:, None] > 0, jnp.nan, lp_features)
     return jnp.concatenate([last, lp_features], axis=-1)
 
   def __call__(self, tokens: Array, mask: Array, response_mask: Array | None = None, *,
