@@ -7,7 +7,10 @@ Where it sits: after the RM members are trained and averaged. One stage (gin/bon
      first N_max form the pool every selector picks from, the last is an independent "random
      SFT sample" the selections are compared against.
   2. Score every candidate with the oracle (`warm_jax.oracle`: the gold reward of the decoded
-     text) and with each selector RM (`warm_jax.reward_sources`: a member, WARM M, ENS M).
+     text) and with each selector RM (`warm_jax.reward_sources`: a member, WARM M, ENS M);
+     an RM reads an unfinished candidate closed with EOS (`sampling.close_unfinished`).
+  Before sampling, the prompts + MAX_NEW_TOKENS (+ that EOS) are checked against the
+  positions the models were trained on (`sampling.check_positions`).
   3. For N in 1, 2, 4, ..., N_max the BoN choice is the argmax of the selector's reward over the
      first N candidates (ties: the earliest). Per selector and N: mean oracle (and RM) reward
      of the choices, against N and against KL(BoN || SFT) = log N - (N - 1) / N; also the
@@ -43,7 +46,8 @@ from warm_jax import win_rates as wr
 from warm_jax.models import TransformerConfig
 from warm_jax.partitioning import Partitioner
 from warm_jax.reward_sources import parse_reward_sources, score_with_source
-from warm_jax.sampling import Sampler, SamplingConfig, candidate_sequences
+from warm_jax.sampling import (Sampler, SamplingConfig, candidate_sequences, check_positions,
+                               trained_positions)
 from warm_jax.scoring import RewardScorer
 
 RESULT_FILE = "bon.json"
@@ -223,6 +227,11 @@ def best_of_n(*, output_dir: str | None, data_dir: str | None, sft_path: str | N
     raise ValueError(f"NUM_PROMPTS={num_prompts}: prompts.{split} of {data_dir} has "
                      f"{len(prompts['prompt_tokens'])} prompts")
   prompts = {k: v[:count] for k, v in prompts.items()}
+  limit, limit_source = trained_positions(
+      (model_config, reward_model_config or model_config), data_dir=data_dir)
+  check_positions(prompts["prompt_mask"], max_new_tokens=sampling.max_new_tokens, limit=limit,
+                  source=limit_source, program="best-of-N",
+                  closing_eos=sampling.eos_id is not None)
   per_prompt = n_max + 1  # the pool, then the independent reference sample
   rows = np.repeat(np.arange(count), per_prompt)
   tokens, mask = prompts["prompt_tokens"][rows], prompts["prompt_mask"][rows]
@@ -230,7 +239,7 @@ def best_of_n(*, output_dir: str | None, data_dir: str | None, sft_path: str | N
 
   # -- 1. sample once ---------------------------------------------------------------------------
   sampler = Sampler(model_config=model_config, partitioner=partitioner, config=sampling,
-                    batch_size=batch_size)
+                    batch_size=batch_size, max_positions=limit)
   t_sample = time.time()
   samples = sampler.sample(sampler.place(ckpt_lib.load_params(sft_path)), tokens, mask,
                            seed=seed)
@@ -242,14 +251,15 @@ def best_of_n(*, output_dir: str | None, data_dir: str | None, sft_path: str | N
   scorer = RewardScorer(model_config=reward_model_config or model_config,
                         partitioner=partitioner, batch_size=batch_size)
   if control_rm_path:
-    oracle_judge = ControlRewardOracle(scorer=scorer, params_path=control_rm_path)
+    oracle_judge = ControlRewardOracle(scorer=scorer, params_path=control_rm_path,
+                                       eos_id=sampling.eos_id)
   else:
     oracle_judge = GoldOracle(data_dir=data_dir, split=split)
   oracle_all = oracle_judge.score(prompt_index=index, prompt_tokens=tokens, prompt_mask=mask,
                                   response_tokens=samples.tokens,
                                   response_mask=samples.mask).reshape(count, per_prompt)
   seq_tokens, seq_mask, seq_response = candidate_sequences(tokens, mask, samples.tokens,
-                                                           samples.mask)
+                                                           samples.mask, eos_id=sampling.eos_id)
   rm_all, by_path = {}, {}  # ENS reuses its members' rewards: each checkpoint scored once
   for source in sources:
     if source.combine == "ens" or len(source.paths) == 1:
