@@ -143,12 +143,14 @@ def test_best_of_n_stage_end_to_end(tmp_path):
   from warm_jax.sampling import SamplingConfig
   result = bon.best_of_n(
       output_dir=str(tmp_path / "bon"), data_dir=data, sft_path=sft, model_config=cfg,
-      reward_models={"rm_0": members[0], "ens_2": members, "warm_2": {"warm": members}},
+      reward_models={"rm_0": members[0], "rm_1": members[1], "ens_2": members,
+                     "warm_2": {"warm": members}, "wco_2": {"wco": members},
+                     "uwo_2": {"uwo": members, "lambda": 0.5}},
       sampling=SamplingConfig(max_new_tokens=6), n_max=4, batch_size=8,
       prompt_len=PROMPT_LEN, vocab_size=320)
   curves = result["curves"]
   assert curves["n"] == [1, 2, 4] and set(curves["selectors"]) == {
-      "rm_0", "ens_2", "warm_2", bon.ORACLE_BEST}
+      "rm_0", "rm_1", "ens_2", "warm_2", "wco_2", "uwo_2", bon.ORACLE_BEST}
   scores = np.load(tmp_path / "bon" / bon.SCORES_FILE)
   assert scores["oracle"].shape == (8, 5)
   # The curve is the oracle of the RM's argmax, recomputed from the saved scores.
@@ -157,8 +159,41 @@ def test_best_of_n_stage_end_to_end(tmp_path):
     for i, n in enumerate(curves["n"]):
       choice = bon.take_rows(scores["oracle"][:, :4], bon.best_of_n_indices(rm, n))
       assert curves["selectors"][name]["oracle"][i] == pytest.approx(choice.mean(), abs=1e-5)
+  # The prediction ensembles from the members' rewards, recomputed with numpy: ENS the mean,
+  # WCO the min, UWO the mean - 0.5 * the (population) variance.
+  both = np.stack([scores["rm/rm_0"], scores["rm/rm_1"]]).astype(np.float64)
+  np.testing.assert_allclose(scores["rm/ens_2"], both.mean(0), rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(scores["rm/wco_2"], np.minimum(both[0], both[1]), atol=1e-6)
+  spread = (both[0] - both[1]) ** 2 / 4
+  np.testing.assert_allclose(scores["rm/uwo_2"], both.mean(0) - 0.5 * spread, rtol=1e-5,
+                             atol=1e-6)
+  assert result["reward_models"]["uwo_2"] == {"paths": members, "combine": "uwo",
+                                              "lambda": 0.5}
   # ENS is the mean of the members' rewards; N = 1 is the first candidate for everyone.
   assert curves["selectors"]["ens_2"]["oracle"][0] == curves["selectors"]["rm_0"]["oracle"][0]
   for path in result["plots"]:
     assert os.path.getsize(path) > 0
   assert os.path.exists(tmp_path / "bon" / "DONE")
+
+
+def test_reward_source_specs_and_the_ensemble_objectives_against_numpy():
+  from warm_jax.reward_sources import combine_member_rewards, parse_reward_source
+  rng = np.random.default_rng(4)
+  rewards = rng.normal(size=(5, 30))
+  for xp in (np, jnp):
+    got = {c: np.asarray(combine_member_rewards(xp.asarray(rewards), c, 0.1))
+           for c in ("ens", "wco", "uwo")}
+    np.testing.assert_allclose(got["ens"], [np.mean(r) for r in rewards.T], rtol=1e-5)
+    np.testing.assert_allclose(got["wco"], [min(r) for r in rewards.T], rtol=1e-6)
+    var = [sum((x - np.mean(r)) ** 2 for x in r) / len(r) for r in rewards.T]
+    np.testing.assert_allclose(got["uwo"], np.mean(rewards, 0) - 0.1 * np.array(var),
+                               rtol=1e-5, atol=1e-6)
+  assert parse_reward_source("w", {"wco": ["a", "b"]}).combine == "wco"
+  uwo = parse_reward_source("u", {"uwo": ["a", "b"], "lambda": 0.1})
+  assert (uwo.combine, uwo.uwo_lambda, uwo.paths) == ("uwo", 0.1, ("a", "b"))
+  with pytest.raises(ValueError, match="uwo needs 'lambda'.*0.5 for best-of-N, 0.1 for RL"):
+    parse_reward_source("u", {"uwo": ["a", "b"]})
+  with pytest.raises(ValueError, match="'lambda' belongs to 'uwo' only"):
+    parse_reward_source("e", {"ens": ["a", "b"], "lambda": 0.1})
+  with pytest.raises(ValueError, match="exactly one key"):
+    parse_reward_source("x", {"wco": ["a"], "uwo": ["b"], "lambda": 0.1})

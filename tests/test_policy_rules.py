@@ -182,3 +182,17 @@ def test_an_unfinished_response_is_scored_by_one_rule_in_bon_rl_and_win_rates(tm
                                                     response_mask, eos_id=None))
   assert abs(raw[0] - expected[0]) > 1e-4
   assert raw[1] == pytest.approx(expected[1], abs=2e-5)
+  # RL against Coste et al.'s objectives over two RMs: min (WCO) and mean - lambda * var (UWO)
+  # of the two RMs' rewards, each read by the same rule.
+  other = random_params(rm, 4)
+  second = scorer.rewards(scorer.place(other), *candidate_sequences(
+      prompt, prompt_mask, response, response_mask))
+  both = np.stack([expected, second])
+  for combine, want in (("wco", both.min(0)),
+                        ("uwo", both.mean(0) - 0.1 * ((both[0] - both[1]) / 2) ** 2)):
+    _, _, rows = rl._score_rollout(
+        policy, policy, None, None, [rm_params, other], 0.0, 1.0, prompt, prompt_mask,
+        response, response_mask, lm=lm, rm=rm, vm=None, temperature=1.0,
+        config=rl.RLConfig(baseline="none"), partitioner=Partitioner(), eos_id=EOS_ID,
+        reward_combine=(combine, 0.1))
+    np.testing.assert_allclose(np.asarray(rows["proxy"]), want, atol=2e-5)

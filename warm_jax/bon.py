@@ -7,7 +7,8 @@ Where it sits: after the RM members are trained and averaged. One stage (gin/bon
      first N_max form the pool every selector picks from, the last is an independent "random
      SFT sample" the selections are compared against.
   2. Score every candidate with the oracle (`warm_jax.oracle`: the gold reward of the decoded
-     text) and with each selector RM (`warm_jax.reward_sources`: a member, WARM M, ENS M);
+     text) and with each selector RM (`warm_jax.reward_sources`: a member, WARM M, ENS M,
+     Coste et al.'s WCO M / UWO M);
      an RM reads an unfinished candidate closed with EOS (`sampling.close_unfinished`).
   Before sampling, the prompts + MAX_NEW_TOKENS (+ that EOS) are checked against the
   positions the models were trained on (`sampling.check_positions`).
@@ -45,7 +46,8 @@ from warm_jax import checkpoints as ckpt_lib
 from warm_jax import win_rates as wr
 from warm_jax.models import TransformerConfig
 from warm_jax.partitioning import Partitioner
-from warm_jax.reward_sources import parse_reward_sources, score_with_source
+from warm_jax.reward_sources import (PREDICTION_ENSEMBLES, parse_reward_sources,
+                                     score_with_source)
 from warm_jax.sampling import (Sampler, SamplingConfig, candidate_sequences, check_positions,
                                trained_positions)
 from warm_jax.scoring import RewardScorer
@@ -260,17 +262,19 @@ def best_of_n(*, output_dir: str | None, data_dir: str | None, sft_path: str | N
                                   response_mask=samples.mask).reshape(count, per_prompt)
   seq_tokens, seq_mask, seq_response = candidate_sequences(tokens, mask, samples.tokens,
                                                            samples.mask, eos_id=sampling.eos_id)
-  rm_all, by_path = {}, {}  # ENS reuses its members' rewards: each checkpoint scored once
+  # ENS, WCO and UWO reuse their members' rewards: each checkpoint is scored once.
+  rm_all, by_path = {}, {}
   for source in sources:
-    if source.combine == "ens" or len(source.paths) == 1:
+    if source.combine in PREDICTION_ENSEMBLES or len(source.paths) == 1:
       for path in source.paths:
         if path not in by_path:
           tree = scorer.place(ckpt_lib.load_params(path))
           by_path[path] = scorer.rewards(tree, seq_tokens, seq_mask, seq_response)
-      rewards = np.mean([by_path[p] for p in source.paths], axis=0)
+      rewards = source.combine_rewards(np.stack([by_path[p] for p in source.paths]))
     else:
       trees = [scorer.place(tree) for tree in source.load()]
-      rewards = score_with_source(scorer, trees, seq_tokens, seq_mask, seq_response)
+      rewards = score_with_source(scorer, trees, seq_tokens, seq_mask, seq_response,
+                                  source=source)
     rm_all[source.name] = rewards.reshape(count, per_prompt)
     logging.info("scored with %s (%s of %d)", source.name, source.combine, len(source.paths))
 
@@ -283,7 +287,8 @@ def best_of_n(*, output_dir: str | None, data_dir: str | None, sft_path: str | N
       "sft_path": sft_path, "data_dir": data_dir, "split": split, "num_prompts": count,
       "n_max": n_max, "oracle": oracle_judge.name,
       "sampling": dataclasses.asdict(sampling),
-      "reward_models": {s.name: {"paths": list(s.paths), "combine": s.combine}
+      "reward_models": {s.name: {"paths": list(s.paths), "combine": s.combine,
+                                 **({"lambda": s.uwo_lambda} if s.combine == "uwo" else {})}
                         for s in sources},
       "candidates": {"mean_oracle": float(oracle_all.mean()),
                      "mean_length": float(lengths.mean()),

@@ -66,7 +66,7 @@ from warm_jax.models import LanguageModel, RewardModel, TransformerConfig, Value
 from warm_jax.models.heads import init_inputs
 from warm_jax.optimizers import OptimizerConfig
 from warm_jax.partitioning import Partitioner
-from warm_jax.reward_sources import parse_reward_source
+from warm_jax.reward_sources import combine_member_rewards, parse_reward_source
 from warm_jax.sampling import (Sampler, SamplingConfig, check_left_padded, check_positions,
                                close_unfinished, join_prompt_and_response, response_ended,
                                trained_positions)
@@ -170,8 +170,10 @@ def compute_advantages(*, log_probs: Array, ref_log_probs: Array, response_mask:
 
 def _score_rollout(policy, ref, sft, value, reward_trees, reward_shift, reward_scale,
                    prompt_tokens, prompt_mask, response_tokens, response_mask, *, lm, rm, vm,
-                   temperature, config, partitioner, eos_id=None):
-  """Step 2-3 on device: the two Trainers' batches and [batch] per-row statistics. The RM
+                   temperature, config, partitioner, eos_id=None, reward_combine=("ens", 0.0)):
+  """Step 2-3 on device: the two Trainers' batches and [batch] per-row statistics. The
+  reward is the reward trees' rewards combined by reward_combine = (combine, uwo lambda)
+  (`reward_sources.combine_member_rewards`: ENS mean, WCO min, UWO mean - lambda var). The RM
   reads each response closed by `sampling.close_unfinished` (EOS after an unfinished one, the
   rule of best-of-N and win rates); the policy, reference and value read the sampled tokens."""
   with partitioner.activation_rules():
@@ -188,8 +190,9 @@ def _score_rollout(policy, ref, sft, value, reward_trees, reward_shift, reward_s
                                                   closed_mask)
     rm_response = jnp.concatenate([jnp.zeros_like(prompt_mask), closed_mask],
                                   1).astype(jnp.int32)
-    rewards = jnp.mean(jnp.stack([rm.apply({"params": t}, rm_tokens, rm_mask, rm_response)
-                                  for t in reward_trees]), axis=0)
+    rewards = combine_member_rewards(
+        jnp.stack([rm.apply({"params": t}, rm_tokens, rm_mask, rm_response)
+                   for t in reward_trees]), reward_combine[0], reward_combine[1])
     values = (jnp.zeros(tokens.shape, jnp.float32) if value is None else
               po.state_values(vm.apply({"params": value}, tokens, mask)))
     adv = compute_advantages(log_probs=log_probs, ref_log_probs=ref_log_probs,
@@ -257,7 +260,8 @@ def train_policy(*, model_dir: str | None, sft_path: str | None, reward_model: A
   """Runs RL into MODEL_DIR (module docstring); returns the last eval metrics.
 
   Args:
-    reward_model: the RM spec (`reward_sources`: a path, [paths] for ENS, {'warm': [...]}).
+    reward_model: the RM spec (`reward_sources`: a path, [paths] for ENS, {'warm': [...]},
+      {'wco': [...]}, {'uwo': [...], 'lambda': 0.1}).
     dataset / eval_dataset: prompt datasets (prompt_tokens, prompt_mask left-padded,
       prompt_index).
     oracle / eval_oracle: judges of the train / eval prompts; default the gold reward of
@@ -311,11 +315,12 @@ def train_policy(*, model_dir: str | None, sft_path: str | None, reward_model: A
   sampler = Sampler(model_config=model_config, partitioner=partitioner, config=sampling,
                     batch_size=batch, max_positions=limit)
   rows2 = partitioner.batch_sharding(2)
+  source = parse_reward_source("reward", reward_model)
   score = jax.jit(functools.partial(
       _score_rollout, lm=LanguageModel(model_config),
       rm=RewardModel(reward_model_config or model_config), vm=ValueModel(model_config),
       temperature=sampling.temperature, config=rl, partitioner=partitioner,
-      eos_id=sampling.eos_id),
+      eos_id=sampling.eos_id, reward_combine=(source.combine, source.uwo_lambda or 0.0)),
       out_shardings=({key: rows2 for key in po.PolicyGradientObjective.batch_features},
                      {key: rows2 for key in po.ValueRegressionObjective.batch_features},
                      partitioner.batch_sharding(1)))
@@ -365,7 +370,6 @@ def train_policy(*, model_dir: str | None, sft_path: str | None, reward_model: A
   if anchor_ckpt is not None:
     anchor = (anchor_ckpt.restore(start, abstract.params) if start
               else jax.tree_util.tree_map(jnp.copy, sft))
-  source = parse_reward_source("reward", reward_model)
   reward_module = RewardModel(reward_model_config or model_config)
   rm_shardings = partitioner.param_shardings(jax.eval_shape(lambda: reward_module.init(
       jax.random.key(0), *init_inputs(reward_module)))["params"])
