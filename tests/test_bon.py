@@ -197,3 +197,44 @@ def test_reward_source_specs_and_the_ensemble_objectives_against_numpy():
     parse_reward_source("e", {"ens": ["a", "b"], "lambda": 0.1})
   with pytest.raises(ValueError, match="exactly one key"):
     parse_reward_source("x", {"wco": ["a"], "uwo": ["b"], "lambda": 0.1})
+
+
+def test_bon_gao_fit_and_paired_differences_match_brute_force():
+  """Per selector: the oracle gain over the pool mean (every N-subset enumerated) fitted by
+  d (a - b d) with the normal equations solved by hand; per pair and N: the mean paired
+  per-prompt difference with s.e. = sd / sqrt(prompts) and a normal 95% interval."""
+  rng = np.random.default_rng(5)
+  prompts, pool = 40, 6
+  oracle = rng.normal(size=(prompts, pool))
+  rm = {"good": oracle + 0.5 * rng.normal(size=(prompts, pool)),
+        "bad": rng.normal(size=(prompts, pool))}
+  ns = [1, 2, 3, 6]
+  curves = bon.bon_curves(oracle=oracle, rm_scores=rm, ns=ns, reference=oracle[:, 0])
+
+  def brute(scores, n):  # [prompts] mean oracle of the RM's choice over every n-subset
+    return np.array([np.mean([oracle[p, s[int(np.argmax(scores[p, list(s)]))]]
+                              for s in itertools.combinations(range(pool), n)])
+                     for p in range(prompts)])
+
+  d = np.sqrt([math.log(n) - (n - 1) / n for n in ns])
+  for name, scores in rm.items():
+    gain = np.array([np.mean(brute(scores, n) - oracle.mean(1)) for n in ns])
+    x1, x2 = d, -d * d
+    a, b = np.linalg.solve([[x1 @ x1, x1 @ x2], [x1 @ x2, x2 @ x2]], [x1 @ gain, x2 @ gain])
+    fit = curves["selectors"][name]["gao_fit"]
+    assert (fit["a"], fit["b"]) == (pytest.approx(a), pytest.approx(b))
+    if fit["peak_kl"] is not None:
+      assert fit["peak_kl"] == pytest.approx((a / (2 * b)) ** 2)
+      assert fit["peak_gain"] == pytest.approx(a * a / (4 * b))
+  assert curves["pool_mean_oracle"] == pytest.approx(oracle.mean())
+  assert set(curves["paired_differences"]) == {"good-bad"}
+  for i, n in enumerate(ns):
+    diff = brute(rm["good"], n) - brute(rm["bad"], n)
+    got = curves["paired_differences"]["good-bad"][i]
+    se = diff.std(ddof=1) / math.sqrt(prompts)
+    assert got["diff"] == pytest.approx(diff.mean(), abs=1e-12)
+    assert got["se"] == pytest.approx(se)
+    assert (got["low"], got["high"]) == (pytest.approx(diff.mean() - 1.959964 * se),
+                                         pytest.approx(diff.mean() + 1.959964 * se))
+  # The informative selector gains; the gain of the uninformative one is noise around 0.
+  assert curves["paired_differences"]["good-bad"][-1]["low"] > 0

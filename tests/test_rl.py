@@ -249,3 +249,30 @@ def test_gao_fits_recover_known_curves_and_match_an_independent_least_squares():
   ref = gao_fit([1.0, 3.0, 9.0], [0.4, 0.5, 0.1], form="rl")
   assert fit["a"] == pytest.approx(ref["a"]) and fit["sft_oracle"] == 5.0
   assert rl_eval_fit(records[1:]) is None  # no step-0 evaluation
+
+
+def test_report_reads_the_step0_eval_and_the_rl_fit(tmp_path):
+  from warm_jax import report_policy
+  from warm_jax.gao_fits import gao_fit
+  from warm_jax.metrics_writer import MetricsWriter
+  run = str(tmp_path / "best_member")
+  writer = MetricsWriter(run, tensorboard=False)
+  evals = [(0, 5.0, 0.0, 10.0), (10, 5.4, 1.0, 11.0), (20, 5.5, 3.0, 12.0), (30, 5.1, 9.0, 13.0)]
+  for step, oracle, kl, proxy in evals:
+    if step:
+      writer.write(step, {"rewards/oracle": oracle, "rewards/proxy": proxy,
+                          "rewards/kl_to_sft": kl, "generation/length": 9.0,
+                          "generation/entropy": 1.0})
+    writer.write(step, {"eval/oracle_reward": oracle, "eval/kl_to_sft": kl,
+                        "eval/proxy_reward": proxy, "eval/length": 9.0,
+                        "eval/kl_term": 0.003 * kl, "eval/normalized_reward": 0.0})
+  writer.close()
+  rl_runs = report_policy.collect_rl({"best_member": run})
+  got = rl_runs["best_member"]
+  assert got["eval"]["step"] == [0, 10, 20, 30] and got["first_oracle"] == 5.0
+  assert got["train"]["step"] == [10, 20, 30]
+  want = gao_fit([1.0, 3.0, 9.0], [0.4, 0.5, 0.1], form="rl")
+  assert got["gao_fit"]["a"] == pytest.approx(want["a"])
+  table = "\n".join(report_policy.tables_md({"rl": rl_runs}))
+  assert f"| best_member | 5.000 (0) | 5.500 (20) |" in table
+  assert f"{want['a']:.3f}, {want['b']:.3f}" in table and "| 0.027 |" in table

@@ -18,6 +18,11 @@ Where it sits: after the RM members are trained and averaged. One stage (gin/bon
      lower-variance estimate averaged over every N-subset of the pool (`all_subsets`).
   4. Oracle win rates (ties split, with confidence intervals) of every selector against the
      random SFT sample and against every other selector, at each N.
+  5. Per selector, Gao et al.'s fit R(d) = d (a - b d), d = sqrt(KL), of the oracle gain of its
+     choice over the pool mean (all-subsets estimate) with its peak KL and height
+     (`gao_fits`, curves.selectors.<name>.gao_fit); per pair of selectors and N, the paired
+     per-prompt difference of the all-subsets oracle (mean, s.e., 95% interval over prompts,
+     curves.paired_differences['A-B']).
 
 Writes OUTPUT_DIR/bon.json, OUTPUT_DIR/bon_scores.npz (every candidate's oracle and RM
 rewards, to recompute any curve), OUTPUT_DIR/plots/bon_oracle_vs_kl.png (fig. 6),
@@ -44,6 +49,8 @@ import numpy as np
 
 from warm_jax import checkpoints as ckpt_lib
 from warm_jax import win_rates as wr
+from warm_jax.gao_fits import gao_fit
+from warm_jax.paired_stats import paired_difference
 from warm_jax.models import TransformerConfig
 from warm_jax.partitioning import Partitioner
 from warm_jax.reward_sources import (PREDICTION_ENSEMBLES, parse_reward_sources,
@@ -117,6 +124,10 @@ def bon_curves(*, oracle: np.ndarray, rm_scores: Mapping[str, np.ndarray],
   ns = [int(n) for n in ns]
   selections = {name: {n: take_rows(oracle, best_of_n_indices(s, n)) for n in ns}
                 for name, s in rm_scores.items()}
+  # Per prompt and N, the all-subsets expectation of each selector's choice.
+  subsets = {name: {n: all_subsets_expectation(s, oracle, n) for n in ns}
+             for name, s in rm_scores.items()}
+  pool_mean = np.asarray(oracle, np.float64).mean(axis=1)  # [prompts]: what a random candidate (N = 1) scores
   selections[ORACLE_BEST] = {n: oracle[:, :n].max(axis=1) for n in ns}
   curves: dict[str, Any] = {"n": ns, "kl": [kl_best_of_n(n) for n in ns], "selectors": {}}
   for name, by_n in selections.items():
@@ -125,8 +136,10 @@ def bon_curves(*, oracle: np.ndarray, rm_scores: Mapping[str, np.ndarray],
     if name in rm_scores:
       s = rm_scores[name]
       entry["proxy"] = [float(take_rows(s, best_of_n_indices(s, n)).mean()) for n in ns]
-      entry["oracle_all_subsets"] = [float(all_subsets_expectation(s, oracle, n).mean())
-                                     for n in ns]
+      entry["oracle_all_subsets"] = [float(subsets[name][n].mean()) for n in ns]
+      # Gao et al.'s BoN form of the gain over the pool mean vs KL (all-subsets estimate).
+      entry["gao_fit"] = gao_fit(curves["kl"], [float(np.mean(subsets[name][n] - pool_mean))
+                                                for n in ns], form="bon")
     entry["win_rate_vs_sft"] = [wr.win_rate(by_n[n], reference, confidence=confidence,
                                             seed=seed).to_json() for n in ns]
     curves["selectors"][name] = entry
@@ -135,6 +148,12 @@ def bon_curves(*, oracle: np.ndarray, rm_scores: Mapping[str, np.ndarray],
       f"{a}_vs_{b}": [wr.win_rate(selections[a][n], selections[b][n], confidence=confidence,
                                   seed=seed).to_json() for n in ns]
       for a in names for b in names if a != b}
+  # Paired per-prompt differences (A - B) of the all-subsets oracle of the choice, each pair
+  # once in the selectors' order: mean and a 95% interval over prompts.
+  curves["paired_differences"] = {
+      f"{a}-{b}": [paired_difference(subsets[a][n], subsets[b][n]) for n in ns]
+      for i, a in enumerate(names) for b in names[i + 1:]}
+  curves["pool_mean_oracle"] = float(pool_mean.mean())
   curves["sft_sample_oracle"] = float(np.mean(reference))
   return curves
 

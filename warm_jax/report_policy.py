@@ -32,17 +32,19 @@ def collect_bon(bon_dir: str) -> dict[str, Any] | None:
   if result is None:
     return None
   curves = result["curves"]
-  keep = ("oracle", "oracle_sem", "oracle_all_subsets", "proxy")
+  keep = ("oracle", "oracle_sem", "oracle_all_subsets", "proxy", "gao_fit")
   selectors = {name: {k: entry[k] for k in keep if k in entry}
                for name, entry in curves["selectors"].items()}
   for name, entry in curves["selectors"].items():
     selectors[name]["win_rate_vs_sft"] = entry["win_rate_vs_sft"]
   # pairwise win rates only at the largest N (all N are in bon/bon.json)
   at_max = {key: rates[-1] for key, rates in curves["win_rates"].items()}
+  # paired per-prompt differences likewise at the largest N (bon.json: runs since issue 14)
+  paired = {key: diffs[-1] for key, diffs in curves.get("paired_differences", {}).items()}
   return {"n": curves["n"], "kl": curves["kl"], "num_prompts": result["num_prompts"],
           "sft_sample_oracle": curves["sft_sample_oracle"], "selectors": selectors,
-          "win_rates_at_n_max": at_max, "candidates": result["candidates"],
-          "reward_models": result["reward_models"]}
+          "win_rates_at_n_max": at_max, "paired_differences_at_n_max": paired,
+          "candidates": result["candidates"], "reward_models": result["reward_models"]}
 
 
 def collect_rl(rl_dirs: dict[str, str]) -> dict[str, Any] | None:
@@ -214,6 +216,13 @@ def tables_md(metrics: dict[str, Any]) -> list[str]:
     for name, entry in bon["selectors"].items():
       values = entry.get("oracle_all_subsets", entry["oracle"])
       lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in values) + " |")
+    fits = {name: e["gao_fit"] for name, e in bon["selectors"].items() if e.get("gao_fit")}
+    if fits:
+      lines += ["", "Gao et al.'s fit of the oracle gain over the pool mean, R(d) = d (a - b d), "
+                "d = sqrt(KL):", "", "| selector | a, b, peak KL, peak gain | rmse |",
+                "|---|---|---|"]
+      lines += [f"| {name} | {_fit_text(fit)} | {fit['rmse']:.3f} |"
+                for name, fit in fits.items()]
   rl = metrics.get("rl")
   if rl:
     lines += ["", "## RL (evaluated on held-out prompts; the first eval is step 0, the SFT "
