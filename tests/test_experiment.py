@@ -2,6 +2,7 @@
 schema of metrics.json, report.md and the plots), its resume/skip logic and failure handling,
 and the policy findings' rules on hand-made numbers."""
 
+import dataclasses
 import json
 import math
 import os
@@ -206,6 +207,12 @@ def test_ensemble_reward_names_give_coste_specs_with_the_stage_lambda(tmp_path, 
   assert models["uwo_2"] == {"uwo": ranked[:2], "lambda": 0.5}
   rl_uwo = next(stage for stage in plan._policy_stages() if stage.name == "rl/uwo_2")
   assert f"--gin.REWARD_MODEL={plan.reward_spec('uwo_2')!r}" in rl_uwo.argv()
+  assert "--gin.MAX_NEW_TOKENS=48" in rl_uwo.argv()
+  # The policy side's own length (the on-policy RM data keeps max_new_tokens).
+  plan.scale = dataclasses.replace(scale, policy_max_new_tokens=44)
+  for stage in plan._policy_stages():
+    if stage.name.startswith(("bon", "rl/")):
+      assert "--gin.MAX_NEW_TOKENS=44" in stage.argv()
 
 
 def _rl_run(oracle, proxy, kl):

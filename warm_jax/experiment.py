@@ -137,6 +137,10 @@ class ExperimentScale:
   generator_share: float = 0.0  # share of rm_train / id_val pairs from the world's generators
   # policy side (PAPER.md figs 6-9); bon_prompts=0 / rl_steps=0 skip those stages
   max_new_tokens: int = 48
+  # best-of-N, RL and win rates only (None: max_new_tokens, which also sets the on-policy RM
+  # data's samples): prompt + these + 1 closing EOS must fit the data's SEQ_LEN (they are
+  # checked; docs/policy.md, "Positions")
+  policy_max_new_tokens: int | None = None
   bon_prompts: int = 64
   bon_n_max: int = 16
   policy_batch: int = 64
@@ -227,6 +231,9 @@ class ExperimentScale:
                        "running gin/bon.gin with CONTROL_RM yourself)")
     if any(a < 0 for a in self.rl_kl_coefs):
       raise ValueError(f"ExperimentScale.rl_kl_coefs={self.rl_kl_coefs}: must be >= 0")
+    if self.policy_max_new_tokens is not None and self.policy_max_new_tokens <= 0:
+      raise ValueError(f"ExperimentScale.policy_max_new_tokens={self.policy_max_new_tokens}: "
+                       "None or positive")
     if self.rl_policy_warmup < 0:
       raise ValueError(f"ExperimentScale.rl_policy_warmup={self.rl_policy_warmup}: must be >= 0")
     if self.rl_steps and self.rl_eval_every <= 0:
@@ -485,8 +492,9 @@ class ExperimentPlan:
 
   def _policy_common(self) -> list[str]:
     s = self.scale
+    new = s.max_new_tokens if s.policy_max_new_tokens is None else s.policy_max_new_tokens
     return [_gin("DATA_DIR", self.data_dir("clean")), _gin("SEED", self.seed),
-            _gin("MAX_NEW_TOKENS", s.max_new_tokens)]
+            _gin("MAX_NEW_TOKENS", new)]
 
   def _policy_stages(self) -> list[Stage]:
     s, out = self.scale, []
