@@ -57,12 +57,15 @@ def test_tiny_experiment_writes_the_documented_schema(tiny_run):
   for name, entry in bon["selectors"].items():
     for v, best in zip(entry["oracle"], bon["selectors"]["oracle_best"]["oracle"]):
       assert v <= best + 1e-9, name
-  # RL: both runs evaluated every 2 steps, curves finite
+  # Coste et al.'s objectives select beside ENS and WARM, each with its Gao fit key.
+  assert {"wco_2", "uwo_2", "wco_3", "uwo_3"} <= set(bon["selectors"])
+  assert all("gao_fit" in bon["selectors"][n] for n in ("member_0", "warm_2", "uwo_3"))
+  # RL: both runs evaluated at step 0 (the SFT policy) and every 2 steps, curves finite
   assert set(metrics["rl"]) == {"best_member", "warm_2"}
   for run in metrics["rl"].values():
-    assert run["eval"]["step"] == [2, 4]
+    assert run["eval"]["step"] == [0, 2, 4] and run["eval"]["eval/kl_to_sft"][0] == 0.0
     assert all(_finite(v) for v in run["eval"]["eval/oracle_reward"])
-    assert run["best_step"] in (2, 4)
+    assert run["best_step"] in (0, 2, 4) and "gao_fit" in run
     assert len(run["train"]["step"]) == 4
   # win rates: every ordered pair, complementary, rates inside their intervals
   wins = metrics["win_rates"]["win_rates"]
