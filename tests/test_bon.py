@@ -143,12 +143,14 @@ def test_best_of_n_stage_end_to_end(tmp_path):
   from warm_jax.sampling import SamplingConfig
   result = bon.best_of_n(
       output_dir=str(tmp_path / "bon"), data_dir=data, sft_path=sft, model_config=cfg,
-      reward_models={"rm_0": members[0], "ens_2": members, "warm_2": {"warm": members}},
+      reward_models={"rm_0": members[0], "rm_1": members[1], "ens_2": members,
+                     "warm_2": {"warm": members}, "wco_2": {"wco": members},
+                     "uwo_2": {"uwo": members, "lambda": 0.5}},
       sampling=SamplingConfig(max_new_tokens=6), n_max=4, batch_size=8,
       prompt_len=PROMPT_LEN, vocab_size=320)
   curves = result["curves"]
   assert curves["n"] == [1, 2, 4] and set(curves["selectors"]) == {
-      "rm_0", "ens_2", "warm_2", bon.ORACLE_BEST}
+      "rm_0", "rm_1", "ens_2", "warm_2", "wco_2", "uwo_2", bon.ORACLE_BEST}
   scores = np.load(tmp_path / "bon" / bon.SCORES_FILE)
   assert scores["oracle"].shape == (8, 5)
   # The curve is the oracle of the RM's argmax, recomputed from the saved scores.
@@ -157,8 +159,82 @@ def test_best_of_n_stage_end_to_end(tmp_path):
     for i, n in enumerate(curves["n"]):
       choice = bon.take_rows(scores["oracle"][:, :4], bon.best_of_n_indices(rm, n))
       assert curves["selectors"][name]["oracle"][i] == pytest.approx(choice.mean(), abs=1e-5)
+  # The prediction ensembles from the members' rewards, recomputed with numpy: ENS the mean,
+  # WCO the min, UWO the mean - 0.5 * the (population) variance.
+  both = np.stack([scores["rm/rm_0"], scores["rm/rm_1"]]).astype(np.float64)
+  np.testing.assert_allclose(scores["rm/ens_2"], both.mean(0), rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(scores["rm/wco_2"], np.minimum(both[0], both[1]), atol=1e-6)
+  spread = (both[0] - both[1]) ** 2 / 4
+  np.testing.assert_allclose(scores["rm/uwo_2"], both.mean(0) - 0.5 * spread, rtol=1e-5,
+                             atol=1e-6)
+  assert result["reward_models"]["uwo_2"] == {"paths": members, "combine": "uwo",
+                                              "lambda": 0.5}
   # ENS is the mean of the members' rewards; N = 1 is the first candidate for everyone.
   assert curves["selectors"]["ens_2"]["oracle"][0] == curves["selectors"]["rm_0"]["oracle"][0]
   for path in result["plots"]:
     assert os.path.getsize(path) > 0
   assert os.path.exists(tmp_path / "bon" / "DONE")
+
+
+def test_reward_source_specs_and_the_ensemble_objectives_against_numpy():
+  from warm_jax.reward_sources import combine_member_rewards, parse_reward_source
+  rng = np.random.default_rng(4)
+  rewards = rng.normal(size=(5, 30))
+  for xp in (np, jnp):
+    got = {c: np.asarray(combine_member_rewards(xp.asarray(rewards), c, 0.1))
+           for c in ("ens", "wco", "uwo")}
+    np.testing.assert_allclose(got["ens"], [np.mean(r) for r in rewards.T], rtol=1e-5)
+    np.testing.assert_allclose(got["wco"], [min(r) for r in rewards.T], rtol=1e-6)
+    var = [sum((x - np.mean(r)) ** 2 for x in r) / len(r) for r in rewards.T]
+    np.testing.assert_allclose(got["uwo"], np.mean(rewards, 0) - 0.1 * np.array(var),
+                               rtol=1e-5, atol=1e-6)
+  assert parse_reward_source("w", {"wco": ["a", "b"]}).combine == "wco"
+  uwo = parse_reward_source("u", {"uwo": ["a", "b"], "lambda": 0.1})
+  assert (uwo.combine, uwo.uwo_lambda, uwo.paths) == ("uwo", 0.1, ("a", "b"))
+  with pytest.raises(ValueError, match="uwo needs 'lambda'.*0.5 for best-of-N, 0.1 for RL"):
+    parse_reward_source("u", {"uwo": ["a", "b"]})
+  with pytest.raises(ValueError, match="'lambda' belongs to 'uwo' only"):
+    parse_reward_source("e", {"ens": ["a", "b"], "lambda": 0.1})
+  with pytest.raises(ValueError, match="exactly one key"):
+    parse_reward_source("x", {"wco": ["a"], "uwo": ["b"], "lambda": 0.1})
+
+
+def test_bon_gao_fit_and_paired_differences_match_brute_force():
+  """Per selector: the oracle gain over the pool mean (every N-subset enumerated) fitted by
+  d (a - b d) with the normal equations solved by hand; per pair and N: the mean paired
+  per-prompt difference with s.e. = sd / sqrt(prompts) and a normal 95% interval."""
+  rng = np.random.default_rng(5)
+  prompts, pool = 40, 6
+  oracle = rng.normal(size=(prompts, pool))
+  rm = {"good": oracle + 0.5 * rng.normal(size=(prompts, pool)),
+        "bad": rng.normal(size=(prompts, pool))}
+  ns = [1, 2, 3, 6]
+  curves = bon.bon_curves(oracle=oracle, rm_scores=rm, ns=ns, reference=oracle[:, 0])
+
+  def brute(scores, n):  # [prompts] mean oracle of the RM's choice over every n-subset
+    return np.array([np.mean([oracle[p, s[int(np.argmax(scores[p, list(s)]))]]
+                              for s in itertools.combinations(range(pool), n)])
+                     for p in range(prompts)])
+
+  d = np.sqrt([math.log(n) - (n - 1) / n for n in ns])
+  for name, scores in rm.items():
+    gain = np.array([np.mean(brute(scores, n) - oracle.mean(1)) for n in ns])
+    x1, x2 = d, -d * d
+    a, b = np.linalg.solve([[x1 @ x1, x1 @ x2], [x1 @ x2, x2 @ x2]], [x1 @ gain, x2 @ gain])
+    fit = curves["selectors"][name]["gao_fit"]
+    assert (fit["a"], fit["b"]) == (pytest.approx(a), pytest.approx(b))
+    if fit["peak_kl"] is not None:
+      assert fit["peak_kl"] == pytest.approx((a / (2 * b)) ** 2)
+      assert fit["peak_gain"] == pytest.approx(a * a / (4 * b))
+  assert curves["pool_mean_oracle"] == pytest.approx(oracle.mean())
+  assert set(curves["paired_differences"]) == {"good-bad"}
+  for i, n in enumerate(ns):
+    diff = brute(rm["good"], n) - brute(rm["bad"], n)
+    got = curves["paired_differences"]["good-bad"][i]
+    se = diff.std(ddof=1) / math.sqrt(prompts)
+    assert got["diff"] == pytest.approx(diff.mean(), abs=1e-12)
+    assert got["se"] == pytest.approx(se)
+    assert (got["low"], got["high"]) == (pytest.approx(diff.mean() - 1.959964 * se),
+                                         pytest.approx(diff.mean() + 1.959964 * se))
+  # The informative selector gains; the gain of the uninformative one is noise around 0.
+  assert curves["paired_differences"]["good-bad"][-1]["low"] > 0

@@ -2,6 +2,7 @@
 schema of metrics.json, report.md and the plots), its resume/skip logic and failure handling,
 and the policy findings' rules on hand-made numbers."""
 
+import dataclasses
 import json
 import math
 import os
@@ -56,12 +57,15 @@ def test_tiny_experiment_writes_the_documented_schema(tiny_run):
   for name, entry in bon["selectors"].items():
     for v, best in zip(entry["oracle"], bon["selectors"]["oracle_best"]["oracle"]):
       assert v <= best + 1e-9, name
-  # RL: both runs evaluated every 2 steps, curves finite
+  # Coste et al.'s objectives select beside ENS and WARM, each with its Gao fit key.
+  assert {"wco_2", "uwo_2", "wco_3", "uwo_3"} <= set(bon["selectors"])
+  assert all("gao_fit" in bon["selectors"][n] for n in ("member_0", "warm_2", "uwo_3"))
+  # RL: both runs evaluated at step 0 (the SFT policy) and every 2 steps, curves finite
   assert set(metrics["rl"]) == {"best_member", "warm_2"}
   for run in metrics["rl"].values():
-    assert run["eval"]["step"] == [2, 4]
+    assert run["eval"]["step"] == [0, 2, 4] and run["eval"]["eval/kl_to_sft"][0] == 0.0
     assert all(_finite(v) for v in run["eval"]["eval/oracle_reward"])
-    assert run["best_step"] in (2, 4)
+    assert run["best_step"] in (0, 2, 4) and "gao_fit" in run
     assert len(run["train"]["step"]) == 4
   # win rates: every ordered pair, complementary, rates inside their intervals
   wins = metrics["win_rates"]["win_rates"]
@@ -170,6 +174,8 @@ def test_lazy_stage_arguments_are_resolved_when_the_stage_starts(tmp_path):
     ({"lmc_lambdas": (0.0, 0.7, 0.3, 1.0)}, "increasing, from 0.0"),
     ({"reward_readout": "mean"}, "'hidden' or 'hidden_logprob'"),
     ({"rm_samples_per_post": 1}, "at least one sample per Baklava step"),
+    ({"rl_rewards": ("uwo_4",)}, "is not 'best_member'"),
+    ({"rl_policy_warmup": -1}, "rl_policy_warmup=-1: must be >= 0"),
 ])
 def test_experiment_scale_refuses_inconsistent_presets(override, message):
   from warm_jax.experiment import ExperimentScale
@@ -180,6 +186,36 @@ def test_experiment_scale_refuses_inconsistent_presets(override, message):
   fields.update(override)
   with pytest.raises(ValueError, match=message):
     ExperimentScale(**fields)
+
+
+def test_ensemble_reward_names_give_coste_specs_with_the_stage_lambda(tmp_path, monkeypatch):
+  """'wco_M' / 'uwo_M' name Coste et al.'s objectives over the top M members (UWO's lambda:
+  0.5 for best-of-N, 0.1 for RL); the best-of-N stage selects with them beside ENS and WARM."""
+  from warm_jax.experiment import ExperimentPlan, ExperimentScale
+  scale = ExperimentScale(model_gin="m", data_gin="d", pretrain_steps=2, pretrain_batch=2,
+                          sft_steps=10, sft_batch=2, baklava_steps=(5, 10), rm_steps=6,
+                          rm_batch=2, num_members=3, learning_rates=(1e-4, 1e-3),
+                          dropout_rates=(0.1,), warm_ms=(2,), scratch_rm_steps=2,
+                          rl_rewards=("best_member", "wco_3", "uwo_2"))
+  plan = ExperimentPlan(output_dir=str(tmp_path), scale=scale)
+  ranked = ["/m/member_2", "/m/member_0", "/m/member_1"]
+  monkeypatch.setattr(plan, "ranked_members", lambda setting="clean": ranked)
+  assert plan.reward_spec("wco_3") == {"wco": ranked}
+  assert plan.reward_spec("uwo_2") == {"uwo": ranked[:2], "lambda": 0.1}
+  assert plan.reward_spec("uwo_2", stage="bon") == {"uwo": ranked[:2], "lambda": 0.5}
+  bon = next(stage for stage in plan._policy_stages() if stage.name == "bon")
+  models = next(a for a in bon.argv() if a.startswith("--gin.REWARD_MODELS="))
+  models = eval(models.split("=", 1)[1])  # the literal the stage passes to gin
+  assert models["wco_2"] == {"wco": ranked[:2]} and models["ens_2"] == ranked[:2]
+  assert models["uwo_2"] == {"uwo": ranked[:2], "lambda": 0.5}
+  rl_uwo = next(stage for stage in plan._policy_stages() if stage.name == "rl/uwo_2")
+  assert f"--gin.REWARD_MODEL={plan.reward_spec('uwo_2')!r}" in rl_uwo.argv()
+  assert "--gin.MAX_NEW_TOKENS=48" in rl_uwo.argv()
+  # The policy side's own length (the on-policy RM data keeps max_new_tokens).
+  plan.scale = dataclasses.replace(scale, policy_max_new_tokens=44)
+  for stage in plan._policy_stages():
+    if stage.name.startswith(("bon", "rl/")):
+      assert "--gin.MAX_NEW_TOKENS=44" in stage.argv()
 
 
 def _rl_run(oracle, proxy, kl):

@@ -133,11 +133,23 @@ def test_tiny_rl_run_writes_metrics_checkpoints_and_warms_up_the_value(tmp_path)
   last = _run(tmp_path, "rl", steps=3, data=data, sft=sft, rm=rms, rl_config=rl.RLConfig(
       value_warmup_steps=1, anchor="ema", anchor_ema_rate=0.5))
   records = read_metrics(str(tmp_path / "rl"))
-  assert [r["step"] for r in records] == [1, 2, 3]
+  assert [r["step"] for r in records] == [0, 1, 2, 3]
+  # Step 0: the SFT policy evaluated before any update (eval keys only, KL exactly 0).
+  assert set(records[0]) == {"step", *rl.EVAL_KEYS} and records[0]["eval/kl_to_sft"] == 0.0
+  records = records[1:]
   for r in records:
     missing = set(rl.METRIC_KEYS + rl.VALUE_METRIC_KEYS) - set(r)
     assert not missing, missing
-  assert set(last) <= set(records[-1]) and "eval/oracle_reward" in last
+  assert set(last) == set(rl.EVAL_KEYS) and set(last) <= set(records[-1])
+  # alpha * KL beside the reward, in the same (standardised) units.
+  for r in records:
+    assert r["rewards/total"] == pytest.approx(
+        r["rewards/normalized_reward"] - r["rewards/kl_penalty"], abs=1e-6)
+  assert last["eval/kl_term"] == pytest.approx(0.003 * last["eval/kl_to_sft"])
+  calibration = json.load(open(tmp_path / "rl" / rl.CALIBRATION_FILE))
+  assert last["eval/normalized_reward"] == pytest.approx(
+      (last["eval/proxy_reward"] - calibration["shift"]) / calibration["scale"], rel=1e-4,
+      abs=1e-5)
   # The policy (and the anchor) is the SFT policy until the first update, after the rollout
   # of step 2: the KL terms are exactly zero at init.
   assert [r["policy/updated"] for r in records] == [0.0, 1.0, 1.0]
@@ -174,3 +186,93 @@ def test_stage_gin_files_bind_their_stage_and_name_missing_inputs(stage, require
       gin.get_configurable("run_stage")()
   finally:
     gin.clear_config()
+
+
+def test_policy_learning_rate_warms_up_linearly_over_policy_updates(tmp_path):
+  """OptimizerConfig.warmup_steps of the policy's optimiser (gin POLICY_WARMUP_STEPS) counts
+  policy updates: after one value-only step, updates 0, 1, 2 use lr * 0/2, 1/2, 2/2; the first
+  (lr 0) leaves the policy at SFT (its next rollout's KL is exactly 0)."""
+  data = make_policy_data_dir(str(tmp_path / "data"))
+  cfg = tiny_config(vocab_size=320, max_len=32, num_layers=1)
+  sft = save_random_model(LanguageModel(cfg), str(tmp_path / "sft"), 0)
+  rm = save_random_model(RewardModel(cfg), str(tmp_path / "rm"), 1)
+  rl.train_policy(
+      model_dir=str(tmp_path / "rl"), sft_path=sft, reward_model=rm, model_config=cfg,
+      optimizer=OptimizerConfig(learning_rate=1e-2, warmup_steps=2),
+      trainer_config=TrainerConfig(train_steps=4, batch_size=8, log_every=1, save_every=4),
+      dataset=prompt_dataset(data_dir=data, split="train", prompt_len=PROMPT_LEN),
+      rl=rl.RLConfig(value_warmup_steps=1), sampling=SamplingConfig(max_new_tokens=6),
+      data_dir=data, write_config=False)
+  records = read_metrics(str(tmp_path / "rl"))
+  assert [r["step"] for r in records] == [1, 2, 3, 4]  # no eval prompts: no step-0 eval
+  np.testing.assert_allclose([r["policy/learning_rate"] for r in records],
+                             [0.0, 0.0, 5e-3, 1e-2], rtol=1e-6)
+  assert [r["rewards/kl_to_sft"] == 0.0 for r in records] == [True, True, True, False]
+  assert json.load(open(tmp_path / "rl" / "DONE"))["gao_fit"] is None
+
+
+def test_gao_fits_recover_known_curves_and_match_an_independent_least_squares():
+  from warm_jax.gao_fits import gao_fit, rl_eval_fit
+  kl = np.array([0.0, 0.3, 1.0, 2.0, 4.0, 7.0, 12.0])
+  d = np.sqrt(kl)
+  # Noiseless curves: (a, b) recovered, and the peak where a dense grid of the curve tops out.
+  grid = np.linspace(1e-6, 60.0, 600_001)
+  for form, curve in (("bon", lambda d: d * (2.0 - 0.5 * d)),
+                      ("rl", lambda d: d * (2.0 - 0.5 * np.log(d)))):
+    with np.errstate(divide="ignore", invalid="ignore"):  # d log d at d = 0: 0
+      fit = gao_fit(kl, np.nan_to_num(curve(d)), form=form)
+    assert fit["a"] == pytest.approx(2.0) and fit["b"] == pytest.approx(0.5)
+    top = int(np.argmax(curve(grid)))
+    assert fit["peak_kl"] == pytest.approx(grid[top] ** 2, rel=1e-3)
+    assert fit["peak_gain"] == pytest.approx(curve(grid)[top], rel=1e-6)
+  # Noisy points: the normal equations, solved by hand, give the same (a, b).
+  rng = np.random.default_rng(0)
+  gain = d * (1.0 - 0.3 * d) + 0.05 * rng.normal(size=len(d))
+  x1, x2 = d, -d * d
+  m = np.array([[x1 @ x1, x1 @ x2], [x1 @ x2, x2 @ x2]])
+  a, b = np.linalg.solve(m, [x1 @ gain, x2 @ gain])
+  fit = gao_fit(kl, gain, form="bon")
+  assert (fit["a"], fit["b"]) == (pytest.approx(a), pytest.approx(b))
+  assert fit["rmse"] == pytest.approx(np.sqrt(np.mean((a * x1 + b * x2 - gain) ** 2)))
+  # A curve that never turns (b <= 0) has no peak; fewer than 2 points with KL > 0: no fit.
+  rising = gao_fit(kl, d * (1.0 + 0.1 * d), form="bon")
+  assert rising["b"] < 0 and rising["peak_kl"] is None and rising["peak_gain"] is None
+  assert gao_fit([0.0, 0.0, 1.0], [0.0, 0.1, 0.3], form="rl") is None
+  with pytest.raises(ValueError, match="form='x'"):
+    gao_fit(kl, gain, form="x")
+  # RL metrics records: the gain is over the step-0 (SFT) evaluation.
+  records = [{"step": 0, "eval/oracle_reward": 5.0, "eval/kl_to_sft": 0.0},
+             {"step": 1, "rewards/oracle": 1.0}] + [
+      {"step": s, "eval/oracle_reward": 5.0 + g, "eval/kl_to_sft": k}
+      for s, g, k in zip((10, 20, 30), (0.4, 0.5, 0.1), (1.0, 3.0, 9.0))]
+  fit = rl_eval_fit(records)
+  ref = gao_fit([1.0, 3.0, 9.0], [0.4, 0.5, 0.1], form="rl")
+  assert fit["a"] == pytest.approx(ref["a"]) and fit["sft_oracle"] == 5.0
+  assert rl_eval_fit(records[1:]) is None  # no step-0 evaluation
+
+
+def test_report_reads_the_step0_eval_and_the_rl_fit(tmp_path):
+  from warm_jax import report_policy
+  from warm_jax.gao_fits import gao_fit
+  from warm_jax.metrics_writer import MetricsWriter
+  run = str(tmp_path / "best_member")
+  writer = MetricsWriter(run, tensorboard=False)
+  evals = [(0, 5.0, 0.0, 10.0), (10, 5.4, 1.0, 11.0), (20, 5.5, 3.0, 12.0), (30, 5.1, 9.0, 13.0)]
+  for step, oracle, kl, proxy in evals:
+    if step:
+      writer.write(step, {"rewards/oracle": oracle, "rewards/proxy": proxy,
+                          "rewards/kl_to_sft": kl, "generation/length": 9.0,
+                          "generation/entropy": 1.0})
+    writer.write(step, {"eval/oracle_reward": oracle, "eval/kl_to_sft": kl,
+                        "eval/proxy_reward": proxy, "eval/length": 9.0,
+                        "eval/kl_term": 0.003 * kl, "eval/normalized_reward": 0.0})
+  writer.close()
+  rl_runs = report_policy.collect_rl({"best_member": run})
+  got = rl_runs["best_member"]
+  assert got["eval"]["step"] == [0, 10, 20, 30] and got["first_oracle"] == 5.0
+  assert got["train"]["step"] == [10, 20, 30]
+  want = gao_fit([1.0, 3.0, 9.0], [0.4, 0.5, 0.1], form="rl")
+  assert got["gao_fit"]["a"] == pytest.approx(want["a"])
+  table = "\n".join(report_policy.tables_md({"rl": rl_runs}))
+  assert f"| best_member | 5.000 (0) | 5.500 (20) |" in table
+  assert f"{want['a']:.3f}, {want['b']:.3f}" in table and "| 0.027 |" in table

@@ -7,13 +7,22 @@ Where it sits: after the RM members are trained and averaged. One stage (gin/bon
      first N_max form the pool every selector picks from, the last is an independent "random
      SFT sample" the selections are compared against.
   2. Score every candidate with the oracle (`warm_jax.oracle`: the gold reward of the decoded
-     text) and with each selector RM (`warm_jax.reward_sources`: a member, WARM M, ENS M).
+     text) and with each selector RM (`warm_jax.reward_sources`: a member, WARM M, ENS M,
+     Coste et al.'s WCO M / UWO M);
+     an RM reads an unfinished candidate closed with EOS (`sampling.close_unfinished`).
+  Before sampling, the prompts + MAX_NEW_TOKENS (+ that EOS) are checked against the
+  positions the models were trained on (`sampling.check_positions`).
   3. For N in 1, 2, 4, ..., N_max the BoN choice is the argmax of the selector's reward over the
      first N candidates (ties: the earliest). Per selector and N: mean oracle (and RM) reward
      of the choices, against N and against KL(BoN || SFT) = log N - (N - 1) / N; also the
      lower-variance estimate averaged over every N-subset of the pool (`all_subsets`).
   4. Oracle win rates (ties split, with confidence intervals) of every selector against the
      random SFT sample and against every other selector, at each N.
+  5. Per selector, Gao et al.'s fit R(d) = d (a - b d), d = sqrt(KL), of the oracle gain of its
+     choice over the pool mean (all-subsets estimate) with its peak KL and height
+     (`gao_fits`, curves.selectors.<name>.gao_fit); per pair of selectors and N, the paired
+     per-prompt difference of the all-subsets oracle (mean, s.e., 95% interval over prompts,
+     curves.paired_differences['A-B']).
 
 Writes OUTPUT_DIR/bon.json, OUTPUT_DIR/bon_scores.npz (every candidate's oracle and RM
 rewards, to recompute any curve), OUTPUT_DIR/plots/bon_oracle_vs_kl.png (fig. 6),
@@ -40,10 +49,14 @@ import numpy as np
 
 from warm_jax import checkpoints as ckpt_lib
 from warm_jax import win_rates as wr
+from warm_jax.gao_fits import gao_fit
+from warm_jax.paired_stats import paired_difference
 from warm_jax.models import TransformerConfig
 from warm_jax.partitioning import Partitioner
-from warm_jax.reward_sources import parse_reward_sources, score_with_source
-from warm_jax.sampling import Sampler, SamplingConfig, candidate_sequences
+from warm_jax.reward_sources import (PREDICTION_ENSEMBLES, parse_reward_sources,
+                                     score_with_source)
+from warm_jax.sampling import (Sampler, SamplingConfig, candidate_sequences, check_positions,
+                               trained_positions)
 from warm_jax.scoring import RewardScorer
 
 RESULT_FILE = "bon.json"
@@ -111,6 +124,10 @@ def bon_curves(*, oracle: np.ndarray, rm_scores: Mapping[str, np.ndarray],
   ns = [int(n) for n in ns]
   selections = {name: {n: take_rows(oracle, best_of_n_indices(s, n)) for n in ns}
                 for name, s in rm_scores.items()}
+  # Per prompt and N, the all-subsets expectation of each selector's choice.
+  subsets = {name: {n: all_subsets_expectation(s, oracle, n) for n in ns}
+             for name, s in rm_scores.items()}
+  pool_mean = np.asarray(oracle, np.float64).mean(axis=1)  # [prompts]: what a random candidate (N = 1) scores
   selections[ORACLE_BEST] = {n: oracle[:, :n].max(axis=1) for n in ns}
   curves: dict[str, Any] = {"n": ns, "kl": [kl_best_of_n(n) for n in ns], "selectors": {}}
   for name, by_n in selections.items():
@@ -119,8 +136,10 @@ def bon_curves(*, oracle: np.ndarray, rm_scores: Mapping[str, np.ndarray],
     if name in rm_scores:
       s = rm_scores[name]
       entry["proxy"] = [float(take_rows(s, best_of_n_indices(s, n)).mean()) for n in ns]
-      entry["oracle_all_subsets"] = [float(all_subsets_expectation(s, oracle, n).mean())
-                                     for n in ns]
+      entry["oracle_all_subsets"] = [float(subsets[name][n].mean()) for n in ns]
+      # Gao et al.'s BoN form of the gain over the pool mean vs KL (all-subsets estimate).
+      entry["gao_fit"] = gao_fit(curves["kl"], [float(np.mean(subsets[name][n] - pool_mean))
+                                                for n in ns], form="bon")
     entry["win_rate_vs_sft"] = [wr.win_rate(by_n[n], reference, confidence=confidence,
                                             seed=seed).to_json() for n in ns]
     curves["selectors"][name] = entry
@@ -129,6 +148,12 @@ def bon_curves(*, oracle: np.ndarray, rm_scores: Mapping[str, np.ndarray],
       f"{a}_vs_{b}": [wr.win_rate(selections[a][n], selections[b][n], confidence=confidence,
                                   seed=seed).to_json() for n in ns]
       for a in names for b in names if a != b}
+  # Paired per-prompt differences (A - B) of the all-subsets oracle of the choice, each pair
+  # once in the selectors' order: mean and a 95% interval over prompts.
+  curves["paired_differences"] = {
+      f"{a}-{b}": [paired_difference(subsets[a][n], subsets[b][n]) for n in ns]
+      for i, a in enumerate(names) for b in names[i + 1:]}
+  curves["pool_mean_oracle"] = float(pool_mean.mean())
   curves["sft_sample_oracle"] = float(np.mean(reference))
   return curves
 
@@ -223,6 +248,11 @@ def best_of_n(*, output_dir: str | None, data_dir: str | None, sft_path: str | N
     raise ValueError(f"NUM_PROMPTS={num_prompts}: prompts.{split} of {data_dir} has "
                      f"{len(prompts['prompt_tokens'])} prompts")
   prompts = {k: v[:count] for k, v in prompts.items()}
+  limit, limit_source = trained_positions(
+      (model_config, reward_model_config or model_config), data_dir=data_dir)
+  check_positions(prompts["prompt_mask"], max_new_tokens=sampling.max_new_tokens, limit=limit,
+                  source=limit_source, program="best-of-N",
+                  closing_eos=sampling.eos_id is not None)
   per_prompt = n_max + 1  # the pool, then the independent reference sample
   rows = np.repeat(np.arange(count), per_prompt)
   tokens, mask = prompts["prompt_tokens"][rows], prompts["prompt_mask"][rows]
@@ -230,7 +260,7 @@ def best_of_n(*, output_dir: str | None, data_dir: str | None, sft_path: str | N
 
   # -- 1. sample once ---------------------------------------------------------------------------
   sampler = Sampler(model_config=model_config, partitioner=partitioner, config=sampling,
-                    batch_size=batch_size)
+                    batch_size=batch_size, max_positions=limit)
   t_sample = time.time()
   samples = sampler.sample(sampler.place(ckpt_lib.load_params(sft_path)), tokens, mask,
                            seed=seed)
@@ -242,25 +272,28 @@ def best_of_n(*, output_dir: str | None, data_dir: str | None, sft_path: str | N
   scorer = RewardScorer(model_config=reward_model_config or model_config,
                         partitioner=partitioner, batch_size=batch_size)
   if control_rm_path:
-    oracle_judge = ControlRewardOracle(scorer=scorer, params_path=control_rm_path)
+    oracle_judge = ControlRewardOracle(scorer=scorer, params_path=control_rm_path,
+                                       eos_id=sampling.eos_id)
   else:
     oracle_judge = GoldOracle(data_dir=data_dir, split=split)
   oracle_all = oracle_judge.score(prompt_index=index, prompt_tokens=tokens, prompt_mask=mask,
                                   response_tokens=samples.tokens,
                                   response_mask=samples.mask).reshape(count, per_prompt)
   seq_tokens, seq_mask, seq_response = candidate_sequences(tokens, mask, samples.tokens,
-                                                           samples.mask)
-  rm_all, by_path = {}, {}  # ENS reuses its members' rewards: each checkpoint scored once
+                                                           samples.mask, eos_id=sampling.eos_id)
+  # ENS, WCO and UWO reuse their members' rewards: each checkpoint is scored once.
+  rm_all, by_path = {}, {}
   for source in sources:
-    if source.combine == "ens" or len(source.paths) == 1:
+    if source.combine in PREDICTION_ENSEMBLES or len(source.paths) == 1:
       for path in source.paths:
         if path not in by_path:
           tree = scorer.place(ckpt_lib.load_params(path))
           by_path[path] = scorer.rewards(tree, seq_tokens, seq_mask, seq_response)
-      rewards = np.mean([by_path[p] for p in source.paths], axis=0)
+      rewards = source.combine_rewards(np.stack([by_path[p] for p in source.paths]))
     else:
       trees = [scorer.place(tree) for tree in source.load()]
-      rewards = score_with_source(scorer, trees, seq_tokens, seq_mask, seq_response)
+      rewards = score_with_source(scorer, trees, seq_tokens, seq_mask, seq_response,
+                                  source=source)
     rm_all[source.name] = rewards.reshape(count, per_prompt)
     logging.info("scored with %s (%s of %d)", source.name, source.combine, len(source.paths))
 
@@ -273,7 +306,8 @@ def best_of_n(*, output_dir: str | None, data_dir: str | None, sft_path: str | N
       "sft_path": sft_path, "data_dir": data_dir, "split": split, "num_prompts": count,
       "n_max": n_max, "oracle": oracle_judge.name,
       "sampling": dataclasses.asdict(sampling),
-      "reward_models": {s.name: {"paths": list(s.paths), "combine": s.combine}
+      "reward_models": {s.name: {"paths": list(s.paths), "combine": s.combine,
+                                 **({"lambda": s.uwo_lambda} if s.combine == "uwo" else {})}
                         for s in sources},
       "candidates": {"mean_oracle": float(oracle_all.mean()),
                      "mean_length": float(lengths.mean()),

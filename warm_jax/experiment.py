@@ -58,6 +58,11 @@ from typing import Any
 from warm_jax.checkpoints import atomic_write_text
 
 STAGE_DONE = "STAGE_DONE"
+# Reward names '<kind>_<M>' of the top M members (ExperimentPlan.reward_spec): WARM (weight
+# average), ENS (mean reward), Coste et al.'s WCO (min) and UWO (mean - lambda * variance, with
+# Coste's lambda: 0.5 for best-of-N, 0.1 for RL)
+ENSEMBLE_KINDS = ("warm", "ens", "wco", "uwo")
+UWO_LAMBDA = {"bon": 0.5, "rl": 0.1}
 RL_TEMPERATURE = 0.9  # the best-of-N / RL sampling temperature (gin/bon.gin, gin/rl.gin; paper)
 
 
@@ -135,6 +140,10 @@ class ExperimentScale:
   generator_share: float = 0.0  # share of rm_train / id_val pairs from the world's generators
   # policy side (PAPER.md figs 6-9); bon_prompts=0 / rl_steps=0 skip those stages
   max_new_tokens: int = 48
+  # best-of-N, RL and win rates only (None: max_new_tokens, which also sets the on-policy RM
+  # data's samples): prompt + these + 1 closing EOS must fit the data's SEQ_LEN (they are
+  # checked; docs/policy.md, "Positions")
+  policy_max_new_tokens: int | None = None
   bon_prompts: int = 64
   bon_n_max: int = 16
   policy_batch: int = 64
@@ -143,6 +152,7 @@ class ExperimentScale:
   rl_learning_rate: float = 1e-4
   rl_kl_coef: float = 0.003
   rl_value_warmup: int = 10
+  rl_policy_warmup: int = 0  # policy updates of linear lr warm-up (gin/rl.gin POLICY_WARMUP_STEPS)
   rl_eval_every: int = 10
   rl_eval_prompts: int = 64
   rl_rewards: tuple[str, ...] = ("best_member", "ens_2", "warm_2", "warm_6")
@@ -192,10 +202,11 @@ class ExperimentScale:
                          f"2..num_members={self.num_members}")
     for name in self.rl_rewards:
       kind, _, m = name.partition("_")
-      if name != "best_member" and not (kind in ("warm", "ens") and m.isdigit() and
+      if name != "best_member" and not (kind in ENSEMBLE_KINDS and m.isdigit() and
                                         2 <= int(m) <= self.num_members):
-        raise ValueError(f"ExperimentScale.rl_rewards: {name!r} is not 'best_member', "
-                         f"'warm_<M>' or 'ens_<M>' with M in 2..{self.num_members}")
+        raise ValueError(f"ExperimentScale.rl_rewards: {name!r} is not 'best_member' or "
+                         f"'<kind>_<M>' with kind in {ENSEMBLE_KINDS} and M in "
+                         f"2..{self.num_members}")
     if self.member_diversity not in DIVERSITY_SOURCES:
       raise ValueError(f"ExperimentScale.member_diversity={self.member_diversity!r}: use one of "
                        f"{DIVERSITY_SOURCES}")
@@ -227,6 +238,11 @@ class ExperimentScale:
                        "running gin/bon.gin with CONTROL_RM yourself)")
     if any(a < 0 for a in self.rl_kl_coefs):
       raise ValueError(f"ExperimentScale.rl_kl_coefs={self.rl_kl_coefs}: must be >= 0")
+    if self.policy_max_new_tokens is not None and self.policy_max_new_tokens <= 0:
+      raise ValueError(f"ExperimentScale.policy_max_new_tokens={self.policy_max_new_tokens}: "
+                       "None or positive")
+    if self.rl_policy_warmup < 0:
+      raise ValueError(f"ExperimentScale.rl_policy_warmup={self.rl_policy_warmup}: must be >= 0")
     if self.rl_steps and self.rl_eval_every <= 0:
       raise ValueError("ExperimentScale.rl_eval_every must be positive (the win rates compare "
                        "the RL policies at their best evaluated step)")
@@ -452,13 +468,20 @@ class ExperimentPlan:
   def warm_dir(self, m: int) -> str:
     return self.path("average", f"warm_{m}", "checkpoint")
 
-  def reward_spec(self, name: str) -> Any:
-    """The gin spec of a reward (warm_jax.reward_sources): a member, WARM M or ENS M."""
+  def reward_spec(self, name: str, *, stage: str = "rl") -> Any:
+    """The gin spec of a reward (warm_jax.reward_sources): a member, or '<kind>_<M>' of the
+    top M members: WARM M, ENS M, WCO M or UWO M (with Coste's lambda for `stage`)."""
     ranked = self.ranked_members()
     if name == "best_member":
       return ranked[0]
     kind, m = name.split("_")
-    return self.warm_dir(int(m)) if kind == "warm" else ranked[:int(m)]
+    if kind == "warm":
+      return self.warm_dir(int(m))
+    if kind == "wco":
+      return {"wco": ranked[:int(m)]}
+    if kind == "uwo":
+      return {"uwo": ranked[:int(m)], "lambda": UWO_LAMBDA[stage]}
+    return ranked[:int(m)]
 
   def rl_runs(self) -> list[tuple[str, str, float]]:
     """(run name, reward name, KL coefficient) of every RL stage."""
@@ -478,8 +501,9 @@ class ExperimentPlan:
 
   def _policy_common(self) -> list[str]:
     s = self.scale
+    new = s.max_new_tokens if s.policy_max_new_tokens is None else s.policy_max_new_tokens
     return [_gin("DATA_DIR", self.data_dir("clean")), _gin("SEED", self.seed),
-            _gin("MAX_NEW_TOKENS", s.max_new_tokens)]
+            _gin("MAX_NEW_TOKENS", new)]
 
   def _policy_stages(self) -> list[Stage]:
     s, out = self.scale, []
@@ -491,9 +515,9 @@ class ExperimentPlan:
       def bon_argv():
         ranked = self.ranked_members()
         models = {os.path.basename(p): p for p in ranked}
-        for m in s.warm_ms:
-          models[f"warm_{m}"] = self.warm_dir(m)
-          models[f"ens_{m}"] = ranked[:m]
+        for m in s.warm_ms:  # WCO / UWO reuse the members' rewards: a combine each
+          for kind in ENSEMBLE_KINDS:
+            models[f"{kind}_{m}"] = self.reward_spec(f"{kind}_{m}", stage="bon")
         return _py("warm_jax.train", *self._model(), "--gin_file=gin/bon.gin",
                    *self._policy_common(), _gin("SFT_DIR", self.path("sft")),
                    _gin("OUTPUT_DIR", self.path("bon")), _gin("N_MAX", s.bon_n_max),
@@ -510,6 +534,7 @@ class ExperimentPlan:
             _gin("TRAIN_STEPS", s.rl_steps), _gin("BATCH_SIZE", s.rl_batch),
             _gin("LEARNING_RATE", s.rl_learning_rate), _gin("KL_COEF", kl_coef),
             _gin("VALUE_WARMUP_STEPS", s.rl_value_warmup),
+            _gin("POLICY_WARMUP_STEPS", s.rl_policy_warmup),
             _gin("EVAL_EVERY", s.rl_eval_every), _gin("SAVE_EVERY", s.rl_eval_every),
             _gin("NUM_EVAL_PROMPTS", s.rl_eval_prompts),
             _gin("TrainerConfig.microbatches", s.rl_microbatches)), self.path("rl", run)))

@@ -8,7 +8,9 @@ against the post's latent facts) and a control RM on real TL;DR data (`ControlRe
 
 Both take the same arrays: the prompts' rows (prompt_index into text/prompts.<split>.jsonl and
 the left-padded prompt tokens) and the responses [n, T] with their masks (1 on generated
-tokens, EOS included), and return [n] float scores.
+tokens, EOS included), and return [n] float scores. An unfinished response (no EOS: cut at
+max_new_tokens) is judged as it is: the gold oracle reads its decoded text; the control RM
+reads it closed with EOS (`sampling.close_unfinished`), as every other RM does.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 from warm_jax.data import data_dir as data_dir_lib
 from warm_jax.data import gold_reward as gold_lib
 from warm_jax.data.datasets import load_vocabulary
+from warm_jax.data.vocab import EOS_ID
 
 
 class Oracle(Protocol):
@@ -83,13 +86,15 @@ class ControlRewardOracle:
   Args:
     scorer: a `RewardScorer` for the control RM's architecture.
     params_path: the control RM's checkpoint (model dir, step dir or params dir).
+    eos_id: the sampler's EOS: an unfinished response is closed with it before the RM reads
+      it (`sampling.close_unfinished`, the rule of best-of-N, RL and win rates).
   """
 
   name = "control_rm"
 
-  def __init__(self, *, scorer: Any, params_path: str):
+  def __init__(self, *, scorer: Any, params_path: str, eos_id: int | None = EOS_ID):
     from warm_jax import checkpoints as ckpt_lib
-    self.scorer = scorer
+    self.scorer, self.eos_id = scorer, eos_id
     self.params = scorer.place(ckpt_lib.load_params(params_path))
 
   def score(self, *, prompt_tokens: np.ndarray, prompt_mask: np.ndarray,
@@ -98,4 +103,4 @@ class ControlRewardOracle:
     del prompt_index
     from warm_jax.sampling import candidate_sequences
     return self.scorer.rewards(self.params, *candidate_sequences(
-        prompt_tokens, prompt_mask, response_tokens, response_mask))
+        prompt_tokens, prompt_mask, response_tokens, response_mask, eos_id=self.eos_id))

@@ -15,7 +15,8 @@ from typing import Any
 
 RL_CURVE_KEYS = ("rewards/proxy", "rewards/oracle", "rewards/kl_to_sft", "generation/length",
                  "generation/entropy")
-RL_EVAL_KEYS = ("eval/proxy_reward", "eval/oracle_reward", "eval/kl_to_sft", "eval/length")
+RL_EVAL_KEYS = ("eval/proxy_reward", "eval/oracle_reward", "eval/kl_to_sft", "eval/length",
+                "eval/normalized_reward", "eval/kl_term")  # the last two: None in older runs
 
 
 def _read_json(path: str) -> Any:
@@ -31,22 +32,26 @@ def collect_bon(bon_dir: str) -> dict[str, Any] | None:
   if result is None:
     return None
   curves = result["curves"]
-  keep = ("oracle", "oracle_sem", "oracle_all_subsets", "proxy")
+  keep = ("oracle", "oracle_sem", "oracle_all_subsets", "proxy", "gao_fit")
   selectors = {name: {k: entry[k] for k in keep if k in entry}
                for name, entry in curves["selectors"].items()}
   for name, entry in curves["selectors"].items():
     selectors[name]["win_rate_vs_sft"] = entry["win_rate_vs_sft"]
   # pairwise win rates only at the largest N (all N are in bon/bon.json)
   at_max = {key: rates[-1] for key, rates in curves["win_rates"].items()}
+  # paired per-prompt differences likewise at the largest N (bon.json: runs since issue 14)
+  paired = {key: diffs[-1] for key, diffs in curves.get("paired_differences", {}).items()}
   return {"n": curves["n"], "kl": curves["kl"], "num_prompts": result["num_prompts"],
           "sft_sample_oracle": curves["sft_sample_oracle"], "selectors": selectors,
-          "win_rates_at_n_max": at_max, "candidates": result["candidates"],
-          "reward_models": result["reward_models"]}
+          "win_rates_at_n_max": at_max, "paired_differences_at_n_max": paired,
+          "candidates": result["candidates"], "reward_models": result["reward_models"]}
 
 
 def collect_rl(rl_dirs: dict[str, str]) -> dict[str, Any] | None:
-  """Per RL run: training curves (per step) and evaluation curves (per eval step), and where
-  the evaluated oracle reward peaked."""
+  """Per RL run: training curves (per step) and evaluation curves (per eval step, from step 0,
+  the SFT policy, in runs that evaluated it), where the evaluated oracle reward peaked, and
+  Gao et al.'s RL fit of the oracle gain over step 0 vs KL (`gao_fits.rl_eval_fit`)."""
+  from warm_jax.gao_fits import rl_eval_fit
   from warm_jax.metrics_writer import read_metrics
   out = {}
   for name, model_dir in rl_dirs.items():
@@ -59,9 +64,9 @@ def collect_rl(rl_dirs: dict[str, str]) -> dict[str, Any] | None:
     evals = [r for r in rows if "eval/oracle_reward" in r]
     ev = {"step": [r["step"] for r in evals]}
     for key in RL_EVAL_KEYS:
-      ev[key] = [r[key] for r in evals]
+      ev[key] = [r.get(key) for r in evals]
     entry = {"train": train, "eval": ev, "reward_calibration": _read_json(
-        os.path.join(model_dir, "reward_calibration.json"))}
+        os.path.join(model_dir, "reward_calibration.json")), "gao_fit": rl_eval_fit(rows)}
     if evals:
       oracle = ev["eval/oracle_reward"]
       best = max(range(len(oracle)), key=lambda i: (oracle[i], -i))
@@ -211,16 +216,29 @@ def tables_md(metrics: dict[str, Any]) -> list[str]:
     for name, entry in bon["selectors"].items():
       values = entry.get("oracle_all_subsets", entry["oracle"])
       lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in values) + " |")
+    fits = {name: e["gao_fit"] for name, e in bon["selectors"].items() if e.get("gao_fit")}
+    if fits:
+      lines += ["", "Gao et al.'s fit of the oracle gain over the pool mean, R(d) = d (a - b d), "
+                "d = sqrt(KL):", "", "| selector | a, b, peak KL, peak gain | rmse |",
+                "|---|---|---|"]
+      lines += [f"| {name} | {_fit_text(fit)} | {fit['rmse']:.3f} |"
+                for name, fit in fits.items()]
   rl = metrics.get("rl")
   if rl:
-    lines += ["", "## RL (evaluated on held-out prompts)", "",
-              "| reward model | oracle first | oracle peak (step) | oracle final | proxy final "
-              "| KL final |", "|---|---|---|---|---|---|"]
+    lines += ["", "## RL (evaluated on held-out prompts; the first eval is step 0, the SFT "
+              "policy, in runs that evaluated it)", "",
+              "| reward model | oracle first (step) | oracle peak (step) | oracle final | "
+              "proxy final | KL final | alpha * KL final | Gao fit d(a - b log d): a, b, "
+              "peak KL, peak gain |", "|---|---|---|---|---|---|---|---|"]
     for name, run in rl.items():
       if "best_oracle" in run:
-        lines.append(f"| {name} | {run['first_oracle']:.3f} | {run['best_oracle']:.3f} "
-                     f"({run['best_step']}) | {run['final_oracle']:.3f} | "
-                     f"{run['final_proxy']:.3f} | {run['final_kl']:.2f} |")
+        kl_term = run["eval"].get("eval/kl_term", [None])[-1]
+        lines.append(f"| {name} | {run['first_oracle']:.3f} ({run['eval']['step'][0]}) | "
+                     f"{run['best_oracle']:.3f} ({run['best_step']}) | "
+                     f"{run['final_oracle']:.3f} | {run['final_proxy']:.3f} | "
+                     f"{run['final_kl']:.2f} | "
+                     f"{'-' if kl_term is None else f'{kl_term:.3f}'} | "
+                     f"{_fit_text(run.get('gao_fit'))} |")
   wins = metrics.get("win_rates")
   if wins:
     lines += ["", f"## Oracle win rates of the RL policies at their best step "
@@ -232,6 +250,15 @@ def tables_md(metrics: dict[str, Any]) -> list[str]:
         lines.append(f"| {a} vs {b} | {rate['rate']:.3f} [{rate['low']:.3f}, "
                      f"{rate['high']:.3f}] |")
   return lines
+
+
+def _fit_text(fit: dict[str, Any] | None) -> str:
+  """'a, b, peak KL, peak gain' of a Gao fit (`gao_fits.gao_fit`); '-' without one."""
+  if not fit:
+    return "-"
+  peak = ("no peak" if fit["peak_kl"] is None else
+          f"{fit['peak_kl']:.3g}, {fit['peak_gain']:+.3f}")
+  return f"{fit['a']:.3f}, {fit['b']:.3f}, {peak}"
 
 
 # -- plots --------------------------------------------------------------------------------------

@@ -19,15 +19,24 @@ One step s (gin/rl.gin; `python -m warm_jax.train --gin_file=... --gin_file=gin/
      or G_t ('none'). With kl_penalty='loss' the returns hold R only and alpha * KL estimate is
      differentiated in the policy loss instead.
   4. Update: the value model every step (squared error to G_t); the policy (REINFORCE,
-     `policy_objective.PolicyGradientObjective`) from step value_warmup_steps on (the paper's
-     "policy warmup": the value is trained first). Each has its own `Trainer` (Adafactor).
+     `policy_objective.PolicyGradientObjective`) from step value_warmup_steps on (the value is
+     trained first). Each has its own `Trainer` (Adafactor). The policy optimiser's schedule
+     counts policy updates, so its OptimizerConfig.warmup_steps (gin POLICY_WARMUP_STEPS, the
+     paper's policy warm-up) ramps the learning rate linearly from 0 over the first updates.
   5. Anchor: the KL reference is the SFT policy, or (anchor='ema', WARP) an EMA of the policy,
      ref <- (1 - mu) ref + mu policy after each policy update.
 The RM reward is standardised with its mean and std on SFT samples (`reward_normalization`;
 MODEL_DIR/reward_calibration.json) unless turned off; `rewards/proxy` is always the raw RM
-reward and `rewards/total` the regularised objective (normalised reward - KL penalty).
-Logged per step (MODEL_DIR/metrics.jsonl, TensorBoard): `METRIC_KEYS`; eval/* on held-out
-prompts every eval_every steps. Checkpoints: MODEL_DIR/checkpoints/<step> (policy; a params
+reward and `rewards/total` the regularised objective (normalised reward - KL penalty), with
+its two terms beside it: `rewards/normalized_reward` and `rewards/kl_penalty` (alpha * KL).
+Before scoring, the prompts + max_new_tokens (+ the closing EOS) are checked against the
+positions the models were trained on (`sampling.check_positions`); the RM reads a response cut
+at max_new_tokens closed with EOS (`sampling.close_unfinished`, the rule of best-of-N and win
+rates).
+Logged per step (MODEL_DIR/metrics.jsonl, TensorBoard): `METRIC_KEYS`; `EVAL_KEYS` on
+held-out prompts at step 0 (the SFT policy, before any update: every curve starts there) and
+every eval_every steps. The DONE file holds the last eval and Gao et al.'s RL fit
+R(d) = d (a - b log d), d = sqrt(KL), of the eval oracle gain over step 0 (`gao_fits`). Checkpoints: MODEL_DIR/checkpoints/<step> (policy; a params
 dir later stages and win rates load), MODEL_DIR/value/, MODEL_DIR/anchor/ (ema only). A rerun
 resumes from the latest checkpoint: the prompts and sampling keys of step s depend only on s.
 """
@@ -57,8 +66,10 @@ from warm_jax.models import LanguageModel, RewardModel, TransformerConfig, Value
 from warm_jax.models.heads import init_inputs
 from warm_jax.optimizers import OptimizerConfig
 from warm_jax.partitioning import Partitioner
-from warm_jax.reward_sources import parse_reward_source
-from warm_jax.sampling import Sampler, SamplingConfig, check_left_padded, response_ended
+from warm_jax.reward_sources import combine_member_rewards, parse_reward_source
+from warm_jax.sampling import (Sampler, SamplingConfig, check_left_padded, check_positions,
+                               close_unfinished, join_prompt_and_response, response_ended,
+                               trained_positions)
 from warm_jax.trainer import NonFiniteError, Trainer, TrainerConfig
 
 Array = jax.Array
@@ -70,12 +81,17 @@ CALIBRATION_FILE = "reward_calibration.json"
 # Written at every log step (`value/*` only with the value baseline).
 METRIC_KEYS = (
     "rewards/proxy", "rewards/proxy_std", "rewards/oracle", "rewards/oracle_std",
-    "rewards/kl_to_sft", "rewards/kl_to_ref", "rewards/kl_penalty", "rewards/total",
+    "rewards/kl_to_sft", "rewards/kl_to_ref", "rewards/kl_penalty", "rewards/normalized_reward",
+    "rewards/total",
     "generation/length", "generation/eos_rate", "generation/entropy",
     "policy/loss", "policy/grad_norm", "policy/learning_rate", "policy/updated",
     "policy/advantage_mean", "policy/advantage_std", "perf/rollout_s", "perf/update_s",
     "perf/sampled_tokens_per_s")
 VALUE_METRIC_KEYS = ("value/loss", "value/grad_norm", "value/explained_variance")
+# Written at step 0 and every eval_every steps (kl_term: alpha * eval/kl_to_sft, in the units
+# of eval/normalized_reward, the RM reward standardised as in training).
+EVAL_KEYS = ("eval/proxy_reward", "eval/oracle_reward", "eval/kl_to_sft", "eval/length",
+             "eval/normalized_reward", "eval/kl_term", "eval/eos_rate", "eval/num_prompts")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,7 +115,8 @@ class RLConfig:
       rewards start centred (the zero-initialised value head is right on average) and one
       kl_coef means the same for RMs of different scales (a member, WARM, ENS); 'none' uses
       the raw reward (the paper's setting, with its RM's scale).
-    eval_every: evaluate on the eval prompts every N steps (0: only at the end).
+    eval_every: evaluate on the eval prompts every N steps (0: only at the end), and at step 0
+      (the SFT policy) whenever there are eval prompts.
     num_eval_prompts: eval prompts used (None: all).
   """
 
@@ -152,9 +169,13 @@ def compute_advantages(*, log_probs: Array, ref_log_probs: Array, response_mask:
 
 
 def _score_rollout(policy, ref, sft, value, reward_trees, reward_shift, reward_scale,
-                   prompt_tokens, prompt_mask, response_tokens, response_mask, *, lm, rm, vm, temperature, config,
-                   partitioner):
-  """Step 2-3 on device: the two Trainers' batches and [batch] per-row statistics."""
+                   prompt_tokens, prompt_mask, response_tokens, response_mask, *, lm, rm, vm,
+                   temperature, config, partitioner, eos_id=None, reward_combine=("ens", 0.0)):
+  """Step 2-3 on device: the two Trainers' batches and [batch] per-row statistics. The
+  reward is the reward trees' rewards combined by reward_combine = (combine, uwo lambda)
+  (`reward_sources.combine_member_rewards`: ENS mean, WCO min, UWO mean - lambda var). The RM
+  reads each response closed by `sampling.close_unfinished` (EOS after an unfinished one, the
+  rule of best-of-N and win rates); the policy, reference and value read the sampled tokens."""
   with partitioner.activation_rules():
     tokens = jnp.concatenate([prompt_tokens, response_tokens], 1).astype(jnp.int32)
     mask = jnp.concatenate([prompt_mask, response_mask], 1).astype(jnp.int32)
@@ -164,8 +185,14 @@ def _score_rollout(policy, ref, sft, value, reward_trees, reward_shift, reward_s
     log_probs, entropy = log_probs_of(policy)
     ref_log_probs = log_probs_of(ref)[0]
     sft_log_probs = ref_log_probs if sft is None else log_probs_of(sft)[0]
-    rewards = jnp.mean(jnp.stack([rm.apply({"params": t}, tokens, mask, rmask)
-                                  for t in reward_trees]), axis=0)
+    closed_tokens, closed_mask = close_unfinished(response_tokens, response_mask, eos_id)
+    rm_tokens, rm_mask = join_prompt_and_response(prompt_tokens, prompt_mask, closed_tokens,
+                                                  closed_mask)
+    rm_response = jnp.concatenate([jnp.zeros_like(prompt_mask), closed_mask],
+                                  1).astype(jnp.int32)
+    rewards = combine_member_rewards(
+        jnp.stack([rm.apply({"params": t}, rm_tokens, rm_mask, rm_response)
+                   for t in reward_trees]), reward_combine[0], reward_combine[1])
     values = (jnp.zeros(tokens.shape, jnp.float32) if value is None else
               po.state_values(vm.apply({"params": value}, tokens, mask)))
     adv = compute_advantages(log_probs=log_probs, ref_log_probs=ref_log_probs,
@@ -233,7 +260,8 @@ def train_policy(*, model_dir: str | None, sft_path: str | None, reward_model: A
   """Runs RL into MODEL_DIR (module docstring); returns the last eval metrics.
 
   Args:
-    reward_model: the RM spec (`reward_sources`: a path, [paths] for ENS, {'warm': [...]}).
+    reward_model: the RM spec (`reward_sources`: a path, [paths] for ENS, {'warm': [...]},
+      {'wco': [...]}, {'uwo': [...], 'lambda': 0.1}).
     dataset / eval_dataset: prompt datasets (prompt_tokens, prompt_mask left-padded,
       prompt_index).
     oracle / eval_oracle: judges of the train / eval prompts; default the gold reward of
@@ -263,6 +291,13 @@ def train_policy(*, model_dir: str | None, sft_path: str | None, reward_model: A
     write_operative_config(model_dir)
   prompt_len = dataset.features["prompt_tokens"].shape[1]
   seq_len = prompt_len + sampling.max_new_tokens
+  limit, limit_source = trained_positions(
+      (model_config, reward_model_config or model_config), data_dir=data_dir)
+  for what, data in (("train", dataset), ("eval", eval_dataset)):
+    if data is not None:
+      check_positions(data.features["prompt_mask"], max_new_tokens=sampling.max_new_tokens,
+                      limit=limit, source=limit_source, program=f"RL ({what} prompts)",
+                      closing_eos=sampling.eos_id is not None)
 
   # -- programs ---------------------------------------------------------------------------------
   kl_in_loss = rl.kl_penalty == "loss"
@@ -278,12 +313,14 @@ def train_policy(*, model_dir: str | None, sft_path: str | None, reward_model: A
       partitioner=partitioner, config=dataclasses.replace(cfg, name="value"),
       model_dir=value_dir, seq_len=seq_len)
   sampler = Sampler(model_config=model_config, partitioner=partitioner, config=sampling,
-                    batch_size=batch)
+                    batch_size=batch, max_positions=limit)
   rows2 = partitioner.batch_sharding(2)
+  source = parse_reward_source("reward", reward_model)
   score = jax.jit(functools.partial(
       _score_rollout, lm=LanguageModel(model_config),
       rm=RewardModel(reward_model_config or model_config), vm=ValueModel(model_config),
-      temperature=sampling.temperature, config=rl, partitioner=partitioner),
+      temperature=sampling.temperature, config=rl, partitioner=partitioner,
+      eos_id=sampling.eos_id, reward_combine=(source.combine, source.uwo_lambda or 0.0)),
       out_shardings=({key: rows2 for key in po.PolicyGradientObjective.batch_features},
                      {key: rows2 for key in po.ValueRegressionObjective.batch_features},
                      partitioner.batch_sharding(1)))
@@ -333,7 +370,6 @@ def train_policy(*, model_dir: str | None, sft_path: str | None, reward_model: A
   if anchor_ckpt is not None:
     anchor = (anchor_ckpt.restore(start, abstract.params) if start
               else jax.tree_util.tree_map(jnp.copy, sft))
-  source = parse_reward_source("reward", reward_model)
   reward_module = RewardModel(reward_model_config or model_config)
   rm_shardings = partitioner.param_shardings(jax.eval_shape(lambda: reward_module.init(
       jax.random.key(0), *init_inputs(reward_module)))["params"])
@@ -377,12 +413,16 @@ def train_policy(*, model_dir: str | None, sft_path: str | None, reward_model: A
       _, _, host = rollout(params, {key: v[idx] for key, v in data.items()}, eval_oracle,
                            cfg.seed + 1, lo)
       stats.append({key: np.asarray(v)[:min(batch, n - lo)] for key, v in host.items()
-                    if key in ("proxy", "oracle", "kl_to_sft", "length")})
+                    if key in ("proxy", "oracle", "kl_to_sft", "length", "normalized_reward",
+                               "ended")})
     cat = {key: np.concatenate([s[key] for s in stats]) for key in stats[0]}
+    kl = float(cat["kl_to_sft"].mean())
     return {"eval/proxy_reward": float(cat["proxy"].mean()),
             "eval/oracle_reward": float(cat["oracle"].mean()),
-            "eval/kl_to_sft": float(cat["kl_to_sft"].mean()),
-            "eval/length": float(cat["length"].mean()), "eval/num_prompts": n}
+            "eval/kl_to_sft": kl, "eval/length": float(cat["length"].mean()),
+            "eval/normalized_reward": float(cat["normalized_reward"].mean()),
+            "eval/kl_term": rl.kl_coef * kl, "eval/eos_rate": float(cat["ended"].mean()),
+            "eval/num_prompts": n}
 
   # -- reward calibration on SFT samples (before any update; recomputed identically on resume) --
   calibration = (jnp.zeros((), jnp.float32), jnp.ones((), jnp.float32))
@@ -398,12 +438,17 @@ def train_policy(*, model_dir: str | None, sft_path: str | None, reward_model: A
           {"shift": shift, "scale": scale, "num_samples": batch}) + "\n")
 
   # -- the loop ---------------------------------------------------------------------------------
-  writer = MetricsWriter(model_dir, resume_step=start)
+  # A fresh run drops every old line (a restart before the first checkpoint repeats step 0).
+  writer = MetricsWriter(model_dir, resume_step=start or None)
   progress = Progress(name="rl", total_steps=cfg.train_steps, start_step=start)
   window: list[dict[str, float]] = []
   last_eval: dict[str, float] = {}
   t_start = time.time()
+  evaluating = eval_dataset is not None and eval_oracle is not None
   try:
+    if evaluating and start == 0:  # step 0: the SFT policy, so every eval curve starts there
+      last_eval = evaluate(policy.params)
+      writer.write(0, last_eval)
     for step in range(start, cfg.train_steps):
       prompts = dataset.batch(step, batch // k, process_index=0, process_count=1)  # global
       prompts = {key: np.repeat(v, k, axis=0) for key, v in prompts.items()}
@@ -433,8 +478,8 @@ def train_policy(*, model_dir: str | None, sft_path: str | None, reward_model: A
         scalars = {key: float(np.mean([w[key] for w in window if key in w]))
                    for key in window[-1]}
         window = []
-      if eval_dataset is not None and eval_oracle is not None and (
-          done == cfg.train_steps or (rl.eval_every and done % rl.eval_every == 0)):
+      if evaluating and (done == cfg.train_steps or (rl.eval_every and
+                                                     done % rl.eval_every == 0)):
         last_eval = evaluate(policy.params)
         scalars.update(last_eval)
       if scalars:
@@ -454,9 +499,12 @@ def train_policy(*, model_dir: str | None, sft_path: str | None, reward_model: A
         checkpointer.close()
     writer.close()
   if jax.process_index() == 0:
+    from warm_jax.gao_fits import rl_eval_fit
+    from warm_jax.metrics_writer import read_metrics
+    fit = rl_eval_fit(read_metrics(model_dir)) if evaluating else None
     ckpt_lib.atomic_write_text(os.path.join(model_dir, "DONE"), json.dumps({
         "step": cfg.train_steps, "train_steps": cfg.train_steps,
-        "wall_s": round(time.time() - t_start, 2), **last_eval}) + "\n")
+        "wall_s": round(time.time() - t_start, 2), **last_eval, "gao_fit": fit}) + "\n")
   return last_eval
 
 
@@ -470,6 +518,7 @@ def _step_scalars(host: Mapping[str, Any], metrics: Mapping[str, Any], updated: 
       "rewards/oracle": mean("oracle"), "rewards/oracle_std": float(np.std(host["oracle"])),
       "rewards/kl_to_sft": mean("kl_to_sft"), "rewards/kl_to_ref": mean("kl_to_ref"),
       "rewards/kl_penalty": mean("kl_penalty"),
+      "rewards/normalized_reward": mean("normalized_reward"),
       "rewards/total": mean("normalized_reward") - mean("kl_penalty"),
       "generation/length": mean("length"),
       "generation/eos_rate": mean("ended"),

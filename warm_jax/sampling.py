@@ -230,10 +230,15 @@ class Sampler:
     partitioner: mesh and rules (params on their shardings, rows over the batch axes).
     config: sampling settings.
     batch_size: rows per compiled call (a multiple of the partitioner's batch divisor).
+    max_positions: the positions the policy was trained on (`trained_positions`; None: its
+      max_len): `sample` refuses prompts whose real tokens + max_new_tokens exceed it.
   """
 
   def __init__(self, *, model_config: TransformerConfig, partitioner: Partitioner,
-               config: SamplingConfig, batch_size: int = 64):
+               config: SamplingConfig, batch_size: int = 64, max_positions: int | None = None):
+    self.max_positions = model_config.max_len if max_positions is None else max_positions
+    self.positions_source = ("TransformerConfig.max_len" if max_positions is None else
+                             "the positions the policy was trained on")
     if batch_size % partitioner.batch_divisor:
       raise ValueError(f"sampling batch_size {batch_size} is not divisible by the "
                        f"{partitioner.batch_divisor} batch devices: use a multiple of "
@@ -276,6 +281,9 @@ class Sampler:
     """
     prompt_tokens, prompt_mask = np.asarray(prompt_tokens), np.asarray(prompt_mask)
     check_left_padded(prompt_mask)
+    check_positions(prompt_mask, max_new_tokens=self.config.max_new_tokens,
+                    limit=self.max_positions, source=self.positions_source,
+                    program="Sampler.sample")
     n = len(prompt_tokens)
     row_ids = np.arange(n, dtype=np.int32) if row_ids is None else np.asarray(row_ids, np.int32)
     parts: dict[str, list[np.ndarray]] = {"tokens": [], "mask": [], "log_probs": []}
@@ -305,6 +313,78 @@ def response_ended(tokens: np.ndarray, mask: np.ndarray, eos_id: int | None) -> 
   return np.any((np.asarray(tokens) == eos_id) & (np.asarray(mask) == 1), axis=-1)
 
 
+# -------------------------------------------------------------------------------------------------
+# Position safety and unfinished responses (shared by best-of-N, RL and win rates)
+# -------------------------------------------------------------------------------------------------
+def trained_positions(model_configs: TransformerConfig | tuple[TransformerConfig, ...], *,
+                      data_dir: str | None = None) -> tuple[int, str]:
+  """(limit, where it comes from): the most positions (prompt + response tokens) the models
+  were trained on. That is the data dir's SEQ_LEN (meta.json `seq_len`: the pre-training, SFT
+  and preference sequences are that long), capped by each model's TransformerConfig.max_len;
+  without a data dir (or one whose meta.json has no seq_len) it is the smallest max_len.
+  Position-table rows beyond the limit were never trained (learned positions) or never seen
+  (RoPE), so a program that decodes or scores past it reads noise."""
+  configs = model_configs if isinstance(model_configs, tuple) else (model_configs,)
+  limit = min(c.max_len for c in configs)
+  source = f"TransformerConfig.max_len {limit}"
+  if data_dir:
+    from warm_jax.data import data_dir as data_dir_lib
+    seq_len = data_dir_lib.read_meta(data_dir).get("seq_len")
+    if seq_len is not None and int(seq_len) <= limit:
+      limit, source = int(seq_len), f"SEQ_LEN of {data_dir}/meta.json"
+  return limit, source
+
+
+def check_positions(prompt_mask: np.ndarray, *, max_new_tokens: int, limit: int, source: str,
+                    program: str, closing_eos: bool = False) -> None:
+  """Refuses, on the host and before any decoding, prompts whose real tokens plus
+  max_new_tokens (plus the closing EOS a reward model reads after an unfinished response,
+  `close_unfinished`, when `closing_eos`) exceed `limit` positions (`trained_positions`).
+  Positions count real tokens (left padding uses none), so the longest prompt decides."""
+  prompt_mask = np.asarray(prompt_mask)
+  if not len(prompt_mask):
+    return
+  real = prompt_mask.sum(-1)
+  extra = int(closing_eos)
+  longest = int(real.max())
+  need = longest + max_new_tokens + extra
+  if need <= limit:
+    return
+  over = int(np.sum(real + max_new_tokens + extra > limit))
+  eos = " + 1 closing EOS (an unfinished response, docs/policy.md)" if extra else ""
+  raise ValueError(
+      f"{program}: prompts of up to {longest} real tokens + max_new_tokens {max_new_tokens}"
+      f"{eos} = {need} positions, but the models were trained on {limit} ({source}); "
+      f"{over} of {len(real)} prompts do not fit. Fix: set MAX_NEW_TOKENS <= "
+      f"{limit - longest - extra}, or use shorter prompts, or rebuild the data with a larger "
+      "SEQ_LEN and retrain the models on it")
+
+
+def close_unfinished(response_tokens, response_mask, eos_id: int | None):
+  """THE rule for a response that did not end in EOS (cut at max_new_tokens), shared by every
+  reward-model reading of a sampled response: best-of-N (`candidate_sequences`), RL
+  (`rl._score_rollout`) and win rates / best-of-N judged by a control RM
+  (`oracle.ControlRewardOracle`).
+
+  The response gets one more column: EOS (mask 1) after an unfinished response, PAD (mask 0)
+  after one that ended. So a reward model always reads its reward at an EOS state, the state
+  every summary of its training data ends in, and it reads the whole generated text (nothing
+  is replaced). The gold oracle judges the decoded text, which EOS does not change; the
+  policy's own log probs (RL) cover the sampled tokens only: the closing EOS is not an action.
+  eos_id None (a sampler that never stops) turns the rule off: the arrays come back as given.
+
+  Works on numpy or jax arrays ([n, T] -> [n, T + 1]).
+  """
+  if eos_id is None:
+    return response_tokens, response_mask
+  xp = jnp if isinstance(response_tokens, jax.Array) else np
+  tokens, mask = response_tokens, response_mask
+  ended = xp.any((tokens == eos_id) & (mask == 1), axis=-1, keepdims=True)
+  tokens = xp.concatenate([tokens, xp.where(ended, PAD_ID, eos_id).astype(tokens.dtype)], 1)
+  mask = xp.concatenate([mask, xp.where(ended, 0, 1).astype(mask.dtype)], 1)
+  return tokens, mask
+
+
 def join_prompt_and_response(prompt_tokens, prompt_mask, response_tokens, response_mask):
   """[n, P + T] sequences (left-padded prompt, then the right-padded response) that a reward
   model, value model or teacher-forced policy reads; works on numpy or jax arrays."""
@@ -314,12 +394,15 @@ def join_prompt_and_response(prompt_tokens, prompt_mask, response_tokens, respon
 
 
 def candidate_sequences(prompt_tokens: np.ndarray, prompt_mask: np.ndarray,
-                        response_tokens: np.ndarray, response_mask: np.ndarray
+                        response_tokens: np.ndarray, response_mask: np.ndarray, *,
+                        eos_id: int | None = EOS_ID
                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """(tokens, mask, response mask) [n, <= P + T] of prompt + response as a reward model scores
-  them: joined (`join_prompt_and_response`), then the columns where no row has a real token
-  trimmed (as `trim_padding`); the response mask is 1 exactly on the generated tokens (EOS
-  included)."""
+  """(tokens, mask, response mask) [n, <= P + T + 1] of prompt + response as a reward model
+  scores them: an unfinished response closed with EOS (`close_unfinished`), joined
+  (`join_prompt_and_response`), then the columns where no row has a real token trimmed (as
+  `trim_padding`); the response mask is 1 exactly on the response tokens (EOS included)."""
+  response_tokens, response_mask = close_unfinished(np.asarray(response_tokens),
+                                                    np.asarray(response_mask), eos_id)
   tokens, mask = join_prompt_and_response(prompt_tokens, prompt_mask, response_tokens,
                                           response_mask)
   response = np.concatenate([np.zeros_like(np.asarray(prompt_mask)),

@@ -138,7 +138,9 @@ def compare_policies(*, sampler: Any, policies: Mapping[str, Any], prompt_tokens
     sampler: a `warm_jax.sampling.Sampler` for the policies' architecture.
     policies: {name: params} (host or placed).
     prompt_tokens, prompt_mask, prompt_index: the prompts ([n, P] left-padded, [n]).
-    oracle: a `warm_jax.oracle` judge.
+    oracle: a `warm_jax.oracle` judge (a response cut at max_new_tokens is judged by the rule
+      of best-of-N and RL: the gold oracle reads its text, a control RM reads it closed with
+      EOS, `sampling.close_unfinished`).
     samples_per_prompt: responses per prompt and policy (the bootstrap resamples prompts).
   Returns {'mean_oracle': {name: float}, 'mean_length': {...}, 'win_rates': {'A_vs_B': ...}}.
   Each policy uses the same seed and row ids, so two identical policies tie on every prompt.
@@ -197,7 +199,7 @@ def policy_win_rates(*, output_dir: str | None, data_dir: str | None,
   from warm_jax.data.datasets import load_arrays
   from warm_jax.oracle import GoldOracle
   from warm_jax.partitioning import Partitioner
-  from warm_jax.sampling import Sampler
+  from warm_jax.sampling import Sampler, check_positions, trained_positions
   if not output_dir or not data_dir:
     raise ValueError("OUTPUT_DIR and DATA_DIR must be set: pass --gin.OUTPUT_DIR=\"'/path'\" "
                      "and --gin.DATA_DIR=\"'/path'\"")
@@ -211,8 +213,11 @@ def policy_win_rates(*, output_dir: str | None, data_dir: str | None,
     raise ValueError(f"PROMPT_OFFSET={prompt_offset}, NUM_PROMPTS={num_prompts}: prompts.{split} "
                      f"of {data_dir} has {total} prompts; pick an offset and count within it")
   prompts = {k: v[prompt_offset:prompt_offset + n] for k, v in prompts.items()}
+  limit, limit_source = trained_positions(model_config, data_dir=data_dir)
+  check_positions(prompts["prompt_mask"], max_new_tokens=sampling.max_new_tokens, limit=limit,
+                  source=limit_source, program="win rates")
   sampler = Sampler(model_config=model_config, partitioner=partitioner or Partitioner(),
-                    config=sampling, batch_size=batch_size)
+                    config=sampling, batch_size=batch_size, max_positions=limit)
   result = compare_policies(
       sampler=sampler, policies={name: ckpt_lib.load_params(path)
                                  for name, path in policies.items()},
