@@ -333,7 +333,7 @@ def build_on_policy_data(*, output_dir: str | None, data_dir: str | None, model_
     return policy_pairs.ModelPolicySampler(
         params=cache[path], model_config=model_config, vocabulary=vocabulary,
         prompt_len=prompt_len, max_new_tokens=max_new_tokens, partitioner=partitioner,
-        batch_size=batch_size)
+        batch_size=batch_size, max_positions=min(seq_len, model_config.max_len))
 
   temperature = float(meta["world_config"]["temperature"])
   posts = {s: world_posts(data_dir, meta=meta, split=s) for s in ("rm_train", "id_val", "ood")}

@@ -119,13 +119,19 @@ class ModelPolicySampler:
     prompt_len: P of the left-padded prompts (the data dir's PROMPT_LEN).
     max_new_tokens: most tokens per sample (EOS included).
     partitioner: mesh and rules; batch_size: rows per compiled call.
+    max_positions: the positions the policy (and the reward models that will read its
+      samples) were trained on, the data dir's SEQ_LEN (`sampling.trained_positions`): a call
+      refuses prompts whose real tokens + max_new_tokens + the EOS that closes a summary in
+      the preference arrays exceed it (`sampling.check_positions`). None: no check.
   """
 
   def __init__(self, *, params: Any, model_config: Any, vocabulary: Any, prompt_len: int,
-               max_new_tokens: int = 48, partitioner: Any = None, batch_size: int = 64):
+               max_new_tokens: int = 48, partitioner: Any = None, batch_size: int = 64,
+               max_positions: int | None = None):
     from warm_jax.partitioning import Partitioner
     self.params, self.model_config, self.vocabulary = params, model_config, vocabulary
     self.prompt_len, self.max_new_tokens = prompt_len, max_new_tokens
+    self.max_positions = max_positions
     self.partitioner = partitioner or Partitioner()
     self.batch_size = batch_size
     self.last_lengths = np.zeros(0, np.int32)
@@ -137,6 +143,11 @@ class ModelPolicySampler:
     from warm_jax.oracle import decode_responses
     from warm_jax.sampling import Sampler, SamplingConfig
     tokens, mask, _ = encode_prompts(self.vocabulary, prompts, prompt_len=self.prompt_len)
+    if self.max_positions is not None:
+      from warm_jax.sampling import check_positions
+      check_positions(mask, max_new_tokens=self.max_new_tokens, limit=self.max_positions,
+                      source="SEQ_LEN of the data dir", program="on-policy sampling",
+                      closing_eos=True)
     sampler = Sampler(model_config=self.model_config, partitioner=self.partitioner,
                       config=SamplingConfig(max_new_tokens=self.max_new_tokens,
                                             temperature=temperature),
