@@ -10,7 +10,8 @@ it: docs/backbones.md) and after the last (serve a WARM reward model or an RL po
 tools). Import (`warm_jax.hf.importer`): HF_DIR holds config.json and model.safetensors or
 shards with model.safetensors.index.json; CKPT gets params/ (plain orbax), model.gin,
 warm_jax_model.json and tokenizer/. Export (`warm_jax.hf.exporter`): RUN is any params
-checkpoint (a stage's model dir, a step dir, an averaged RM, an import dir); a RewardModel
+checkpoint (an experiment stage dir such as average/warm_6, members/clean/member_0, rl/warm_6
+or sft; a stage's model dir, a step dir, an import dir); a RewardModel
 becomes <Family>ForSequenceClassification (num_labels=1, `score`), a LanguageModel
 <Family>ForCausalLM; the shape and family come from --base (the import it started from) or
 from --family plus model gin files.
