@@ -165,6 +165,27 @@ def test_warm_stage_dir_exports_with_tokenizer_and_card_and_scores_raw_text(run,
   np.testing.assert_allclose(piped, ours, atol=TOLERANCE, rtol=0)
 
 
+def test_exported_tokenizer_gives_sentencepiece_ids_on_any_text(run, tmp_path):
+  """The tokenizer files written for the world's SentencePiece model, loaded by AutoTokenizer:
+  the ids of the sentencepiece library (plus EOS) on world text and on random strings of
+  spaces (runs, leading, trailing), newlines, tabs, unseen characters (byte fallback), the
+  marker and the special pieces' own spellings; decoding gives SentencePiece's text back."""
+  hf_tokenizer.write_sentencepiece_as_hf(str(run / "data" / "clean" / "spm.model"),
+                                         str(tmp_path), append_eos=True, model_max_length=256)
+  tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path)
+  sp = spm.SentencePieceProcessor(model_file=str(run / "data" / "clean" / "spm.model"))
+  rng = np.random.default_rng(0)
+  alphabet = list("abc TL;DR:\n\t.,!é") + ["😀", "  ", "</s>", "<pad>", "<unk>", "my ", "friend"]
+  texts = [world.format_example(p.text, p.reference) for p in world.generate_posts(seed=2, n=20)]
+  texts += ["", " ", "  a  b  ", " lead", "trail ", "x \n y", "tl;dr:\u2581x"]
+  texts += ["".join(rng.choice(alphabet, size=rng.integers(0, 25))) for _ in range(300)]
+  for text in texts:
+    ids = tokenizer(text)["input_ids"]
+    assert ids == sp.encode(text) + [1], repr(text)
+    assert tokenizer.decode(ids, skip_special_tokens=True) == sp.decode(sp.encode(text)), \
+        repr(text)
+
+
 @pytest.mark.parametrize("family", sorted(PRESETS))
 def test_exported_policy_generates_greedily_as_our_sampler(run, tmp_path, capsys, family):
   """A policy exported from its RL stage dir: model.generate(do_sample=False) continues a
@@ -274,3 +295,63 @@ def test_tokenizer_refusals_the_log_prob_readout_and_an_export_without_tokenizer
       None, None, None)
   assert transformers.AutoConfig.from_pretrained(tmp_path / "bare_hf").eos_token_id is None
   assert "--tokenizer DATA_DIR" in (tmp_path / "bare_hf" / "README.md").read_text()
+
+
+README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+
+
+def _readme_snippets(**paths):
+  """The python blocks of README's "Use a WARM reward model elsewhere" marked as run here, with
+  the example paths replaced by the fixture's."""
+  import re
+  with open(README) as f:
+    text = f.read()
+  blocks = re.findall(r"<!-- README snippet: tests/test_hf_export_text.py runs this block as "
+                      r"written[^>]*-->\n```python\n(.*?)```", text, re.S)
+  assert len(blocks) == 3, "README's snippets moved: update this test with them"
+  for old in paths:
+    assert any(old in block for block in blocks), f"README's snippets no longer use {old}"
+  out = []
+  for block in blocks:
+    for old, new in paths.items():
+      block = block.replace(old, new)
+    out.append(block)
+  return out
+
+
+def test_readme_snippets_run_as_written(run, tmp_path, capsys):
+  """README's orbax, transformers and TRL blocks, on exports of the fixture's stage dirs: the
+  orbax tree is warm-jax's, the transformers rewards equal warm-jax's, and a TRL GRPO step
+  runs with the WARM reward function scoring its completions as warm-jax would."""
+  _export(capsys, "--input", str(run / "average" / "warm_2"), "--output", str(tmp_path / "rm"))
+  _export(capsys, "--input", str(run / "rl" / "warm_2_gpt2"), "--output", str(tmp_path / "sft"))
+  orbax_block, transformers_block, trl_block = _readme_snippets(**{
+      '"runs/demo/average/warm_6"': f'"{run}/average/warm_2"',
+      '"runs/demo/average/warm_6/checkpoint"': f'"{run}/average/warm_2/checkpoint"', '"hf/warm_6"': f'"{tmp_path / "rm"}"',
+      '"hf/sft"': f'"{tmp_path / "sft"}"', 'output_dir="grpo"': f'output_dir="{tmp_path}/grpo"'})
+  namespace: dict = {}
+  exec(orbax_block, namespace)  # noqa: S102 - the README's own code
+  want = ckpt.load_params(str(run / "average" / "warm_2"))
+  np.testing.assert_array_equal(
+      np.asarray(namespace["params"]["reward_head"]["kernel"]), want["reward_head"]["kernel"])
+
+  exec(transformers_block, namespace)  # noqa: S102
+  sp = spm.SentencePieceProcessor(model_file=str(run / "data" / "clean" / "spm.model"))
+  ids = [sp.encode(p) + sp.encode(s) + [1]
+         for p, s in zip(namespace["prompts"], namespace["summaries"])]
+  np.testing.assert_allclose(namespace["rewards"].numpy(),
+                             _warm_jax_rewards(run / "average" / "warm_2", ids),
+                             atol=TOLERANCE, rtol=0)
+
+  pytest.importorskip("trl", reason="the TRL block needs trl (pip install -e .[trl])")
+  exec(trl_block, namespace)  # noqa: S102
+  trainer = namespace["trainer"]
+  assert trainer.state.global_step == 1
+  logged = [k for entry in trainer.state.log_history for k in entry if "warm_reward" in k]
+  assert logged, trainer.state.log_history  # the step's rewards came from warm_reward
+  completions = ["friend forgot birthday", "i feel sad", "my friend"]
+  prompts = namespace["prompts"] * 3
+  ids = [sp.encode(p) + sp.encode(c) + [1] for p, c in zip(prompts, completions)]
+  np.testing.assert_allclose(namespace["warm_reward"](prompts, completions),
+                             _warm_jax_rewards(run / "average" / "warm_2", ids),
+                             atol=TOLERANCE, rtol=0)
