@@ -132,9 +132,9 @@ def export_hf(*, input: str, output: str, family: str | None = None,
     drop_reward_bias: export an RM whose reward_head/bias is not 0 (transformers' score has no
       bias, so the served rewards shift by that constant).
     tokenizer: the data dir (or its spm.model) whose SentencePiece model to export; default:
-      an import's own tokenizer files, else the data dir the model was trained on, found from
-      the stage dir (config.gin's DATA_DIR, the averaged members', the experiment's
-      data/clean). With none found the export has no tokenizer (the summary and README say so).
+      the data dir the model was trained on (config.gin's DATA_DIR of the stage dir, or of the
+      averaged members), else an import's own tokenizer files, else the experiment's
+      data/clean. With none found the export has no tokenizer (the summary and README say so).
   """
   t0 = time.time()
   from warm_jax.merging.reader import CheckpointReader
@@ -163,8 +163,10 @@ def export_hf(*, input: str, output: str, family: str | None = None,
   leaves = reader.leaves_by_path
   head = _head_of_leaves(set(leaves), input)
   prov = model_card.provenance(input=input, params_path=str(reader.path))
-  spm_model = (model_card.find_spm_model(tokenizer, prov)
-               if tokenizer or record is None else None)
+  # the tokenizer the model's data was tokenised with: --tokenizer, else its DATA_DIR's, else
+  # an import's own files, else the experiment's data/clean
+  spm_model = model_card.find_spm_model(
+      tokenizer, prov, experiment_fallback=not (record or {}).get("tokenizer_files"))
   if spm_model is not None:
     pieces = tokenizer_lib.HuggingFaceTokenizer(spm_model).vocab_size
     if pieces != config.vocab_size:

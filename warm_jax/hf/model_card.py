@@ -104,10 +104,12 @@ def provenance(*, input: str, params_path: str) -> dict[str, Any]:
   return out
 
 
-def find_spm_model(tokenizer: str | None, prov: dict[str, Any]) -> str | None:
+def find_spm_model(tokenizer: str | None, prov: dict[str, Any], *,
+                   experiment_fallback: bool = True) -> str | None:
   """The SentencePiece model to export: `tokenizer` (a data dir or a .model file) if given,
-  else the spm.model of the model's DATA_DIR, else of its experiment's data/clean; None when
-  nothing names one."""
+  else the spm.model of the DATA_DIR the model was trained on (what its data arrays hold),
+  else, with `experiment_fallback` (no import tokenizer to copy instead), of its experiment's
+  data/clean; None when nothing names one."""
   from warm_jax.data.data_dir import SPM_MODEL_FILE
   if tokenizer:
     path = os.path.join(tokenizer, SPM_MODEL_FILE) if os.path.isdir(tokenizer) else tokenizer
@@ -117,7 +119,7 @@ def find_spm_model(tokenizer: str | None, prov: dict[str, Any]) -> str | None:
                             "file itself")
     return path
   candidates = [os.path.join(d, SPM_MODEL_FILE) for d in prov.get("data_dirs", [])]
-  if prov.get("experiment"):
+  if prov.get("experiment") and experiment_fallback:
     candidates.append(os.path.join(prov["experiment"], "data", "clean", SPM_MODEL_FILE))
   return next((c for c in candidates if os.path.isfile(c)), None)
 
@@ -165,7 +167,8 @@ def _warm_lines(prov: dict[str, Any]) -> list[str]:
 def render(*, head: str, architecture: str, family: str, config: Any, prov: dict[str, Any],
            spm_model: str | None, tokenizer_files: list[str], special_ids: dict[str, Any],
            dropped_bias: float | None) -> str:
-  """The README.md of an export (see the module docstring)."""
+  """The README.md of an export (see the module docstring). spm_model: the SentencePiece model
+  exported as the tokenizer (None: an import's own tokenizer files were copied, or none)."""
   is_rm = head == "reward"
   title = ("a WARM reward model" if prov.get("warm") else "a reward model") if is_rm \
       else "a policy (language model)"
@@ -194,12 +197,19 @@ def render(*, head: str, architecture: str, family: str, config: Any, prov: dict
     lines += [f"The prompt is the post and the `TL;DR:` marker ({description}); the policy "
               "continues it with a summary ended by EOS.", ""]
   if tokenizer_files:
-    lines += [f"Special ids (config.json and the tokenizer agree): {ids}.{no_bos}", ""]
-    if is_rm:
+    agree = " (config.json and the tokenizer agree)" if spm_model is not None else \
+        " in config.json (the imported model's)"
+    lines += [f"Special ids{agree}: {ids}.{no_bos}", ""]
+    if is_rm and spm_model is not None:
       lines += ["The tokenizer appends EOS itself (`tokenizer(text)` or "
                 "`tokenizer(prompt, summary)`), so its ids are exactly those warm-jax scored "
                 "(`encode(prompt) + encode(summary) + [EOS]`). Pad on the right.", ""]
-    else:
+    elif is_rm:
+      lines += ["This is the imported model's own tokenizer: warm-jax scored `encode(prompt) + "
+                f"encode(summary) + [{special_ids.get('eos')}]` (EOS last); if "
+                "`tokenizer(text)` does not end with that id, append it. Pad on the right.",
+                ""]
+    elif spm_model is not None:
       lines += ["The tokenizer adds no special token; pad prompts on the left for batched "
                 "generation.", ""]
   else:

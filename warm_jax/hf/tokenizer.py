@@ -11,6 +11,10 @@ themselves), `decode` stops at the first EOS and drops pad ids. Special ids come
 tokenizer_config.json / special_tokens_map.json (token strings looked up in the vocabulary),
 else from the SentencePiece model. A tokenizer without a pad token gets pad_id 0, seqio's
 convention (padding is always masked, so its id never reaches the model's output).
+
+The other direction, for the export (after the pipeline): `write_sentencepiece_as_hf` writes a
+data dir's SentencePiece model (`warm_jax.data.tokenizer`) as tokenizer.json +
+tokenizer_config.json that transformers' AutoTokenizer loads with identical ids.
 """
 
 from __future__ import annotations
