@@ -110,3 +110,15 @@ def test_an_average_stage_killed_before_publishing_and_an_unsaved_run(run, tmp_p
   with pytest.raises(ckpt.CheckpointError, match="does not exist: pass a stage's model dir \\(an "
                      "experiment stage dir: sft, members/clean/member_0, average/warm_6"):
     ckpt.load_params(str(tmp_path / "nowhere"))
+
+
+def test_many_checkpoints_below_are_named_shallowest_first_and_counted(tmp_path):
+  for i in range(10):
+    ckpt.save_params(_tree(float(i)), str(tmp_path / "deep" / "sweep" / f"member_{i}"))
+  ckpt.save_params(_tree(0.0), str(tmp_path / "top"))
+  with pytest.raises(ckpt.CheckpointError) as e:
+    ckpt.resolve_params_path(str(tmp_path))
+  message = str(e.value)
+  assert f"checkpoints below it: {tmp_path / 'top'}, {tmp_path / 'deep' / 'sweep'}/member_0" \
+      in message
+  assert "(and 3 more); pass one of them" in message

@@ -197,28 +197,26 @@ def _params_at(p: epath.Path, looked: list[str]) -> epath.Path | None:
   return p if _is_orbax_dir(p) else None
 
 
-def _checkpoints_below(root: epath.Path, *, depth: int = 3) -> list[str]:
-  """Dirs under `root` (at most `depth` levels down) that `resolve_params_path` accepts: what
-  to pass instead of a dir that holds none itself (an experiment's root, members/clean)."""
+def _checkpoints_below(root: epath.Path, *, depth: int = 3) -> tuple[list[str], int]:
+  """Dirs under `root` (at most `depth` levels down, shallowest first) that
+  `resolve_params_path` accepts: what to pass instead of a dir that holds none itself (an
+  experiment's root, members/clean). Returns (the first _MAX_SUGGESTIONS, how many more)."""
   found: list[str] = []
-
-  def walk(p: epath.Path, level: int):
-    if level > depth or len(found) >= _MAX_SUGGESTIONS:
-      return
-    for child in sorted(c for c in p.iterdir() if c.is_dir()):
-      if len(found) >= _MAX_SUGGESTIONS:
-        return
-      if child.name in (CHECKPOINTS_SUBDIR, PARAMS_ITEM) or child.name.isdigit() \
-          or ".orbax-checkpoint-tmp" in child.name:
-        continue
-      if (_params_at(child, []) is not None
-          or _params_at(child / AVERAGE_CHECKPOINT_SUBDIR, []) is not None):
-        found.append(str(child))
-      else:
-        walk(child, level + 1)
-
-  walk(root, 1)
-  return found
+  level = [root]
+  for _ in range(depth):
+    below = []
+    for p in level:
+      for child in sorted(c for c in p.iterdir() if c.is_dir()):
+        if child.name in (CHECKPOINTS_SUBDIR, PARAMS_ITEM) or child.name.isdigit() \
+            or ".orbax-checkpoint-tmp" in child.name:
+          continue
+        if (_params_at(child, []) is not None
+            or _params_at(child / AVERAGE_CHECKPOINT_SUBDIR, []) is not None):
+          found.append(str(child))
+        else:
+          below.append(child)
+    level = below
+  return found[:_MAX_SUGGESTIONS], max(0, len(found) - _MAX_SUGGESTIONS)
 
 
 def resolve_params_path(path: str) -> epath.Path:
@@ -244,8 +242,9 @@ def resolve_params_path(path: str) -> epath.Path:
         f"no orbax checkpoint found at {path} (looked at {', '.join(looked)}): its "
         f"{CHECKPOINTS_SUBDIR}/ holds no complete step; a run that was killed before its "
         "first save has none: train longer or pass another dir")
-  below = _checkpoints_below(p) if p.is_dir() else []
-  hint = (f"checkpoints below it: {', '.join(below)}; pass one of them" if below
+  below, more = _checkpoints_below(p) if p.is_dir() else ([], 0)
+  more_text = f" (and {more} more)" if more else ""
+  hint = (f"checkpoints below it: {', '.join(below)}{more_text}; pass one of them" if below
           else f"pass {_WHAT_TO_PASS}")
   raise CheckpointError(f"no orbax checkpoint found at {path} (looked at "
                         f"{', '.join(looked)}): {hint}")

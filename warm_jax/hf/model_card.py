@@ -31,13 +31,17 @@ _DATA_DIR_BINDING = re.compile(r"""^DATA_DIR\s*=\s*(['"])(.+)\1\s*$""", re.MULTI
 
 
 def _model_dir_of(params_path: str) -> str | None:
-  """The training MODEL_DIR above a params path (…/MODEL_DIR/checkpoints/<step>/params)."""
+  """The training MODEL_DIR (with its config.gin) of a resolved params path:
+  MODEL_DIR/checkpoints/<step>/params, or MODEL_DIR/params (the linear probe's); None for a
+  plain checkpoint dir."""
+  from warm_jax.checkpoints import CHECKPOINTS_SUBDIR, PARAMS_ITEM
   path = os.path.abspath(params_path)
-  for _ in range(4):
-    if os.path.isfile(os.path.join(path, "config.gin")):
-      return path
+  if os.path.basename(path) == PARAMS_ITEM:
     path = os.path.dirname(path)
-  return None
+  if os.path.basename(path).isdigit() and \
+      os.path.basename(os.path.dirname(path)) == CHECKPOINTS_SUBDIR:
+    path = os.path.dirname(os.path.dirname(path))
+  return path if os.path.isfile(os.path.join(path, "config.gin")) else None
 
 
 def _data_dir_of_model_dir(model_dir: str) -> str | None:
