@@ -270,6 +270,7 @@ def test_tokenizer_refusals_the_log_prob_readout_and_an_export_without_tokenizer
   for extra, message in (
       (["--tokenizer", str(other)], "has 400 pieces but the model's vocabulary is 512"),
       (["--tokenizer", str(tmp_path)], "no spm.model there"),
+      (["--pad_token_id", "600"], "--pad_token_id 600 is outside the vocabulary (0..511)"),
   ):
     out = tmp_path / "refused"
     assert convert.main(["--to", "hf", "--input", str(run / "average" / "warm_2"), "--output",

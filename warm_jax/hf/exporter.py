@@ -50,7 +50,8 @@ def _head_of_leaves(paths: set[str], source: str) -> str:
         "(reward_head/logprob_kernel; TransformerConfig.reward_readout='hidden_logprob'): "
         "Hugging Face's *ForSequenceClassification reads the last hidden state only, so it "
         "cannot compute this reward; export a reward model trained with "
-        "reward_readout='hidden', or score it with warm-jax (plain orbax)")
+        "reward_readout='hidden' (the experiment: --gin.OVERRIDES=\"{'reward_readout': "
+        "'hidden'}\"), or score it with warm-jax (plain orbax)")
   if any(p.startswith("reward_head/") for p in paths):
     return "reward"
   if any(p.startswith("value_head/") for p in paths):
@@ -97,9 +98,6 @@ def set_special_ids(hf_config: dict[str, Any], *, vocab_size: int,
     for kind in ("pad", "eos", "bos"):
       hf_config[f"{kind}_token_id"] = tokenizer_ids.get(kind)
   if pad_token_id is not None:
-    if not 0 <= pad_token_id < vocab_size:
-      raise ConversionError(f"--pad_token_id {pad_token_id} is outside the vocabulary "
-                            f"(0..{vocab_size - 1})")
     hf_config["pad_token_id"] = pad_token_id
   dropped = []
   for key in _SPECIAL_ID_KEYS:
@@ -154,6 +152,9 @@ def export_hf(*, input: str, output: str, family: str | None = None,
                             "(the import of the model it was trained from) or --gin_file with "
                             "the model preset and --family")
     config = record["transformer_config"]
+  if pad_token_id is not None and not 0 <= pad_token_id < config.vocab_size:
+    raise ConversionError(f"--pad_token_id {pad_token_id} is outside the vocabulary "
+                          f"(0..{config.vocab_size - 1})")
   family_name = family or (record or {}).get("family")
   if family_name is None:
     raise ConversionError("the family is unknown: pass --family (gpt2, llama, gemma) or --base")
