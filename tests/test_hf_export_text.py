@@ -186,14 +186,11 @@ def test_exported_tokenizer_gives_sentencepiece_ids_on_any_text(run, tmp_path):
         repr(text)
 
 
-@pytest.mark.parametrize("family", sorted(PRESETS))
-def test_exported_policy_generates_greedily_as_our_sampler(run, tmp_path, capsys, family):
-  """A policy exported from its RL stage dir: model.generate(do_sample=False) continues a
-  batch of left-padded prompts with the tokens of warm-jax's Sampler at temperature 0, up to
-  and including EOS."""
-  out = tmp_path / "policy_hf"
-  _export(capsys, "--input", str(run / "rl" / f"warm_2_{family}"), "--output", str(out),
-          family=family)
+def _greedy_parity(capsys, policy_dir, out, family, new=16):
+  """Exports `policy_dir` to `out`, decodes 3 left-padded prompts greedily with transformers'
+  generate and with warm-jax's Sampler (temperature 0), asserts the same tokens up to and
+  including EOS; returns our Samples."""
+  _export(capsys, "--input", str(policy_dir), "--output", str(out), family=family)
   assert "generation equals warm-jax's sampler" in (out / "README.md").read_text()
   tokenizer = transformers.AutoTokenizer.from_pretrained(out)
   model = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
@@ -201,23 +198,43 @@ def test_exported_policy_generates_greedily_as_our_sampler(run, tmp_path, capsys
   prompts = [p for p, _ in _texts(3)]
   prompts[1] = prompts[1][:20] + " TL;DR:"  # a shorter prompt: real left padding
   batch = tokenizer(prompts, padding=True, return_tensors="pt")
-  new = 16
   with torch.no_grad():
     generated = model.generate(**batch, do_sample=False, max_new_tokens=new,
                                pad_token_id=0).numpy()[:, batch["input_ids"].shape[1]:]
-
   sampler = Sampler(model_config=_config(family), partitioner=Partitioner(),
                     config=SamplingConfig(max_new_tokens=new, temperature=0.0), batch_size=8)
-  params = sampler.place(ckpt.load_params(str(run / "rl" / f"warm_2_{family}")))
-  ours = sampler.sample(params, batch["input_ids"].numpy(), batch["attention_mask"].numpy(),
-                        seed=0)
+  ours = sampler.sample(sampler.place(ckpt.load_params(str(policy_dir))),
+                        batch["input_ids"].numpy(), batch["attention_mask"].numpy(), seed=0)
   for row in range(len(prompts)):
     mine = ours.tokens[row][ours.mask[row] == 1].tolist()
     theirs = generated[row].tolist()
-    if 1 in theirs:
+    if 1 in theirs:  # generate pads a finished row with pad_token_id after its EOS
       theirs = theirs[:theirs.index(1) + 1]
     assert theirs == mine, (row, theirs, mine)
+  return ours
+
+
+@pytest.mark.parametrize("family", sorted(PRESETS))
+def test_exported_policy_generates_greedily_as_our_sampler(run, tmp_path, capsys, family):
+  """A policy exported from its RL stage dir: model.generate(do_sample=False) continues a
+  batch of left-padded prompts with the tokens of warm-jax's Sampler at temperature 0."""
+  ours = _greedy_parity(capsys, run / "rl" / f"warm_2_{family}", tmp_path / "hf", family)
   assert len(set(map(tuple, ours.tokens.tolist()))) > 1  # not one constant continuation
+
+
+def test_exported_policy_stops_at_eos_where_our_sampler_does(run, tmp_path, capsys):
+  """The same with a policy that emits EOS mid-way: its EOS output column is a scaled copy of
+  the column of the token it emits most, so greedy decoding reaches EOS within a few steps
+  in some rows; both implementations stop there."""
+  params = ckpt.load_params(str(run / "rl" / "warm_2_llama"))
+  first = _greedy_parity(capsys, run / "rl" / "warm_2_llama", tmp_path / "hf0", "llama")
+  assert not first.ended.any()
+  counts = np.bincount(first.tokens[first.mask == 1], minlength=VOCAB)
+  kernel = params["lm_head"]["kernel"]
+  kernel[:, 1] = 1.5 * kernel[:, int(np.argmax(counts))]
+  _model_dir(tmp_path / "eos_policy", params, step=1, data_dir=run / "data" / "clean")
+  ours = _greedy_parity(capsys, tmp_path / "eos_policy", tmp_path / "hf1", "llama")
+  assert ours.ended.any() and (ours.mask.sum(axis=1) < ours.mask.shape[1]).any()
 
 
 def test_imported_reward_model_exported_back_scores_text_as_before(run, tmp_path, capsys):
