@@ -122,3 +122,15 @@ def test_many_checkpoints_below_are_named_shallowest_first_and_counted(tmp_path)
   assert f"checkpoints below it: {tmp_path / 'top'}, {tmp_path / 'deep' / 'sweep'}/member_0" \
       in message
   assert "(and 3 more); pass one of them" in message
+
+
+def test_evaluate_members_dir_names_the_setting_dirs_below(run):
+  """MEMBERS_DIR given as the run's root or its members/: the error names members/clean."""
+  from warm_jax.evaluate import finished_members
+  assert finished_members(str(run / "members" / "clean")) == [
+      str(run / "members" / "clean" / f"member_{i}") for i in range(2)]
+  for given in (run, run / "members"):
+    with pytest.raises(FileNotFoundError, match=(
+        rf"no finished member \(member_<i>/DONE\) in {given}: MEMBERS_DIR holding them is "
+        rf"below: {run / 'members' / 'clean'}; pass one of those")):
+      finished_members(str(given))
