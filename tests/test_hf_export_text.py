@@ -345,7 +345,8 @@ def test_readme_snippets_run_as_written(run, tmp_path, capsys):
   _export(capsys, "--input", str(run / "rl" / "warm_2_gpt2"), "--output", str(tmp_path / "sft"))
   orbax_block, transformers_block, trl_block = _readme_snippets(**{
       '"runs/demo/average/warm_6"': f'"{run}/average/warm_2"',
-      '"runs/demo/average/warm_6/checkpoint"': f'"{run}/average/warm_2/checkpoint"', '"hf/warm_6"': f'"{tmp_path / "rm"}"',
+      '"runs/demo/average/warm_6/checkpoint"': f'"{run}/average/warm_2/checkpoint"',
+      '"hf/warm_6"': f'"{tmp_path / "rm"}"',
       '"hf/sft"': f'"{tmp_path / "sft"}"', 'output_dir="grpo"': f'output_dir="{tmp_path}/grpo"'})
   namespace: dict = {}
   exec(orbax_block, namespace)  # noqa: S102 - the README's own code

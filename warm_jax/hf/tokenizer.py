@@ -196,7 +196,9 @@ def sentencepiece_tokenizer_json(model_path: str, *, append_eos: bool):
                              byte_fallback=trainer.byte_fallback))
   steps = []
   if norm.remove_extra_whitespaces:
-    steps += [normalizers.Replace(Regex(r"\A +| +\z"), ""), normalizers.Replace(Regex(" {2,}"), " ")]
+    # \A and \z: the ends of the text (onig's ^ and $ would also match at every newline)
+    steps += [normalizers.Replace(Regex(r"\A +| +\z"), ""),
+              normalizers.Replace(Regex(" {2,}"), " ")]
   if norm.add_dummy_prefix:
     steps.append(normalizers.Prepend(" "))
   steps.append(normalizers.Replace(" ", "\u2581"))
