@@ -38,6 +38,8 @@ setup(
         # Converting needs safetensors (+ tokenizers for tokenizer.json); the parity tests build
         # reference models with torch/transformers. torch is pinned to the CPU wheel CI has.
         "hf": ["torch==2.13.0", "transformers>=5", "safetensors>=0.4", "tokenizers>=0.20"],
+        # README's TRL snippet (tests/test_hf_export_text.py runs it where these are installed)
+        "trl": ["trl>=1.0", "accelerate", "datasets"],
         "bench": ["psutil"],
     },
     entry_points={

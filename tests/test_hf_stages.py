@@ -110,3 +110,16 @@ def test_imported_llama_runs_sft_rm_members_and_warm_averaging(data_dir, tmp_pat
   theirs = hf_logits(served, tokens, mask)[:, 0]
   print(f"\nWARM RM served by transformers: max |reward error| {np.abs(ours - theirs).max():.2e}")
   np.testing.assert_allclose(theirs, ours, atol=1e-4, rtol=0)
+
+  # The export carries the tokenizer the data was built with (found through the members'
+  # DATA_DIR): the raw text of those pairs, tokenised by transformers alone, gives the ids the
+  # data build (seqio) wrote, and the same rewards.
+  from warm_jax.data import data_dir as data_dir_lib
+  tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "warm_hf")
+  records = data_dir_lib.load_records(data_dir, kind="preferences", split="id_val")
+  rows = [records[int(i)] for i in pairs.features["pair_index"][:4]]
+  chosen = [r["summary_a"] if r["label"] == 0 else r["summary_b"] for r in rows]
+  encoded = tokenizer([r["prompt"] for r in rows], chosen)["input_ids"]
+  assert encoded == [list(t[m == 1]) for t, m in zip(tokens, mask)]
+  assert served.config.pad_token_id == tokenizer.pad_token_id == 0
+  assert served.config.eos_token_id == tokenizer.eos_token_id == 1

@@ -8,8 +8,9 @@
   python -m warm_jax.average --gin_file=gin/average.gin --gin.INPUTS="['A', 'B']" \
       --gin.OUTPUT="'W'"
 
-Each input is a plain orbax PyTree checkpoint dir, a `checkpoints/<step>` dir or a stage's
-MODEL_DIR (its latest step). The output is a new plain orbax checkpoint with OUTPUT/manifest.json
+Each input is a plain orbax PyTree checkpoint dir, a `checkpoints/<step>` dir, a stage's
+MODEL_DIR (its latest step) or any experiment stage dir (members/clean/member_0, average/warm_6:
+`warm_jax.checkpoints.resolve_params_path`). The output is a new plain orbax checkpoint with OUTPUT/manifest.json
 (inputs, steps, content hashes, weights, method, time, peak memory). Flags:
 
   --inputs DIR [DIR ...]  the members, in the order --weights refers to

@@ -161,26 +161,93 @@ class TrainCheckpointer:
     self.manager.close()
 
 
-def resolve_params_path(path: str) -> epath.Path:
-  """A params checkpoint dir from any of: a plain orbax PyTree dir, `<step>/` (with params/),
-  `checkpoints/` (latest step), or a stage's MODEL_DIR (latest step)."""
-  p = epath.Path(os.path.abspath(path))  # orbax refuses relative paths
-  if not p.exists():
-    raise CheckpointError(f"checkpoint path {path} does not exist: pass a stage's model dir, "
-                          f"its checkpoints/<step> dir, or a plain orbax checkpoint dir")
+# Where the params of each experiment stage dir are (warm_jax.experiment's layout):
+#   sft, pretrain, members/<setting>/member_<i>, rl/<reward>, probe/<setting>: a training
+#     stage's MODEL_DIR -> checkpoints/<latest step>/params (an RL run: its latest step, not
+#     the best-evaluated one that win rates pick; pass checkpoints/<step> for another)
+#   average/warm_<M>: the averager's output in checkpoint/ (a plain orbax dir + manifest.json)
+#   an import (`python -m warm_jax.convert --from hf`): params/
+AVERAGE_CHECKPOINT_SUBDIR = "checkpoint"
+_WHAT_TO_PASS = ("a stage's model dir (an experiment stage dir: sft, members/clean/member_0, "
+                 "average/warm_6, rl/warm_6), its checkpoints/<step> dir, or a plain orbax "
+                 "checkpoint dir")
+_MAX_SUGGESTIONS = 8
+
+
+def _is_orbax_dir(p: epath.Path) -> bool:
+  return (p / "_METADATA").exists() or (p / "_CHECKPOINT_METADATA").exists()
+
+
+def _params_at(p: epath.Path, looked: list[str]) -> epath.Path | None:
+  """The params checkpoint `p` names in the layouts of one training stage or one plain save
+  (MODEL_DIR -> latest step -> params/; checkpoints/ -> latest step; <step>/ -> params/; a
+  dir with params/; a plain orbax dir), or None; every path tried is added to `looked`."""
+  looked.append(str(p))
   if (p / CHECKPOINTS_SUBDIR).is_dir():
     p = p / CHECKPOINTS_SUBDIR
+    looked.append(str(p))
   steps = sorted(int(c.name) for c in p.iterdir() if c.is_dir() and c.name.isdigit()) \
       if p.is_dir() else []
   if steps:
     p = p / str(steps[-1])
+    looked.append(str(p))
   if (p / PARAMS_ITEM).is_dir():
     p = p / PARAMS_ITEM
-  if not (p / "_METADATA").exists() and not (p / "_CHECKPOINT_METADATA").exists():
-    raise CheckpointError(f"no orbax checkpoint found at {path} (looked at {p}): a run that "
-                          "was killed before its first save has none; train longer or pass "
-                          "another dir")
-  return p
+    looked.append(str(p))
+  return p if _is_orbax_dir(p) else None
+
+
+def _checkpoints_below(root: epath.Path, *, depth: int = 3) -> tuple[list[str], int]:
+  """Dirs under `root` (at most `depth` levels down, shallowest first) that
+  `resolve_params_path` accepts: what to pass instead of a dir that holds none itself (an
+  experiment's root, members/clean). Returns (the first _MAX_SUGGESTIONS, how many more)."""
+  found: list[str] = []
+  level = [root]
+  for _ in range(depth):
+    below = []
+    for p in level:
+      for child in sorted(c for c in p.iterdir() if c.is_dir()):
+        if child.name in (CHECKPOINTS_SUBDIR, PARAMS_ITEM) or child.name.isdigit() \
+            or ".orbax-checkpoint-tmp" in child.name:
+          continue
+        if (_params_at(child, []) is not None
+            or _params_at(child / AVERAGE_CHECKPOINT_SUBDIR, []) is not None):
+          found.append(str(child))
+        else:
+          below.append(child)
+    level = below
+  return found[:_MAX_SUGGESTIONS], max(0, len(found) - _MAX_SUGGESTIONS)
+
+
+def resolve_params_path(path: str) -> epath.Path:
+  """The params checkpoint dir a user's path names: the ONE resolver of every program that reads
+  a checkpoint (`load_params`, the averager's `CheckpointReader`, convert's export, evaluate's
+  member paths, the stage gins' *_DIR inputs).
+
+  Accepts an experiment stage dir (sft, members/clean/member_0, rl/warm_6: the latest step;
+  average/warm_6: its checkpoint/), a stage's MODEL_DIR, its checkpoints/ or checkpoints/<step>
+  dir, an import dir (params/), or a plain orbax PyTree dir. Otherwise raises CheckpointError
+  naming every path it looked at and, when dirs below hold checkpoints, the ones to pass."""
+  p = epath.Path(os.path.abspath(path))  # orbax refuses relative paths
+  if not p.exists():
+    raise CheckpointError(f"checkpoint path {path} does not exist: pass {_WHAT_TO_PASS}")
+  looked: list[str] = []
+  found = _params_at(p, looked)
+  if found is None and (p / AVERAGE_CHECKPOINT_SUBDIR).is_dir():
+    found = _params_at(p / AVERAGE_CHECKPOINT_SUBDIR, looked)
+  if found is not None:
+    return found
+  if (p / CHECKPOINTS_SUBDIR).is_dir():
+    raise CheckpointError(
+        f"no orbax checkpoint found at {path} (looked at {', '.join(looked)}): its "
+        f"{CHECKPOINTS_SUBDIR}/ holds no complete step; a run that was killed before its "
+        "first save has none: train longer or pass another dir")
+  below, more = _checkpoints_below(p) if p.is_dir() else ([], 0)
+  more_text = f" (and {more} more)" if more else ""
+  hint = (f"checkpoints below it: {', '.join(below)}{more_text}; pass one of them" if below
+          else f"pass {_WHAT_TO_PASS}")
+  raise CheckpointError(f"no orbax checkpoint found at {path} (looked at "
+                        f"{', '.join(looked)}): {hint}")
 
 
 def load_params(path: str, abstract_params: Any | None = None) -> Any:

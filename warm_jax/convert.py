@@ -3,17 +3,21 @@
   python -m warm_jax.convert --from hf --input HF_DIR --output CKPT [--max_len N] [--dtype D]
   python -m warm_jax.convert --to hf --input RUN --output HF_DIR [--base CKPT]
       [--family F --gin_file=gin/models/P.gin --gin.VOCAB_SIZE=N] [--dtype float32]
-      [--max_shard_size 5GB] [--pad_token_id N] [--drop_reward_bias]
+      [--max_shard_size 5GB] [--pad_token_id N] [--drop_reward_bias] [--tokenizer DATA_DIR]
 
 Where it sits: before the first training stage (import a pretrained backbone, then SFT from
 it: docs/backbones.md) and after the last (serve a WARM reward model or an RL policy with other
 tools). Import (`warm_jax.hf.importer`): HF_DIR holds config.json and model.safetensors or
 shards with model.safetensors.index.json; CKPT gets params/ (plain orbax), model.gin,
 warm_jax_model.json and tokenizer/. Export (`warm_jax.hf.exporter`): RUN is any params
-checkpoint (a stage's model dir, a step dir, an averaged RM, an import dir); a RewardModel
+checkpoint (an experiment stage dir such as average/warm_6, members/clean/member_0, rl/warm_6
+or sft; a stage's model dir, a step dir, an import dir); a RewardModel
 becomes <Family>ForSequenceClassification (num_labels=1, `score`), a LanguageModel
 <Family>ForCausalLM; the shape and family come from --base (the import it started from) or
-from --family plus model gin files.
+from --family plus model gin files. The export carries the tokenizer (the import's, or the
+world's SentencePiece model of the data dir the model was trained on, found from the stage dir
+or given by --tokenizer) with config.json's special ids set to its own, and a model card
+(README.md: what the model is, its input format, how to score it with transformers).
 
   --from hf | --to hf     the direction
   --input, --output       source and new destination (never overwritten; written atomically)
@@ -25,6 +29,9 @@ from --family plus model gin files.
   --max_shard_size S      export: e.g. 5GB (default), 500MB, 100000 (bytes)
   --pad_token_id N        export: written to config.json (RMs read the last non-pad token)
   --drop_reward_bias      export: allow an RM with a non-zero reward_head/bias (see --help)
+  --tokenizer DATA_DIR    export: the data dir (or its spm.model) the model was trained on;
+                          default: found from the stage dir (config.gin's DATA_DIR, the
+                          averaged members', the experiment's data/clean)
 
 Prints one JSON line (what was written, seconds, peak RSS). Exit status 1 when the input is
 refused (nothing is written), 2 for a malformed command line.
@@ -70,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--max_shard_size", default="5GB")
   p.add_argument("--pad_token_id", type=int)
   p.add_argument("--drop_reward_bias", action="store_true")
+  p.add_argument("--tokenizer")
   return p
 
 
@@ -99,8 +107,10 @@ def main(argv: Sequence[str] | None = None) -> int:
       if not getattr(args, name):
         raise _UsageError(f"--{name} is required")
     shard_bytes = parse_size(args.max_shard_size)
-    if args.source_format and (files or bindings or args.base or args.family):
-      raise _UsageError("--base, --family and gin flags are for --to hf (export) only")
+    if args.source_format and (files or bindings or args.base or args.family
+                               or args.tokenizer):
+      raise _UsageError("--base, --family, --tokenizer and gin flags are for --to hf (export) "
+                        "only")
   except (GinConfigError, _UsageError) as e:
     print(f"error: {e}\n(see python -m warm_jax.convert --help)", file=sys.stderr)
     return USAGE_EXIT_CODE
@@ -125,7 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
       summary = exporter.export_hf(
           input=args.input, output=args.output, family=args.family, config=config,
           base=args.base, dtype=args.dtype or "float32", max_shard_bytes=shard_bytes,
-          pad_token_id=args.pad_token_id, drop_reward_bias=args.drop_reward_bias)
+          pad_token_id=args.pad_token_id, drop_reward_bias=args.drop_reward_bias,
+          tokenizer=args.tokenizer)
   except GinConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     return USAGE_EXIT_CODE

@@ -49,6 +49,25 @@ EVAL_FILE = "eval.json"
 VS_M_ORDERS = ("best_to_worst", "worst_to_best", "random", "greedy")
 
 
+def _has_finished_member(path: str) -> bool:
+  return any(re.fullmatch(r"member_(\d+)", name) and os.path.exists(
+      os.path.join(path, name, "DONE")) for name in os.listdir(path))
+
+
+def _members_dirs_below(root: str, depth: int = 2) -> list[str]:
+  """Dirs at most `depth` levels under `root` that hold finished members (shallowest first)."""
+  found, level = [], [root]
+  for _ in range(depth):
+    below = []
+    for path in level:
+      for name in sorted(os.listdir(path)):
+        child = os.path.join(path, name)
+        if os.path.isdir(child):
+          (found if _has_finished_member(child) else below).append(child)
+    level = below
+  return found
+
+
 def finished_members(members_dir: str) -> list[str]:
   """member_<i> dirs with a DONE marker, by index."""
   if not os.path.isdir(members_dir):
@@ -60,8 +79,10 @@ def finished_members(members_dir: str) -> list[str]:
     if m and os.path.exists(os.path.join(members_dir, name, "DONE")):
       found.append((int(m.group(1)), os.path.join(members_dir, name)))
   if not found:
-    raise FileNotFoundError(f"no finished member (member_<i>/DONE) in {members_dir}: train "
-                            "the members first (gin/rm.gin), or point MEMBERS_DIR at their dir")
+    below = _members_dirs_below(members_dir)  # the run's root or members/: members/clean
+    hint = (f"MEMBERS_DIR holding them is below: {', '.join(below)}; pass one of those" if below
+            else "train the members first (gin/rm.gin), or point MEMBERS_DIR at their dir")
+    raise FileNotFoundError(f"no finished member (member_<i>/DONE) in {members_dir}: {hint}")
   return [path for _, path in sorted(found)]
 
 

@@ -55,7 +55,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from warm_jax.checkpoints import atomic_write_text
+from warm_jax.checkpoints import AVERAGE_CHECKPOINT_SUBDIR, atomic_write_text
 
 STAGE_DONE = "STAGE_DONE"
 # Reward names '<kind>_<M>' of the top M members (ExperimentPlan.reward_spec): WARM (weight
@@ -466,7 +466,7 @@ class ExperimentPlan:
     return [self.path("members", setting, name) for name in ranking]
 
   def warm_dir(self, m: int) -> str:
-    return self.path("average", f"warm_{m}", "checkpoint")
+    return self.path("average", f"warm_{m}", AVERAGE_CHECKPOINT_SUBDIR)
 
   def reward_spec(self, name: str, *, stage: str = "rl") -> Any:
     """The gin spec of a reward (warm_jax.reward_sources): a member, or '<kind>_<M>' of the

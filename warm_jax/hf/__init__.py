@@ -10,9 +10,12 @@ the pieces:
   safetensors_io   streaming reader (one tensor at a time, sharded index included) and a
                sharded writer
   importer     HF dir -> plain orbax params checkpoint (+ model.gin, tokenizer files)
-  exporter     our params checkpoint -> HF dir (*ForCausalLM or *ForSequenceClassification)
+  exporter     our params checkpoint (any experiment stage dir) -> HF dir (*ForCausalLM or
+               *ForSequenceClassification) with its tokenizer and model card
   tokenizer    tokenizer.json / tokenizer.model as a TF-free `Vocabulary`;
-               `seqio_vocabulary` wraps it as a seqio.Vocabulary for seqio tasks
+               `seqio_vocabulary` wraps it as a seqio.Vocabulary for seqio tasks; and the
+               world's SentencePiece model written as Hugging Face tokenizer files (the export)
+  model_card   what an export is (WARM members, run, data dir) and its README.md
 
 Only `safetensors` (and `tokenizers` for tokenizer.json) are needed to convert; torch and
 transformers are needed only by the parity tests (`pip install -e .[hf]`).

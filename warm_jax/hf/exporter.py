@@ -14,6 +14,14 @@ config.json and the tokenizer files, atomically (OUTPUT.tmp-<pid>, then one rena
 The model's shape and family come from an import record (`warm_jax_model.json`, written by
 `importer.import_hf` into the imported dir: pass that dir as `base`), or from a
 `TransformerConfig` and a family name.
+
+The tokenizer goes with the weights: an import's own tokenizer files, or, for a model trained
+here, the world's SentencePiece model (the spm.model of the data dir it was trained on, found
+through `model_card.provenance` or given as `tokenizer=`) written as tokenizer.json +
+tokenizer_config.json (`tokenizer.write_sentencepiece_as_hf`: identical ids, EOS appended for a
+reward model). config.json's pad/eos/bos ids are the tokenizer's, and no special id outside
+the vocabulary is written (GPT-2's default 50256 would be one). README.md (`model_card`) says
+what the model is, its input format and how to score or generate with transformers.
 """
 
 from __future__ import annotations
@@ -28,6 +36,8 @@ import numpy as np
 
 from warm_jax.hf import families
 from warm_jax.hf import importer
+from warm_jax.hf import model_card
+from warm_jax.hf import tokenizer as tokenizer_lib
 from warm_jax.hf.errors import ConversionError
 from warm_jax.hf.safetensors_io import EXPORT_DTYPES, nbytes, write_safetensors
 from warm_jax.models.config import TransformerConfig
@@ -40,7 +50,8 @@ def _head_of_leaves(paths: set[str], source: str) -> str:
         "(reward_head/logprob_kernel; TransformerConfig.reward_readout='hidden_logprob'): "
         "Hugging Face's *ForSequenceClassification reads the last hidden state only, so it "
         "cannot compute this reward; export a reward model trained with "
-        "reward_readout='hidden', or score it with warm-jax (plain orbax)")
+        "reward_readout='hidden' (the experiment: --gin.OVERRIDES=\"{'reward_readout': "
+        "'hidden'}\"), or score it with warm-jax (plain orbax)")
   if any(p.startswith("reward_head/") for p in paths):
     return "reward"
   if any(p.startswith("value_head/") for p in paths):
@@ -68,15 +79,46 @@ def hf_config_for(*, family: families.Family, config: TransformerConfig, head: s
   return out
 
 
+_SPECIAL_ID_KEYS = ("pad_token_id", "eos_token_id", "bos_token_id")
+
+
+def _ids_in_vocab(value: Any, vocab_size: int) -> bool:
+  values = value if isinstance(value, (list, tuple)) else [value]
+  return all(isinstance(v, int) and 0 <= v < vocab_size for v in values)
+
+
+def set_special_ids(hf_config: dict[str, Any], *, vocab_size: int,
+                    tokenizer_ids: dict[str, int | None] | None,
+                    pad_token_id: int | None) -> list[str]:
+  """Writes pad/eos/bos_token_id into config.json: the exported tokenizer's (when warm-jax
+  wrote it), else the base config's; an explicit pad_token_id wins. Every key is written (None
+  when unknown) so transformers' class defaults (GPT-2's 50256) never apply; an id outside the
+  vocabulary is dropped to None. Returns the keys dropped."""
+  if tokenizer_ids is not None:
+    for kind in ("pad", "eos", "bos"):
+      hf_config[f"{kind}_token_id"] = tokenizer_ids.get(kind)
+  if pad_token_id is not None:
+    hf_config["pad_token_id"] = pad_token_id
+  dropped = []
+  for key in _SPECIAL_ID_KEYS:
+    value = hf_config.get(key)
+    if value is not None and not _ids_in_vocab(value, vocab_size):
+      dropped.append(f"{key}={value}")
+      value = None
+    hf_config[key] = value
+  return dropped
+
+
 def export_hf(*, input: str, output: str, family: str | None = None,
               config: TransformerConfig | None = None, base: str | None = None,
               dtype: str = "float32", max_shard_bytes: int | None = 5 * 2**30,
-              pad_token_id: int | None = None, drop_reward_bias: bool = False
-              ) -> dict[str, Any]:
+              pad_token_id: int | None = None, drop_reward_bias: bool = False,
+              tokenizer: str | None = None) -> dict[str, Any]:
   """Writes the checkpoint `input` as a Hugging Face model dir `output` (must not exist).
 
   Args:
-    input: a params checkpoint (plain orbax dir, a stage's model dir, an import dir, ...).
+    input: a params checkpoint (an experiment stage dir such as average/warm_6, a stage's
+      model dir, a plain orbax dir, an import dir, ...: `checkpoints.resolve_params_path`).
     family, config: the model's family and shape; default: from the import record of `base`
       (or of `input` itself when it is an import dir).
     base: an import dir (`warm_jax_model.json`): family, shape, the source config.json (its
@@ -87,6 +129,10 @@ def export_hf(*, input: str, output: str, family: str | None = None,
       reads the reward at the last token that is not pad_token_id).
     drop_reward_bias: export an RM whose reward_head/bias is not 0 (transformers' score has no
       bias, so the served rewards shift by that constant).
+    tokenizer: the data dir (or its spm.model) whose SentencePiece model to export; default:
+      the data dir the model was trained on (config.gin's DATA_DIR of the stage dir, or of the
+      averaged members), else an import's own tokenizer files, else the experiment's
+      data/clean. With none found the export has no tokenizer (the summary and README say so).
   """
   t0 = time.time()
   from warm_jax.merging.reader import CheckpointReader
@@ -106,6 +152,9 @@ def export_hf(*, input: str, output: str, family: str | None = None,
                             "(the import of the model it was trained from) or --gin_file with "
                             "the model preset and --family")
     config = record["transformer_config"]
+  if pad_token_id is not None and not 0 <= pad_token_id < config.vocab_size:
+    raise ConversionError(f"--pad_token_id {pad_token_id} is outside the vocabulary "
+                          f"(0..{config.vocab_size - 1})")
   family_name = family or (record or {}).get("family")
   if family_name is None:
     raise ConversionError("the family is unknown: pass --family (gpt2, llama, gemma) or --base")
@@ -114,6 +163,17 @@ def export_hf(*, input: str, output: str, family: str | None = None,
   reader = CheckpointReader(input)
   leaves = reader.leaves_by_path
   head = _head_of_leaves(set(leaves), input)
+  prov = model_card.provenance(input=input, params_path=str(reader.path))
+  # the tokenizer the model's data was tokenised with: --tokenizer, else its DATA_DIR's, else
+  # an import's own files, else the experiment's data/clean
+  spm_model = model_card.find_spm_model(
+      tokenizer, prov, experiment_fallback=not (record or {}).get("tokenizer_files"))
+  if spm_model is not None:
+    pieces = tokenizer_lib.HuggingFaceTokenizer(spm_model).vocab_size
+    if pieces != config.vocab_size:
+      raise ConversionError(
+          f"the tokenizer {spm_model} has {pieces} pieces but the model's vocabulary is "
+          f"{config.vocab_size}: pass --tokenizer with the data dir the model was trained on")
   expected = importer.abstract_leaves(config, head=head)
   for path, shape in expected.items():
     if path not in leaves:
@@ -126,8 +186,10 @@ def export_hf(*, input: str, output: str, family: str | None = None,
   if extra:
     raise ConversionError(f"{input} has leaf {extra[0]}, which a {fam.model_type} {head} model "
                           "of this config does not have: the checkpoint has another architecture")
+  dropped_bias = None
   if head == "reward":
     bias = float(np.asarray(reader.read_now(leaves["reward_head/bias"])).reshape(-1)[0])
+    dropped_bias = bias if bias != 0.0 else None
     if bias != 0.0 and not drop_reward_bias:
       raise ConversionError(
           f"{input}: reward_head/bias is {bias}, but transformers' score layer has no bias; "
@@ -156,18 +218,34 @@ def export_hf(*, input: str, output: str, family: str | None = None,
   try:
     files = write_safetensors(tmp, sizes=sizes, produce=produce,
                               max_shard_bytes=max_shard_bytes)
-    with open(os.path.join(tmp, "config.json"), "w") as f:
-      json.dump(hf_config, f, indent=2)
-    tokenizer_files = []
-    if record is not None:
+    tokenizer_files, tokenizer_ids = [], None
+    if spm_model is not None:
+      tokenizer_files, tokenizer_ids = tokenizer_lib.write_sentencepiece_as_hf(
+          spm_model, tmp, append_eos=head == "reward", model_max_length=config.max_len)
+    elif record is not None:
       tok_dir = os.path.join(base or input, importer.TOKENIZER_DIR)
       for name in record.get("tokenizer_files", []):
         shutil.copyfile(os.path.join(tok_dir, name), os.path.join(tmp, name))
         tokenizer_files.append(name)
+    dropped_ids = set_special_ids(hf_config, vocab_size=config.vocab_size,
+                                  tokenizer_ids=tokenizer_ids, pad_token_id=pad_token_id)
+    with open(os.path.join(tmp, "config.json"), "w") as f:
+      json.dump(hf_config, f, indent=2)
+    special_ids = {k.removesuffix("_token_id"): hf_config[k] for k in _SPECIAL_ID_KEYS}
+    if tokenizer_ids is not None:
+      special_ids["unk"] = tokenizer_ids.get("unk")
+    with open(os.path.join(tmp, model_card.MODEL_CARD), "w") as f:
+      f.write(model_card.render(
+          head=head, architecture=hf_config["architectures"][0], family=fam.model_type,
+          config=config, prov=prov, spm_model=spm_model, tokenizer_files=tokenizer_files,
+          special_ids=special_ids, dropped_bias=dropped_bias))
     os.rename(tmp, output)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
   return {"family": fam.model_type, "head": head, "architecture": hf_config["architectures"][0],
-          "files": files, "tokenizer_files": tokenizer_files, "num_tensors": len(maps),
+          "files": files, "tokenizer_files": tokenizer_files,
+          "tokenizer": spm_model or ("import" if tokenizer_files else None),
+          "special_ids": special_ids, "special_ids_dropped": dropped_ids,
+          "model_card": model_card.MODEL_CARD, "num_tensors": len(maps),
           "seconds": round(time.time() - t0, 2)}
