@@ -33,20 +33,23 @@ def _mask(lengths, width):
   return mask
 
 
-def test_check_positions_names_the_numbers_and_the_fix():
+def test_check_positions_counts_capped_prompts_and_refuses_prompts_with_no_room():
   mask = _mask([7, 10, 9], 12)
-  check_positions(mask, max_new_tokens=6, limit=16, source="S", program="P")  # 10 + 6 = 16
-  with pytest.raises(ValueError) as e:
-    check_positions(mask, max_new_tokens=6, limit=15, source="SEQ_LEN of x", program="best-of-N")
+  assert check_positions(mask, max_new_tokens=6, limit=16, source="S", program="P") == 0
+  # 10 + 6 = 16 > 15: one prompt's responses will be capped (at 5 new tokens), no error
+  assert check_positions(mask, max_new_tokens=6, limit=15, source="S", program="P") == 1
+  # the closing EOS a reward model reads after an unfinished response takes one more
+  assert check_positions(mask, max_new_tokens=6, limit=16, source="S", program="P",
+                         closing_eos=True) == 1
+  assert check_positions(mask, max_new_tokens=6, limit=11, source="S", program="P") == 3
+  with pytest.raises(ValueError) as e:  # 10 + 1 new token > 10: no room at all
+    check_positions(mask, max_new_tokens=6, limit=10, source="SEQ_LEN of x", program="best-of-N")
   msg = str(e.value)
-  for part in ("best-of-N", "10 real tokens", "max_new_tokens 6", "= 16 positions",
-               "trained on 15 (SEQ_LEN of x)", "1 of 3 prompts", "MAX_NEW_TOKENS <= 5"):
+  for part in ("best-of-N", "10 real tokens + 1 new token = 11 positions",
+               "trained on 10 (SEQ_LEN of x)", "1 of 3 prompts leave no room", "larger SEQ_LEN"):
     assert part in msg, (part, msg)
-  # The closing EOS a reward model reads after an unfinished response takes one more.
-  check_positions(mask, max_new_tokens=5, limit=16, source="S", program="P", closing_eos=True)
-  with pytest.raises(ValueError, match=r"\+ 1 closing EOS.* = 17 positions.*1 of 3 prompts.*"
-                                       r"MAX_NEW_TOKENS <= 5"):
-    check_positions(mask, max_new_tokens=6, limit=16, source="S", program="P",
+  with pytest.raises(ValueError, match=r"\+ 1 closing EOS.* = 12 positions.*1 of 3 prompts"):
+    check_positions(mask, max_new_tokens=6, limit=11, source="S", program="P",
                     closing_eos=True)
 
 
@@ -66,23 +69,48 @@ def test_trained_positions_come_from_the_data_dir_and_are_capped_by_max_len(tmp_
   assert trained_positions(tiny_config(max_len=16), data_dir=data)[0] == 16
 
 
-def test_sampler_refuses_prompts_beyond_its_positions():
+@pytest.mark.parametrize("closing_eos", [False, True])
+def test_sampler_cuts_each_response_where_its_prompt_reaches_the_trained_positions(closing_eos):
+  """A row's response stops at max_new_tokens or where prompt + response (+ the closing EOS)
+  reach max_positions, whichever comes first: long prompts get shorter, unfinished responses,
+  short prompts are untouched (the same tokens as with no limit)."""
   cfg = tiny_config()
-  sampler = Sampler(model_config=cfg, partitioner=Partitioner(), batch_size=8,
-                    config=SamplingConfig(max_new_tokens=6), max_positions=12)
-  tokens = np.full((2, 8), 5, np.int32)
-  with pytest.raises(ValueError, match=r"Sampler.sample: prompts of up to 7 real tokens \+ "
-                                       r"max_new_tokens 6 = 13 positions.*trained on 12"):
-    sampler.sample(None, tokens, _mask([7, 3], 8), seed=0)
+  params = jax.device_get(LanguageModel(cfg).init(jax.random.key(0), np.ones((1, 2), np.int32),
+                                                  np.ones((1, 2), np.int32))["params"])
+  params = jax.tree_util.tree_map(np.asarray, params)
+  from flax import linen as nn
+  params = nn.unbox(params)
+  config = SamplingConfig(max_new_tokens=6, eos_id=None if not closing_eos else EOS_ID)
+  capped = Sampler(model_config=cfg, partitioner=Partitioner(), batch_size=8, config=config,
+                   max_positions=12, closing_eos=closing_eos)
+  free = Sampler(model_config=cfg, partitioner=Partitioner(), batch_size=8, config=config)
+  real = [7, 3, 10, 5, 9]
+  tokens = np.random.default_rng(0).integers(3, cfg.vocab_size, (5, 12)).astype(np.int32)
+  mask = _mask(real, 12)
+  got = capped.sample(capped.place(params), tokens * mask, mask, seed=3)
+  ref = free.sample(free.place(params), tokens * mask, mask, seed=3)
+  budget = np.minimum(6, 12 - np.array(real) - int(closing_eos))
+  assert (got.lengths <= budget).all()
+  for i, b in enumerate(budget):
+    n = int(ref.lengths[i])
+    if n <= b:  # the limit does not bind: the same response
+      np.testing.assert_array_equal(got.tokens[i], ref.tokens[i])
+    else:  # cut at the limit: the first b tokens of the free response, unfinished
+      assert got.lengths[i] == b and not got.ended[i]
+      np.testing.assert_array_equal(got.tokens[i, :b], ref.tokens[i, :b])
+  assert (budget < 6).any() and (budget == 6).any()
+  with pytest.raises(ValueError, match="leave no room"):
+    capped.sample(capped.place(params), tokens, _mask([12, 3], 12), seed=0)
 
 
 @pytest.fixture(scope="module")
 def short_data(tmp_path_factory):
-  """A policy data dir whose meta.json says the models trained on PROMPT_LEN + 4 positions."""
+  """A policy data dir whose meta.json says the models trained on PROMPT_LEN positions: its
+  longest prompts leave no room for a response."""
   data = make_policy_data_dir(str(tmp_path_factory.mktemp("short") / "data"))
   with open(os.path.join(data, dd.META_FILE)) as f:
     meta = json.load(f)
-  meta["seq_len"] = PROMPT_LEN + 4
+  meta["seq_len"] = PROMPT_LEN
   with open(os.path.join(data, dd.META_FILE), "w") as f:
     json.dump(meta, f)
   return data
@@ -94,10 +122,10 @@ def test_bon_rl_and_win_rates_check_positions_up_front(short_data, tmp_path):
       -1).max())
   assert longest == PROMPT_LEN  # the posts are longer than the prompt window
   sampling = SamplingConfig(max_new_tokens=6)
-  need = f"{PROMPT_LEN} real tokens \\+ max_new_tokens 6"
-  limit = f"trained on {PROMPT_LEN + 4} \\(SEQ_LEN of {short_data}"
+  need = f"{PROMPT_LEN} real tokens \\+ 1 new token"
+  limit = f"trained on {PROMPT_LEN} \\(SEQ_LEN of {short_data}"
   with pytest.raises(ValueError, match=f"best-of-N: prompts of up to {need} \\+ 1 closing EOS.*"
-                                       f"{limit}"):
+                                       f"{limit}.*no room"):
     bon.best_of_n(output_dir=str(tmp_path / "bon"), data_dir=short_data, sft_path="unused",
                   reward_models={"a": "unused"}, model_config=cfg, sampling=sampling, n_max=2,
                   batch_size=8, prompt_len=PROMPT_LEN, vocab_size=320)
@@ -109,15 +137,11 @@ def test_bon_rl_and_win_rates_check_positions_up_front(short_data, tmp_path):
             train_steps=1, batch_size=8), data_dir=short_data, sampling=sampling,
         dataset=prompt_dataset(data_dir=short_data, split="train", prompt_len=PROMPT_LEN),
         write_config=False)
-  with pytest.raises(ValueError, match=f"win rates: prompts of up to {need} = 26 positions.*"
-                                       f"{limit}"):
+  with pytest.raises(ValueError, match=f"win rates: prompts of up to {need} = "
+                                       f"{PROMPT_LEN + 1} positions.*{limit}"):
     win_rates.policy_win_rates(output_dir=str(tmp_path / "wr"), data_dir=short_data,
                                policies={"a": "x", "b": "y"}, model_config=cfg,
                                sampling=sampling, prompt_len=PROMPT_LEN, vocab_size=320)
-  # The same world fits 3 new tokens (+ the closing EOS): no error up to sampling.
-  check_positions(np.load(dd.arrays_path(short_data, "prompts.train"))["prompt_mask"],
-                  max_new_tokens=3, limit=PROMPT_LEN + 4, source="", program="",
-                  closing_eos=True)
 
 
 def test_close_unfinished_appends_eos_only_to_unfinished_responses():

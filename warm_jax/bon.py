@@ -260,7 +260,7 @@ def best_of_n(*, output_dir: str | None, data_dir: str | None, sft_path: str | N
 
   # -- 1. sample once ---------------------------------------------------------------------------
   sampler = Sampler(model_config=model_config, partitioner=partitioner, config=sampling,
-                    batch_size=batch_size, max_positions=limit)
+                    batch_size=batch_size, max_positions=limit, closing_eos=True)
   t_sample = time.time()
   samples = sampler.sample(sampler.place(ckpt_lib.load_params(sft_path)), tokens, mask,
                            seed=seed)

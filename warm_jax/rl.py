@@ -313,7 +313,7 @@ def train_policy(*, model_dir: str | None, sft_path: str | None, reward_model: A
       partitioner=partitioner, config=dataclasses.replace(cfg, name="value"),
       model_dir=value_dir, seq_len=seq_len)
   sampler = Sampler(model_config=model_config, partitioner=partitioner, config=sampling,
-                    batch_size=batch, max_positions=limit)
+                    batch_size=batch, max_positions=limit, closing_eos=True)
   rows2 = partitioner.batch_sharding(2)
   source = parse_reward_source("reward", reward_model)
   score = jax.jit(functools.partial(

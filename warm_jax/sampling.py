@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import time
 from typing import Any
 
@@ -122,7 +123,8 @@ def sample_tokens(logits: Array, keys: Array, config: SamplingConfig) -> tuple[A
 # A batch
 # -------------------------------------------------------------------------------------------------
 def decode(params: Any, prompt_tokens: Array, prompt_mask: Array, row_ids: Array, seed: Array,
-           *, model: LanguageModel, config: SamplingConfig) -> dict[str, Array]:
+           *, model: LanguageModel, config: SamplingConfig,
+           max_positions: int | None = None, reserve: int = 0) -> dict[str, Array]:
   """Samples a response for every row of a left-padded prompt batch (jittable).
 
   Args:
@@ -130,6 +132,10 @@ def decode(params: Any, prompt_tokens: Array, prompt_mask: Array, row_ids: Array
     prompt_tokens, prompt_mask: [batch, P] LEFT-padded (each row's last slot is real).
     row_ids: [batch] int, the id that picks each row's random stream.
     seed: [] int, the sampling seed.
+    max_positions, reserve: a row stops (unfinished, no EOS) once its prompt's real tokens +
+      its generated tokens + `reserve` (1: the EOS that `close_unfinished` appends for a
+      reward model) reach max_positions, the positions the models were trained on: a long
+      prompt gets a shorter response instead of untrained positions. None: max_new_tokens only.
   Returns:
     tokens [batch, max_new_tokens] int32 (PAD after EOS), mask (1 on generated tokens, EOS
     included), log_probs [batch, max_new_tokens] float32 (0 where mask is 0), and steps (the
@@ -166,6 +172,12 @@ def decode(params: Any, prompt_tokens: Array, prompt_mask: Array, row_ids: Array
   row_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(jax.random.key(seed), row_ids)
   eos = -1 if config.eos_id is None else config.eos_id
 
+  if max_positions is None:
+    budget = jnp.full((batch,), new, jnp.int32)
+  else:  # each row's own cap: its prompt + response + reserve fit max_positions
+    budget = jnp.clip(max_positions - reserve - jnp.sum(prompt_mask.astype(jnp.int32), -1),
+                      0, new)
+
   def cond(carry):
     step, _, _, done, _, _, _ = carry
     return (step < new) & ~jnp.all(done)
@@ -181,11 +193,11 @@ def decode(params: Any, prompt_tokens: Array, prompt_mask: Array, row_ids: Array
     tokens = jax.lax.dynamic_update_slice(tokens, token[:, None], at)
     log_probs = jax.lax.dynamic_update_slice(log_probs, log_prob[:, None], at)
     mask = jax.lax.dynamic_update_slice(mask, real.astype(jnp.int32)[:, None], at)
-    done = done | (token == eos)
+    done = done | (token == eos) | (step + 1 >= budget)
     logits, state = feed(state, token, real.astype(jnp.int32), step)
     return step + 1, logits, state, done, tokens, log_probs, mask
 
-  init = (jnp.zeros((), jnp.int32), logits[:, -1], state, jnp.zeros((batch,), jnp.bool_),
+  init = (jnp.zeros((), jnp.int32), logits[:, -1], state, budget <= 0,
           jnp.full((batch, new), config.pad_id, jnp.int32), jnp.zeros((batch, new), jnp.float32),
           jnp.zeros((batch, new), jnp.int32))
   steps, _, _, _, tokens, log_probs, mask = jax.lax.while_loop(cond, body, init)
@@ -231,12 +243,18 @@ class Sampler:
     config: sampling settings.
     batch_size: rows per compiled call (a multiple of the partitioner's batch divisor).
     max_positions: the positions the policy was trained on (`trained_positions`; None: its
-      max_len): `sample` refuses prompts whose real tokens + max_new_tokens exceed it.
+      max_len). A row whose prompt's real tokens + max_new_tokens (+ the closing EOS, with
+      `closing_eos`) exceed it gets a shorter response, cut where it reaches the limit (an
+      unfinished response; `decode`); `sample` refuses a prompt that leaves no room at all.
+    closing_eos: reserve one position for the EOS that `close_unfinished` appends when a
+      reward model reads the responses (best-of-N, RL, the on-policy RM data).
   """
 
   def __init__(self, *, model_config: TransformerConfig, partitioner: Partitioner,
-               config: SamplingConfig, batch_size: int = 64, max_positions: int | None = None):
+               config: SamplingConfig, batch_size: int = 64, max_positions: int | None = None,
+               closing_eos: bool = False):
     self.max_positions = model_config.max_len if max_positions is None else max_positions
+    self.reserve = int(closing_eos and config.eos_id is not None)
     self.positions_source = ("TransformerConfig.max_len" if max_positions is None else
                              "the positions the policy was trained on")
     if batch_size % partitioner.batch_divisor:
@@ -253,7 +271,7 @@ class Sampler:
     def run(params, prompt_tokens, prompt_mask, row_ids, seed):
       with partitioner.activation_rules():
         return decode(params, prompt_tokens, prompt_mask, row_ids, seed, model=self.model,
-                      config=config)
+                      config=config, max_positions=self.max_positions, reserve=self.reserve)
 
     self._decode = jax.jit(
         run, in_shardings=(self.param_shardings, rows2, rows2, rows1, partitioner.replicated()),
@@ -283,7 +301,7 @@ class Sampler:
     check_left_padded(prompt_mask)
     check_positions(prompt_mask, max_new_tokens=self.config.max_new_tokens,
                     limit=self.max_positions, source=self.positions_source,
-                    program="Sampler.sample")
+                    program="Sampler.sample", closing_eos=bool(self.reserve))
     n = len(prompt_tokens)
     row_ids = np.arange(n, dtype=np.int32) if row_ids is None else np.asarray(row_ids, np.int32)
     parts: dict[str, list[np.ndarray]] = {"tokens": [], "mask": [], "log_probs": []}
@@ -336,28 +354,35 @@ def trained_positions(model_configs: TransformerConfig | tuple[TransformerConfig
 
 
 def check_positions(prompt_mask: np.ndarray, *, max_new_tokens: int, limit: int, source: str,
-                    program: str, closing_eos: bool = False) -> None:
-  """Refuses, on the host and before any decoding, prompts whose real tokens plus
-  max_new_tokens (plus the closing EOS a reward model reads after an unfinished response,
-  `close_unfinished`, when `closing_eos`) exceed `limit` positions (`trained_positions`).
-  Positions count real tokens (left padding uses none), so the longest prompt decides."""
+                    program: str, closing_eos: bool = False) -> int:
+  """The positions rule of every program that decodes (`trained_positions` gives `limit`): a
+  response is cut at max_new_tokens or where the prompt's real tokens + the response (+ the
+  closing EOS a reward model reads after an unfinished response, `close_unfinished`, when
+  `closing_eos`) reach `limit`, whichever comes first (`Sampler(max_positions=...)` does the
+  cutting, row by row). On the host and before any decoding, this refuses prompts that leave
+  no room for a single new token (an error naming the numbers and the fix) and returns how
+  many prompts will have their responses capped below max_new_tokens (logged). Positions
+  count real tokens (left padding uses none)."""
   prompt_mask = np.asarray(prompt_mask)
   if not len(prompt_mask):
-    return
+    return 0
   real = prompt_mask.sum(-1)
   extra = int(closing_eos)
   longest = int(real.max())
-  need = longest + max_new_tokens + extra
-  if need <= limit:
-    return
-  over = int(np.sum(real + max_new_tokens + extra > limit))
   eos = " + 1 closing EOS (an unfinished response, docs/policy.md)" if extra else ""
-  raise ValueError(
-      f"{program}: prompts of up to {longest} real tokens + max_new_tokens {max_new_tokens}"
-      f"{eos} = {need} positions, but the models were trained on {limit} ({source}); "
-      f"{over} of {len(real)} prompts do not fit. Fix: set MAX_NEW_TOKENS <= "
-      f"{limit - longest - extra}, or use shorter prompts, or rebuild the data with a larger "
-      "SEQ_LEN and retrain the models on it")
+  if longest + 1 + extra > limit:
+    over = int(np.sum(real + 1 + extra > limit))
+    raise ValueError(
+        f"{program}: prompts of up to {longest} real tokens + 1 new token{eos} = "
+        f"{longest + 1 + extra} positions, but the models were trained on {limit} ({source}); "
+        f"{over} of {len(real)} prompts leave no room for a response. Fix: use shorter "
+        "prompts, or rebuild the data with a larger SEQ_LEN and retrain the models on it")
+  capped = int(np.sum(real + max_new_tokens + extra > limit))
+  if capped:
+    logging.info("%s: %d of %d prompts (up to %d real tokens) get responses capped below "
+                 "max_new_tokens %d by the %d trained positions (%s)%s", program, capped,
+                 len(real), longest, max_new_tokens, limit, source, eos)
+  return capped
 
 
 def close_unfinished(response_tokens, response_mask, eos_id: int | None):

@@ -120,9 +120,10 @@ class ModelPolicySampler:
     max_new_tokens: most tokens per sample (EOS included).
     partitioner: mesh and rules; batch_size: rows per compiled call.
     max_positions: the positions the policy (and the reward models that will read its
-      samples) were trained on, the data dir's SEQ_LEN (`sampling.trained_positions`): a call
-      refuses prompts whose real tokens + max_new_tokens + the EOS that closes a summary in
-      the preference arrays exceed it (`sampling.check_positions`). None: no check.
+      samples) were trained on, the data dir's SEQ_LEN (`sampling.trained_positions`): a
+      sample is cut where its prompt + summary + the EOS that closes it in the preference
+      arrays reach it (`sampling.check_positions`, `Sampler(max_positions=...)`). None: the
+      model's max_len.
   """
 
   def __init__(self, *, params: Any, model_config: Any, vocabulary: Any, prompt_len: int,
@@ -143,15 +144,11 @@ class ModelPolicySampler:
     from warm_jax.oracle import decode_responses
     from warm_jax.sampling import Sampler, SamplingConfig
     tokens, mask, _ = encode_prompts(self.vocabulary, prompts, prompt_len=self.prompt_len)
-    if self.max_positions is not None:
-      from warm_jax.sampling import check_positions
-      check_positions(mask, max_new_tokens=self.max_new_tokens, limit=self.max_positions,
-                      source="SEQ_LEN of the data dir", program="on-policy sampling",
-                      closing_eos=True)
     sampler = Sampler(model_config=self.model_config, partitioner=self.partitioner,
                       config=SamplingConfig(max_new_tokens=self.max_new_tokens,
                                             temperature=temperature),
-                      batch_size=self.batch_size)
+                      batch_size=self.batch_size, max_positions=self.max_positions,
+                      closing_eos=self.max_positions is not None)
     from warm_jax.metrics_writer import Progress
     seed = int(rng.integers(0, 2 ** 31 - 1))
     params = sampler.place(self.params)
