@@ -54,17 +54,21 @@ def read_hf_config(input_dir: str) -> dict[str, Any]:
 
 
 def abstract_leaves(config: TransformerConfig, *, head: str) -> dict[str, tuple[int, ...]]:
-  """{leaf path: shape} of our model with `head`, from jax.eval_shape (nothing allocated)."""
+  """{leaf path: shape} of our model with `head` ("lm", "reward": the 'hidden' readout,
+  "reward_logprob": the 'hidden_logprob' readout), from jax.eval_shape (nothing allocated)."""
   import flax.linen as nn
   import jax
-  import jax.numpy as jnp
 
   from warm_jax.checkpoints import flatten_params
   from warm_jax.models import LanguageModel, RewardModel
+  from warm_jax.models.heads import init_inputs
 
-  module = (LanguageModel if head == "lm" else RewardModel)(config)
-  tokens = jnp.ones((1, 2), jnp.int32)
-  variables = jax.eval_shape(lambda: module.init(jax.random.key(0), tokens, tokens))
+  if head == "lm":
+    module = LanguageModel(config)
+  else:
+    module = RewardModel(config.replace(
+        reward_readout="hidden_logprob" if head == "reward_logprob" else "hidden"))
+  variables = jax.eval_shape(lambda: module.init(jax.random.key(0), *init_inputs(module)))
   return {path: tuple(leaf.shape)
           for path, leaf in flatten_params(nn.unbox(variables["params"])).items()}
 
