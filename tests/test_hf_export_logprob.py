@@ -23,7 +23,8 @@ import sentencepiece as spm  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
-from test_hf_export_text import PRESETS, TOLERANCE, VOCAB, _model_dir, _texts  # noqa: E402
+from test_hf_export_text import (PRESETS, TOLERANCE, VOCAB, _model_dir,  # noqa: E402
+                                 _readme_snippets, _texts)
 from warm_jax import average, convert  # noqa: E402
 from warm_jax import checkpoints as ckpt  # noqa: E402
 from warm_jax.data import world  # noqa: E402
@@ -165,6 +166,14 @@ def test_log_prob_readout_rm_scores_raw_text_in_transformers_as_warm_jax(
     err = capsys.readouterr().err
     assert "logprob_softmin_temperature=0.25 but the model was trained with 0.5" in err, err
     assert not (tmp_path / "x").exists()
+    # README's transformers block, as written, on this export
+    _, transformers_block, _ = _readme_snippets(**{'"hf/warm_6"': f'"{out}"'})
+    namespace: dict = {}
+    exec(transformers_block, namespace)  # noqa: S102 - the README's own code
+    np.testing.assert_allclose(
+        namespace["rewards"].numpy(), _warm_jax_rewards(
+            config, stage, sp, list(zip(namespace["prompts"], namespace["summaries"]))),
+        atol=TOLERANCE, rtol=0)
 
   with pytest.raises(ValueError, match="trust_remote_code"):
     transformers.AutoModelForSequenceClassification.from_pretrained(out,
