@@ -166,14 +166,6 @@ def test_log_prob_readout_rm_scores_raw_text_in_transformers_as_warm_jax(
     err = capsys.readouterr().err
     assert "logprob_softmin_temperature=0.25 but the model was trained with 0.5" in err, err
     assert not (tmp_path / "x").exists()
-    # README's transformers block, as written, on this export
-    _, transformers_block, _ = _readme_snippets(**{'"hf/warm_6"': f'"{out}"'})
-    namespace: dict = {}
-    exec(transformers_block, namespace)  # noqa: S102 - the README's own code
-    np.testing.assert_allclose(
-        namespace["rewards"].numpy(), _warm_jax_rewards(
-            config, stage, sp, list(zip(namespace["prompts"], namespace["summaries"]))),
-        atol=TOLERANCE, rtol=0)
 
   with pytest.raises(ValueError, match="trust_remote_code"):
     transformers.AutoModelForSequenceClassification.from_pretrained(out,
@@ -202,6 +194,20 @@ def test_log_prob_readout_rm_scores_raw_text_in_transformers_as_warm_jax(
                                         logprob_kernel=np.zeros((3, 1), np.float32)))
   ckpt.save_params(no_lp, str(tmp_path / "no_lp"))
   assert np.abs(_warm_jax_rewards(config, tmp_path / "no_lp", sp, pairs) - ours).min() > 0.1
+
+  if family == "gpt2":  # the embedded default's family: the pipeline and README's block too
+    scorer = transformers.pipeline("text-classification", model=str(out), device="cpu",
+                                   function_to_apply="none", trust_remote_code=True)
+    piped = [r["score"] for r in scorer([f"{p} {s}" for p, s in pairs])]
+    np.testing.assert_allclose(piped, ours, atol=TOLERANCE, rtol=0)
+    # README's transformers block, as written, on this export
+    _, transformers_block, _ = _readme_snippets(**{'"hf/warm_6"': f'"{out}"'})
+    namespace: dict = {}
+    exec(transformers_block, namespace)  # noqa: S102 - the README's own code
+    np.testing.assert_allclose(
+        namespace["rewards"].numpy(), _warm_jax_rewards(
+            config, stage, sp, list(zip(namespace["prompts"], namespace["summaries"]))),
+        atol=TOLERANCE, rtol=0)
 
 
 def test_response_mask_starts_after_the_last_separator():

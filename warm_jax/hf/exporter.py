@@ -281,7 +281,8 @@ def export_hf(*, input: str, output: str, family: str | None = None,
       special_ids["unk"] = tokenizer_ids.get("unk")
     with open(os.path.join(tmp, model_card.MODEL_CARD), "w") as f:
       f.write(model_card.render(
-          head=head, architecture=hf_config["architectures"][0], family=fam.model_type,
+          head=head, architecture=hf_config["architectures"][0],
+          family=hf_config.get("model_type", fam.model_type),
           config=config, prov=prov, spm_model=spm_model, tokenizer_files=tokenizer_files,
           special_ids=special_ids, dropped_bias=dropped_bias, readout=readout))
     os.rename(tmp, output)
