@@ -200,6 +200,21 @@ def test_log_prob_readout_rm_scores_raw_text_in_transformers_as_warm_jax(
                                    function_to_apply="none", trust_remote_code=True)
     piped = [r["score"] for r in scorer([f"{p} {s}" for p, s in pairs])]
     np.testing.assert_allclose(piped, ours, atol=TOLERANCE, rtol=0)
+    # imported back (an RM of the log-prob readout, its tau) and exported again: same rewards
+    assert convert.main(["--from", "hf", "--input", str(out), "--output",
+                         str(tmp_path / "imported")]) == 0, capsys.readouterr().err
+    gin = (tmp_path / "imported" / "model.gin").read_text()
+    assert "TransformerConfig.reward_readout = 'hidden_logprob'" in gin
+    assert f"TransformerConfig.logprob_softmin_temperature = {TAU}" in gin
+    assert convert.main(["--to", "hf", "--input", str(tmp_path / "imported"), "--output",
+                         str(tmp_path / "back")]) == 0, capsys.readouterr().err
+    back = transformers.AutoModelForSequenceClassification.from_pretrained(
+        tmp_path / "back", trust_remote_code=True).eval()
+    assert json.loads((tmp_path / "back" / "config.json").read_text())[
+        "warm_response_separator_ids"] == marker
+    with torch.no_grad():
+      np.testing.assert_allclose(back(**batch).logits[:, 0].numpy(), ours, atol=TOLERANCE,
+                                 rtol=0)
     # README's transformers block, as written, on this export
     _, transformers_block, _ = _readme_snippets(**{'"hf/warm_6"': f'"{out}"'})
     namespace: dict = {}

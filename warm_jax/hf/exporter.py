@@ -98,7 +98,8 @@ def hf_config_for(*, family: families.Family, config: TransformerConfig, head: s
   """config.json for the export: the base model's (if any) with our shape written over it."""
   out = dict(base or {})
   for key in ("rope_scaling", "rope_theta", "architectures", "id2label", "label2id",
-              "num_labels", "torch_dtype", "dtype", "_name_or_path", "transformers_version"):
+              "num_labels", "torch_dtype", "dtype", "_name_or_path", "transformers_version",
+              *logprob_readout.FIELDS):
     out.pop(key, None)
   out.update(family.config_to_hf(config))
   out["architectures"] = [family.classes[head]]

@@ -17,6 +17,9 @@ config told the RewardModel:
                                       occurrence, as warm-jax's response_mask
                                       (`data.converters.PreferenceFeatureConverter`)
   warm_response_separator             that marker's text
+
+FIELDS lists them (with auto_map): the exporter drops them from a base config.json, so they
+never reach an export that does not ship the class.
 """
 
 from __future__ import annotations
@@ -32,7 +35,11 @@ from warm_jax.models.config import TransformerConfig
 
 MODELING_FILE = "modeling_warm_reward.py"
 _MODELING_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), MODELING_FILE)
+MODEL_TYPE_PREFIX = "warm_reward_"  # config.json's model_type: warm_reward_<family>
 MARKER = "TL;DR:"  # warm_jax.data.world.TLDR_MARKER, also the real TL;DR format's
+FIELDS = ("auto_map", "warm_reward_readout", "warm_logprob_features",
+          "warm_logprob_softmin_temperature", "warm_response_separator_ids",
+          "warm_response_separator")
 _TAU_BINDING = re.compile(
     r"^TransformerConfig\.logprob_softmin_temperature\s*=\s*(\S+)\s*$", re.MULTILINE)
 
@@ -106,9 +113,10 @@ def separator_ids(encode: Callable[[str], list[int]], decode: Callable[[list[int
 
 def config_fields(*, family: str, architecture: str, tau: float,
                   separator: list[int]) -> dict[str, Any]:
-  """The config.json fields of a log-prob-readout export (see the module docstring)."""
+  """The config.json fields of a log-prob-readout export (see the module docstring); an
+  export's config.json imports back as that RM (`importer`)."""
   module = MODELING_FILE.removesuffix(".py")
-  return {"model_type": f"warm_reward_{family}",
+  return {"model_type": f"{MODEL_TYPE_PREFIX}{family}",
           "auto_map": {"AutoConfig": f"{module}.{architecture}Config",
                        "AutoModelForSequenceClassification": f"{module}.{architecture}"},
           "warm_reward_readout": "hidden_logprob",
