@@ -154,6 +154,7 @@ def test_log_prob_readout_rm_scores_raw_text_in_transformers_as_warm_jax(
   assert hf_config["warm_response_separator_ids"] == marker
   assert hf_config["warm_logprob_softmin_temperature"] == TAU
   assert (out / "modeling_warm_reward.py").is_file()
+  assert summary["readout"]["modeling_file"] == "modeling_warm_reward.py"
   card = (out / "README.md").read_text()
   assert "trust_remote_code=True" in card and "log-prob readout" in card, card
   if family == "gpt2":

@@ -263,7 +263,7 @@ def export_hf(*, input: str, output: str, family: str | None = None,
     files = write_safetensors(tmp, sizes=sizes, produce=produce,
                               max_shard_bytes=max_shard_bytes)
     if readout is not None:
-      files.append(logprob_readout.write_modeling_file(tmp))
+      readout["modeling_file"] = logprob_readout.write_modeling_file(tmp)
     tokenizer_files, tokenizer_ids = [], None
     if spm_model is not None:
       tokenizer_files, tokenizer_ids = tokenizer_lib.write_sentencepiece_as_hf(
