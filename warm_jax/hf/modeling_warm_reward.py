@@ -111,12 +111,16 @@ class _LogProbRewardMixin:
     last = torch.where(real, positions, torch.zeros_like(positions)).max(-1).values
     rows = torch.arange(input_ids.shape[0], device=input_ids.device)
     h_last = hidden[rows, last].float()
-    logits = self.lm_head(hidden).float()
+    response = response_mask_from_ids(input_ids, real, list(config.warm_response_separator_ids))
+    # LM logits only from the position before the batch's first response token on (the
+    # prompt's log-probs are never read; warm-jax's logprob_window saves the same way)
+    first = int(response.float().argmax(-1).min()) if response.any() else input_ids.shape[1]
+    lo = max(first - 1, 0)
+    logits = self.lm_head(hidden[:, lo:]).float()
     cap = getattr(config, "final_logit_softcapping", None)
     if cap is not None:
       logits = cap * torch.tanh(logits / cap)
-    response = response_mask_from_ids(input_ids, real, list(config.warm_response_separator_ids))
-    features = response_log_prob_features(logits, input_ids, response,
+    features = response_log_prob_features(logits, input_ids[:, lo:], response[:, lo:],
                                           float(config.warm_logprob_softmin_temperature))
     reward = (h_last @ self.score.weight.float().T + self.score.bias.float()
               + features @ self.logprob_score.weight.float().T)
