@@ -161,7 +161,8 @@ def export_hf(*, input: str, output: str, family: str | None = None,
     pad_token_id: written to config.json (a reward model needs one for batches: transformers
       reads the reward at the last token that is not pad_token_id).
     drop_reward_bias: export an RM whose reward_head/bias is not 0 (transformers' score has no
-      bias, so the served rewards shift by that constant).
+      bias, so the served rewards shift by that constant); a log-prob-readout RM keeps its
+      bias (the custom class's score has one) and ignores this flag.
     tokenizer: the data dir (or its spm.model) whose SentencePiece model to export; default:
       the data dir the model was trained on (config.gin's DATA_DIR of the stage dir, or of the
       averaged members), else an import's own tokenizer files, else the experiment's
