@@ -272,12 +272,11 @@ def test_imported_reward_model_exported_back_scores_text_as_before(run, tmp_path
   np.testing.assert_allclose(ours, rewards_original, atol=TOLERANCE, rtol=0)
 
 
-def test_tokenizer_refusals_the_log_prob_readout_and_an_export_without_tokenizer(
-    run, tmp_path, capsys):
-  """A tokenizer of another size and a log-prob-readout RM are refused by name (nothing is
-  written); a checkpoint with nothing around it that names its data dir exports without a
-  tokenizer, its card says so, and config.json has no special id (GPT-2's default 50256 is
-  outside the vocabulary)."""
+def test_tokenizer_refusals_and_an_export_without_tokenizer(run, tmp_path, capsys):
+  """A tokenizer of another size, and a log-prob-readout RM with no tokenizer to find its
+  response marker, are refused by name (nothing is written); a checkpoint with nothing around
+  it that names its data dir exports without a tokenizer, its card says so, and config.json has
+  no special id (GPT-2's default 50256 is outside the vocabulary)."""
   other = tmp_path / "other"
   train_sentencepiece(texts=[world.format_example(p.text, p.reference)
                              for p in world.generate_posts(seed=0, n=60)],
@@ -301,7 +300,7 @@ def test_tokenizer_refusals_the_log_prob_readout_and_an_export_without_tokenizer
   assert convert.main(["--to", "hf", "--input", str(tmp_path / "logprob_rm"), "--output",
                        str(tmp_path / "lp"), *args]) == 1
   err = capsys.readouterr().err
-  assert "reward_readout='hidden_logprob'" in err and "reward_readout='hidden'" in err, err
+  assert "log-prob readout" in err and "--tokenizer DATA_DIR" in err, err
   assert not (tmp_path / "lp").exists()
 
   ckpt.save_params(ckpt.load_params(str(run / "average" / "warm_2")), str(tmp_path / "bare"))

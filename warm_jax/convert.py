@@ -12,9 +12,11 @@ shards with model.safetensors.index.json; CKPT gets params/ (plain orbax), model
 warm_jax_model.json and tokenizer/. Export (`warm_jax.hf.exporter`): RUN is any params
 checkpoint (an experiment stage dir such as average/warm_6, members/clean/member_0, rl/warm_6
 or sft; a stage's model dir, a step dir, an import dir); a RewardModel
-becomes <Family>ForSequenceClassification (num_labels=1, `score`), a LanguageModel
-<Family>ForCausalLM; the shape and family come from --base (the import it started from) or
-from --family plus model gin files. The export carries the tokenizer (the import's, or the
+becomes <Family>ForSequenceClassification (num_labels=1, `score`), one with the log-prob
+readout (reward_readout='hidden_logprob') the custom class of modeling_warm_reward.py shipped
+in the export (load it with trust_remote_code=True), a LanguageModel <Family>ForCausalLM; the
+shape and family come from --base (the import it started from) or from --family plus model gin
+files. The export carries the tokenizer (the import's, or the
 world's SentencePiece model of the data dir the model was trained on, found from the stage dir
 or given by --tokenizer) with config.json's special ids set to its own, and a model card
 (README.md: what the model is, its input format, how to score it with transformers).

@@ -16,6 +16,11 @@ the pieces:
                `seqio_vocabulary` wraps it as a seqio.Vocabulary for seqio tasks; and the
                world's SentencePiece model written as Hugging Face tokenizer files (the export)
   model_card   what an export is (WARM members, run, data dir) and its README.md
+  logprob_readout   the export of an RM with the log-prob readout: tau, the `TL;DR:` marker's
+               ids and the auto_map written to config.json
+  modeling_warm_reward   the transformers class of that RM (the family's *ForCausalLM + the
+               reward head), copied into the export and loaded with trust_remote_code=True;
+               it imports torch and transformers, never warm_jax
 
 Only `safetensors` (and `tokenizers` for tokenizer.json) are needed to convert; torch and
 transformers are needed only by the parity tests (`pip install -e .[hf]`).

@@ -10,6 +10,13 @@ config.json and the tokenizer files, atomically (OUTPUT.tmp-<pid>, then one rena
   RewardModel params (an RM, WARM)  -> <Family>ForSequenceClassification, num_labels=1: the
                                        backbone plus `score.weight` = reward_head/kernel^T,
                                        read by transformers at the last non-pad token
+  RewardModel params with the       -> WarmReward<Family> of modeling_warm_reward.py, copied
+  log-prob readout (reward_head/       into the export (config.json's auto_map: load it with
+  logprob_kernel)                      trust_remote_code=True): the family's *ForCausalLM
+                                       (backbone + LM head) plus `score` (weight and bias)
+                                       and `logprob_score` = reward_head/logprob_kernel^T;
+                                       config.json carries tau and the ids of the `TL;DR:`
+                                       marker that starts the response (`logprob_readout`)
 
 The model's shape and family come from an import record (`warm_jax_model.json`, written by
 `importer.import_hf` into the imported dir: pass that dir as `base`), or from a
@@ -36,6 +43,7 @@ import numpy as np
 
 from warm_jax.hf import families
 from warm_jax.hf import importer
+from warm_jax.hf import logprob_readout
 from warm_jax.hf import model_card
 from warm_jax.hf import tokenizer as tokenizer_lib
 from warm_jax.hf.errors import ConversionError
@@ -44,14 +52,10 @@ from warm_jax.models.config import TransformerConfig
 
 
 def _head_of_leaves(paths: set[str], source: str) -> str:
+  """"lm", "reward" (the 'hidden' readout) or "reward_logprob" (reward_head/logprob_kernel:
+  TransformerConfig.reward_readout='hidden_logprob')."""
   if "reward_head/logprob_kernel" in paths:
-    raise ConversionError(
-        f"{source} is a reward model with the log-prob readout "
-        "(reward_head/logprob_kernel; TransformerConfig.reward_readout='hidden_logprob'): "
-        "Hugging Face's *ForSequenceClassification reads the last hidden state only, so it "
-        "cannot compute this reward; export a reward model trained with "
-        "reward_readout='hidden' (the experiment: --gin.OVERRIDES=\"{'reward_readout': "
-        "'hidden'}\"), or score it with warm-jax (plain orbax)")
+    return "reward_logprob"
   if any(p.startswith("reward_head/") for p in paths):
     return "reward"
   if any(p.startswith("value_head/") for p in paths):
@@ -60,18 +64,47 @@ def _head_of_leaves(paths: set[str], source: str) -> str:
   return "lm"
 
 
+def _logprob_readout(*, config: TransformerConfig, prov: dict[str, Any],
+                     spm_model: str | None, record: dict[str, Any] | None, tokenizer_dir: str,
+                     source: str) -> dict[str, Any]:
+  """What the log-prob readout's custom class needs (`logprob_readout`): tau (and where it
+  came from) and the ids of the `TL;DR:` marker under the tokenizer that is exported with it,
+  checked on the card's example prompt and on world prompts."""
+  from warm_jax.data import world
+  if spm_model is not None:
+    tok = tokenizer_lib.HuggingFaceTokenizer(spm_model)
+  elif (record or {}).get("tokenizer_files"):
+    tok = tokenizer_lib.HuggingFaceTokenizer(tokenizer_dir)
+  else:
+    raise ConversionError(
+        f"{source} is a reward model with the log-prob readout, which reads the summary after "
+        "the prompt's `TL;DR:` marker: the export needs the tokenizer to find the marker's "
+        "ids, and none was found beside the checkpoint; pass --tokenizer DATA_DIR (the data "
+        "dir it was trained on)")
+  tau, tau_source = logprob_readout.softmin_temperature(config, prov.get("model_dirs", []))
+  _, prompt, _ = model_card.input_format(spm_model)
+  prompts = [prompt]
+  if prompt.endswith(f" {logprob_readout.MARKER}"):  # the synthetic world's format
+    prompts += [world.format_prompt(p.text) for p in world.generate_posts(seed=0, n=8)]
+  separator = logprob_readout.separator_ids(tok.encode, tok.decode_ids, prompts=prompts,
+                                            source=source)
+  return {"readout": "hidden_logprob", "tau": tau, "tau_source": tau_source,
+          "separator_ids": separator, "separator": logprob_readout.MARKER}
+
+
 def hf_config_for(*, family: families.Family, config: TransformerConfig, head: str,
                   base: dict[str, Any] | None, dtype: str,
                   pad_token_id: int | None) -> dict[str, Any]:
   """config.json for the export: the base model's (if any) with our shape written over it."""
   out = dict(base or {})
   for key in ("rope_scaling", "rope_theta", "architectures", "id2label", "label2id",
-              "num_labels", "torch_dtype", "dtype", "_name_or_path", "transformers_version"):
+              "num_labels", "torch_dtype", "dtype", "_name_or_path", "transformers_version",
+              *logprob_readout.FIELDS):
     out.pop(key, None)
   out.update(family.config_to_hf(config))
   out["architectures"] = [family.classes[head]]
   out["dtype"] = dtype
-  if head == "reward":
+  if head != "lm":
     out["id2label"] = {"0": "LABEL_0"}
     out["label2id"] = {"LABEL_0": 0}
   if pad_token_id is not None:
@@ -128,7 +161,8 @@ def export_hf(*, input: str, output: str, family: str | None = None,
     pad_token_id: written to config.json (a reward model needs one for batches: transformers
       reads the reward at the last token that is not pad_token_id).
     drop_reward_bias: export an RM whose reward_head/bias is not 0 (transformers' score has no
-      bias, so the served rewards shift by that constant).
+      bias, so the served rewards shift by that constant); a log-prob-readout RM keeps its
+      bias (the custom class's score has one) and ignores this flag.
     tokenizer: the data dir (or its spm.model) whose SentencePiece model to export; default:
       the data dir the model was trained on (config.gin's DATA_DIR of the stage dir, or of the
       averaged members), else an import's own tokenizer files, else the experiment's
@@ -186,6 +220,13 @@ def export_hf(*, input: str, output: str, family: str | None = None,
   if extra:
     raise ConversionError(f"{input} has leaf {extra[0]}, which a {fam.model_type} {head} model "
                           "of this config does not have: the checkpoint has another architecture")
+  readout = None
+  if head == "reward_logprob":
+    readout = _logprob_readout(config=config, prov=prov, spm_model=spm_model,
+                               record=record, tokenizer_dir=os.path.join(
+                                   base or input, importer.TOKENIZER_DIR), source=input)
+    config = config.replace(reward_readout="hidden_logprob",
+                            logprob_softmin_temperature=readout["tau"])
   dropped_bias = None
   if head == "reward":
     bias = float(np.asarray(reader.read_now(leaves["reward_head/bias"])).reshape(-1)[0])
@@ -212,16 +253,22 @@ def export_hf(*, input: str, output: str, family: str | None = None,
   hf_config = hf_config_for(family=fam, config=config, head=head,
                             base=(record or {}).get("hf_config"), dtype=dtype,
                             pad_token_id=pad_token_id)
+  if readout is not None:
+    hf_config.update(logprob_readout.config_fields(
+        family=fam.model_type, architecture=hf_config["architectures"][0], tau=readout["tau"],
+        separator=readout["separator_ids"]))
   tmp = f"{output}.tmp-{os.getpid()}"
   shutil.rmtree(tmp, ignore_errors=True)
   os.makedirs(tmp)
   try:
     files = write_safetensors(tmp, sizes=sizes, produce=produce,
                               max_shard_bytes=max_shard_bytes)
+    if readout is not None:
+      readout["modeling_file"] = logprob_readout.write_modeling_file(tmp)
     tokenizer_files, tokenizer_ids = [], None
     if spm_model is not None:
       tokenizer_files, tokenizer_ids = tokenizer_lib.write_sentencepiece_as_hf(
-          spm_model, tmp, append_eos=head == "reward", model_max_length=config.max_len)
+          spm_model, tmp, append_eos=head != "lm", model_max_length=config.max_len)
     elif record is not None:
       tok_dir = os.path.join(base or input, importer.TOKENIZER_DIR)
       for name in record.get("tokenizer_files", []):
@@ -236,9 +283,10 @@ def export_hf(*, input: str, output: str, family: str | None = None,
       special_ids["unk"] = tokenizer_ids.get("unk")
     with open(os.path.join(tmp, model_card.MODEL_CARD), "w") as f:
       f.write(model_card.render(
-          head=head, architecture=hf_config["architectures"][0], family=fam.model_type,
+          head=head, architecture=hf_config["architectures"][0],
+          family=hf_config.get("model_type", fam.model_type),
           config=config, prov=prov, spm_model=spm_model, tokenizer_files=tokenizer_files,
-          special_ids=special_ids, dropped_bias=dropped_bias))
+          special_ids=special_ids, dropped_bias=dropped_bias, readout=readout))
     os.rename(tmp, output)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
@@ -248,4 +296,5 @@ def export_hf(*, input: str, output: str, family: str | None = None,
           "tokenizer": spm_model or ("import" if tokenizer_files else None),
           "special_ids": special_ids, "special_ids_dropped": dropped_ids,
           "model_card": model_card.MODEL_CARD, "num_tensors": len(maps),
+          **({"readout": readout} if readout is not None else {}),
           "seconds": round(time.time() - t0, 2)}

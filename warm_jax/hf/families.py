@@ -27,7 +27,10 @@ import numpy as np
 from warm_jax.hf.errors import ConversionError
 from warm_jax.models.config import TransformerConfig
 
-HEADS = ("lm", "reward")
+# "reward_logprob": a reward model with the log-prob readout (reward_readout='hidden_logprob'),
+# exported as the family's *ForCausalLM plus score (weight, bias) and logprob_score, run by the
+# custom class of warm_jax/hf/modeling_warm_reward.py (`Family.classes`)
+HEADS = ("lm", "reward", "reward_logprob")
 LAYOUTS = ("copy", "linear", "conv1d", "vector")
 
 
@@ -99,7 +102,9 @@ class Family:
 
   Attributes:
     model_type: config.json's model_type.
-    classes: transformers class names for our heads: {"lm": ..., "reward": ...}.
+    classes: transformers class names for our heads: {"lm": ..., "reward": ...,
+      "reward_logprob": the class of modeling_warm_reward.py, whose config's model_type is
+      "warm_reward_<model_type>"}.
     prefixes: backbone name prefixes a checkpoint may use (first = what we write), e.g.
       "model." for LlamaForCausalLM, "" for a bare LlamaModel.
     ignorable: name suffixes of stored buffers that carry no weights (GPT-2's causal-mask
@@ -128,7 +133,8 @@ class Family:
 
   def tensor_maps(self, config: TransformerConfig, *, head: str, prefix: str
                   ) -> list[TensorMap]:
-    """Every tensor of a `head` model ("lm" or "reward") with backbone prefix `prefix`."""
+    """Every tensor of a `head` model ("lm", "reward" or "reward_logprob") with backbone prefix
+    `prefix`."""
     if head not in HEADS:
       raise ValueError(f"head={head!r}: use one of {HEADS}")
     maps = [m for i in range(config.num_layers) for m in self.layer_maps(config, prefix, i)]
@@ -139,10 +145,14 @@ class Family:
       maps.append(TensorMap(prefix + "wpe.weight", (config.max_len, d), "copy",
                             (("decoder/position_embed/embedding", config.max_len * d),)))
     maps.extend(_norm_maps(config, prefix + _FINAL_NORM[self.model_type], "decoder/final_norm"))
-    if head == "lm" and not config.tie_embeddings:
+    if head in ("lm", "reward_logprob") and not config.tie_embeddings:
       maps.append(TensorMap("lm_head.weight", (vocab, d), "linear", (("lm_head/kernel", vocab),)))
-    if head == "reward":
+    if head in ("reward", "reward_logprob"):
       maps.append(TensorMap("score.weight", (1, d), "linear", (("reward_head/kernel", 1),)))
+    if head == "reward_logprob":  # the custom class's score has a bias, and the log-prob term
+      maps.append(TensorMap("score.bias", (1,), "vector", (("reward_head/bias", 1),)))
+      maps.append(TensorMap("logprob_score.weight", (1, 3), "linear",
+                            (("reward_head/logprob_kernel", 1),)))
     return maps
 
 
@@ -330,13 +340,15 @@ _GELU_TANH = {"gelu_pytorch_tanh": "geglu", "gelu_new": "geglu", "gelu_tanh": "g
 FAMILIES: dict[str, Family] = {
     "gpt2": Family(
         model_type="gpt2",
-        classes={"lm": "GPT2LMHeadModel", "reward": "GPT2ForSequenceClassification"},
+        classes={"lm": "GPT2LMHeadModel", "reward": "GPT2ForSequenceClassification",
+                 "reward_logprob": "WarmRewardGPT2"},
         prefixes=("transformer.", ""), ignorable=(".attn.bias", ".attn.masked_bias"),
         from_hf=_gpt2_from_hf, to_hf=_gpt2_to_hf, layer_maps=_gpt2_layer,
         embed_name="wte.weight"),
     "llama": Family(
         model_type="llama",
-        classes={"lm": "LlamaForCausalLM", "reward": "LlamaForSequenceClassification"},
+        classes={"lm": "LlamaForCausalLM", "reward": "LlamaForSequenceClassification",
+                 "reward_logprob": "WarmRewardLlama"},
         prefixes=("model.", ""), ignorable=(".rotary_emb.inv_freq",),
         from_hf=lambda c: _llama_like_from_hf(c, model_type="llama",
                                               activations={"silu": "swiglu"},
@@ -345,7 +357,8 @@ FAMILIES: dict[str, Family] = {
         layer_maps=_llama_like_layer, embed_name="embed_tokens.weight"),
     "gemma": Family(
         model_type="gemma",
-        classes={"lm": "GemmaForCausalLM", "reward": "GemmaForSequenceClassification"},
+        classes={"lm": "GemmaForCausalLM", "reward": "GemmaForSequenceClassification",
+                 "reward_logprob": "WarmRewardGemma"},
         prefixes=("model.", ""), ignorable=(".rotary_emb.inv_freq",),
         from_hf=lambda c: _llama_like_from_hf(c, model_type="gemma", activations=_GELU_TANH,
                                               default_tie=True, gemma=True),

@@ -54,17 +54,21 @@ def read_hf_config(input_dir: str) -> dict[str, Any]:
 
 
 def abstract_leaves(config: TransformerConfig, *, head: str) -> dict[str, tuple[int, ...]]:
-  """{leaf path: shape} of our model with `head`, from jax.eval_shape (nothing allocated)."""
+  """{leaf path: shape} of our model with `head` ("lm", "reward": the 'hidden' readout,
+  "reward_logprob": the 'hidden_logprob' readout), from jax.eval_shape (nothing allocated)."""
   import flax.linen as nn
   import jax
-  import jax.numpy as jnp
 
   from warm_jax.checkpoints import flatten_params
   from warm_jax.models import LanguageModel, RewardModel
+  from warm_jax.models.heads import init_inputs
 
-  module = (LanguageModel if head == "lm" else RewardModel)(config)
-  tokens = jnp.ones((1, 2), jnp.int32)
-  variables = jax.eval_shape(lambda: module.init(jax.random.key(0), tokens, tokens))
+  if head == "lm":
+    module = LanguageModel(config)
+  else:
+    module = RewardModel(config.replace(
+        reward_readout="hidden_logprob" if head == "reward_logprob" else "hidden"))
+  variables = jax.eval_shape(lambda: module.init(jax.random.key(0), *init_inputs(module)))
   return {path: tuple(leaf.shape)
           for path, leaf in flatten_params(nn.unbox(variables["params"])).items()}
 
@@ -136,6 +140,30 @@ def convert_tensors(*, reader: SafetensorsReader, family: families.Family,
   return _nest(flat)
 
 
+def _family_head_config(hf_config: dict[str, Any], *, source: str
+                        ) -> tuple[families.Family, str, TransformerConfig]:
+  """(family, head, our config) of a config.json. A warm-jax export of a log-prob-readout RM
+  (model_type warm_reward_<family>, `logprob_readout`) imports back as that RM: head
+  "reward_logprob", reward_readout='hidden_logprob' with its tau."""
+  from warm_jax.hf import logprob_readout
+  model_type = hf_config.get("model_type")
+  if isinstance(model_type, str) and model_type.startswith(logprob_readout.MODEL_TYPE_PREFIX):
+    family = families.get_family(model_type.removeprefix(logprob_readout.MODEL_TYPE_PREFIX),
+                                 source=source)
+    tau = hf_config.get("warm_logprob_softmin_temperature")
+    if hf_config.get("warm_reward_readout") != "hidden_logprob" or not isinstance(
+        tau, (int, float)):
+      raise ConversionError(f"{source}: model_type {model_type} without "
+                            "warm_reward_readout='hidden_logprob' and a numeric "
+                            "warm_logprob_softmin_temperature: the file is not a warm-jax "
+                            "export (or was edited); export it again")
+    config = family.config_from_hf(hf_config).replace(
+        reward_readout="hidden_logprob", logprob_softmin_temperature=float(tau))
+    return family, "reward_logprob", config
+  family = families.get_family(model_type, source=source)
+  return family, families.head_of(hf_config, source=source), family.config_from_hf(hf_config)
+
+
 def model_gin(config: TransformerConfig, *, comment: str) -> str:
   """gin bindings of every TransformerConfig field but dropout (left to the stage/preset)."""
   lines = [f"# {line}" for line in comment.splitlines()]
@@ -166,9 +194,7 @@ def import_hf(*, input_dir: str, output: str, max_len: int | None = None,
     raise ConversionError(f"output {output} already exists; pick a new path (nothing was "
                           "overwritten)")
   hf_config = read_hf_config(source)
-  family = families.get_family(hf_config.get("model_type"), source=f"{source}/config.json")
-  head = families.head_of(hf_config, source=f"{source}/config.json")
-  config = family.config_from_hf(hf_config)
+  family, head, config = _family_head_config(hf_config, source=f"{source}/config.json")
   if max_len is not None:
     if config.positions == "learned" and max_len != config.max_len:
       raise ConversionError(f"--max_len {max_len}: a {family.model_type} model has a learned "

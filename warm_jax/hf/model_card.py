@@ -170,10 +170,13 @@ def _warm_lines(prov: dict[str, Any]) -> list[str]:
 
 def render(*, head: str, architecture: str, family: str, config: Any, prov: dict[str, Any],
            spm_model: str | None, tokenizer_files: list[str], special_ids: dict[str, Any],
-           dropped_bias: float | None) -> str:
+           dropped_bias: float | None, readout: dict[str, Any] | None = None) -> str:
   """The README.md of an export (see the module docstring). spm_model: the SentencePiece model
-  exported as the tokenizer (None: an import's own tokenizer files were copied, or none)."""
-  is_rm = head == "reward"
+  exported as the tokenizer (None: an import's own tokenizer files were copied, or none);
+  readout: the log-prob readout's settings (`exporter._logprob_readout`) for head
+  "reward_logprob"."""
+  is_rm = head != "lm"
+  remote = ", trust_remote_code=True" if readout is not None else ""
   title = ("a WARM reward model" if prov.get("warm") else "a reward model") if is_rm \
       else "a policy (language model)"
   lines = [f"# {os.path.basename(os.path.normpath(prov['input']))}: {title} exported by warm-jax",
@@ -192,7 +195,24 @@ def render(*, head: str, architecture: str, family: str, config: Any, prov: dict
   ids = ", ".join(f"{k} {v}" for k, v in special_ids.items() if v is not None)
   no_bos = " No BOS token is used." if special_ids.get("bos") is None else ""
   lines += ["## Input format", ""]
-  if is_rm:
+  if readout is not None:
+    lines += [f"One sequence per (post, summary): {description}, followed by EOS.", "",
+              "This reward model uses warm-jax's log-prob readout (`reward_readout="
+              "'hidden_logprob'`), which no stock transformers class computes: the export ships "
+              f"`{readout.get('modeling_file', 'modeling_warm_reward.py')}` and config.json's "
+              "`auto_map` points to it, so load it with `trust_remote_code=True` (without it "
+              "transformers refuses the model type). The class is the family's *ForCausalLM "
+              "plus the reward head: r = `score` (weight . h_last + bias) + `logprob_score` . "
+              "[softmin, mean, sum] of log p(token | previous tokens) over the response, h_last "
+              "the final hidden state at the last real token (the EOS). The response is every "
+              f"token after the LAST occurrence of the marker's ids "
+              f"{readout['separator_ids']} (`{readout['separator']}`, "
+              "`warm_response_separator_ids` in config.json) up to the EOS: the summary and its "
+              "EOS, as warm-jax marks it. softmin = -tau * logsumexp(-lp / tau), tau = "
+              f"{readout['tau']} (from {readout['tau_source']}). A summary that itself contains "
+              "the marker would be read from its last marker on; a sequence without the marker "
+              "is refused.", ""]
+  elif is_rm:
     lines += [f"One sequence per (post, summary): {description}, followed by EOS. The reward "
               "is read at the last real token (the EOS): `score` applied to the final hidden "
               "state there (transformers' *ForSequenceClassification reads the last token "
@@ -221,14 +241,16 @@ def render(*, head: str, architecture: str, family: str, config: Any, prov: dict
               "checkpoint): tokenise with the one it was trained with, or export again with "
               "`--tokenizer DATA_DIR`.", ""]
   lines += ["## Use it with transformers", "", "```python", "import torch, transformers",
-            "path = \"<this dir>\"", "tokenizer = transformers.AutoTokenizer.from_pretrained(path)"]
+            "path = \"<this dir>\"",
+            f"tokenizer = transformers.AutoTokenizer.from_pretrained(path{remote})"]
   if is_rm:
-    lines += ["model = transformers.AutoModelForSequenceClassification.from_pretrained(path)",
+    lines += ["model = transformers.AutoModelForSequenceClassification.from_pretrained("
+              f"path{remote})",
               f"prompt = {prompt!r}", f"summary = {summary!r}",
               "batch = tokenizer([prompt], [summary], return_tensors=\"pt\", padding=True)",
               "with torch.no_grad():", "  reward = model(**batch).logits[:, 0]", "```", "",
               "or `transformers.pipeline(\"text-classification\", model=path, "
-              "function_to_apply=\"none\")` on `prompt + \" \" + summary`. Rewards are "
+              f"function_to_apply=\"none\"{remote})` on `prompt + \" \" + summary`. Rewards are "
               "Bradley-Terry logits: compare two summaries of one post (their difference is "
               "the log-odds that the first is preferred); their absolute level means nothing."]
   else:
@@ -242,9 +264,16 @@ def render(*, head: str, architecture: str, family: str, config: Any, prov: dict
   if dropped_bias is not None:
     lines.append(f"- The reward head's bias ({dropped_bias:.6g}) was dropped (transformers' "
                  "`score` has none): rewards are shifted by that constant.")
-  lines += ["- Reward models trained with the log-prob readout (`reward_readout="
-            "'hidden_logprob'`) cannot be exported to a stock transformers class; this one "
-            "uses the hidden-state readout." if is_rm else
+  if readout:
+    lines.append("- warm-jax computes the log-prob features only in a window at the end of "
+                 "each row when TransformerConfig.logprob_window is set and refuses a longer "
+                 "response; this class reads every position, so it gives the same rewards and "
+                 "also scores such responses.")
+  lines += ["- The log-prob readout needs `trust_remote_code=True` (the custom class in "
+            "modeling_warm_reward.py, which imports only torch and transformers)." if readout
+            else "- This reward model uses the hidden-state readout (a stock transformers "
+            "class); one trained with the log-prob readout is exported with a custom class "
+            "(`trust_remote_code=True`)." if is_rm else
             "- Sampling at a temperature draws other random numbers than warm-jax does: only "
             "greedy decoding matches token for token.",
             f"- Sequences longer than {config.max_len} tokens do not fit the model."]
