@@ -336,3 +336,66 @@ def test_disagreement_curves_of_the_chosen_candidates_match_numpy():
                             member_scores=members, ns=ns)
   with pytest.raises(ValueError, match="cannot be standardised"):
     dis.member_disagreement(np.stack([members["a"], np.ones((prompts, pool))]), ["a", "flat"])
+
+
+def test_disagreement_members_are_checked_before_anything_runs():
+  """DISAGREEMENT_MEMBERS: keys must be selectors, values >= 2 distinct paths; a selector with
+  several paths defaults to its own members; REWARD_MODELS' order is kept."""
+  from warm_jax.reward_sources import parse_reward_sources
+  sources = parse_reward_sources({"m0": "/m/0", "warm_2": "/avg/warm_2",
+                                  "ens_2": ["/m/0", "/m/1"], "w": {"warm": ["/m/0", "/m/1"]}})
+  got = bon._disagreement_members(sources, {"warm_2": ["/m/0", "/m/1"], "m0": ["/m/0", "/m/1"]})
+  assert list(got) == ["m0", "warm_2", "ens_2", "w"] and got["ens_2"] == ["/m/0", "/m/1"]
+  assert bon._disagreement_members(sources, None) == {"ens_2": ["/m/0", "/m/1"],
+                                                      "w": ["/m/0", "/m/1"]}
+  with pytest.raises(ValueError, match="DISAGREEMENT_MEMBERS names 'warm_6'.*not in "
+                                       "REWARD_MODELS"):
+    bon._disagreement_members(sources, {"warm_6": ["/m/0", "/m/1"]})
+  with pytest.raises(ValueError, match=r"give a list of >= 2 member checkpoint paths"):
+    bon._disagreement_members(sources, {"warm_2": "/m/0"})
+  with pytest.raises(ValueError, match="lists a checkpoint twice"):
+    bon._disagreement_members(sources, {"warm_2": ["/m/0", "/m/0"]})
+
+
+def test_disagreement_is_skipped_with_a_reason_when_members_were_not_scored(caplog):
+  """A {'warm': [...]} selector whose members are not selectors: its members' rewards do not
+  exist in the stage, so no disagreement is computed for it (nothing faked), the reason is
+  logged and written; a selector whose members were scored gets its curves."""
+  rng = np.random.default_rng(8)
+  count, per_prompt, n_max = 5, 5, 4
+  by_path = {p: rng.normal(size=count * per_prompt) for p in ("/m/0", "/m/1")}
+  rm_all = {"ens_2": rng.normal(size=(count, per_prompt)),
+            "warm_3": rng.normal(size=(count, per_prompt))}
+  oracle = rng.normal(size=(count, n_max))
+  with caplog.at_level("INFO"):
+    out = bon._disagreement(oracle, rm_all, by_path, {"ens_2": ["/m/0", "/m/1"],
+                                                      "warm_3": ["/m/0", "/m/1", "/m/2"]},
+                            [1, 2, 4], count=count, per_prompt=per_prompt, n_max=n_max)
+  assert set(out["selectors"]) == {"ens_2"} and set(out["skipped"]) == {"warm_3"}
+  assert "'/m/2'" in out["skipped"]["warm_3"] and "disagreement of warm_3 skipped" in caplog.text
+  z = [(v.reshape(count, per_prompt)[:, :n_max] - v.reshape(count, per_prompt)[:, :n_max].mean())
+       / v.reshape(count, per_prompt)[:, :n_max].std() for v in by_path.values()]
+  assert out["selectors"]["ens_2"]["pool_mean_disagreement"] == pytest.approx(
+      np.mean(np.abs(z[0] - z[1]) / 2))
+
+
+def test_report_table_of_member_disagreement(tmp_path):
+  """collect_bon keeps curves.disagreement; report.md shows per selector the numbers at N_max,
+  AUROC for every N > 1 ('-' where undefined) and the skipped selectors with their reason."""
+  from warm_jax import report_policy
+  disagreement = {"n": [1, 2, 4], "selectors": {"warm_2": {
+      "m": 2, "members": ["/m/0", "/m/1"], "pool_mean_disagreement": 0.4,
+      "mean_disagreement": [0.4, 0.45, 0.5], "mean_regret": [0.0, 0.3, 0.6],
+      "wrong_rate": [0.0, 0.25, 0.125], "pearson": [None, 0.31, 0.2],
+      "spearman": [None, 0.28, 0.19], "auroc": [None, 0.61, None]}},
+      "skipped": {"warm_6": "members ['/m/5'] were not scored"}}
+  (tmp_path / "bon.json").write_text(json.dumps({
+      "num_prompts": 8, "candidates": {}, "reward_models": {},
+      "curves": {"n": [1, 2, 4], "kl": [0, 0.19, 0.64], "sft_sample_oracle": 0.0,
+                 "selectors": {}, "win_rates": {}, "disagreement": disagreement}}))
+  collected = report_policy.collect_bon(str(tmp_path))
+  assert collected["disagreement"] == disagreement
+  text = "\n".join(report_policy.tables_md({"bon": collected}))
+  assert "| AUROC N=2 | AUROC N=4 |" in text and "AUROC N=1" not in text
+  assert "| warm_2 (2) | 0.500 (0.400) | 0.12 | 0.20 / 0.19 | 0.61 | - |" in text
+  assert "| warm_6 | skipped: members ['/m/5'] were not scored |" in text
