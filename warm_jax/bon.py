@@ -229,10 +229,13 @@ def plot_disagreement(disagreement: dict[str, Any], plot_dir: str) -> list[str]:
         ax.plot(*zip(*points), "o-", markersize=3, label=label)
   ax_a.axhline(0.5, color="gray", lw=0.8, ls="--")
   ax_s.axhline(0.0, color="gray", lw=0.8, ls="--")
-  ax_a.set_ylabel("AUROC (wrong: choice below the median oracle of its N)")
+  ax_a.set_ylabel("AUROC for flagging wrong choices")
+  ax_a.set_title("wrong: below the median oracle of its N", fontsize=9)
   ax_s.set_ylabel("Spearman(disagreement, regret)")
+  ax_s.set_title("regret: oracle of the best of N - of the choice", fontsize=9)
   for ax in (ax_a, ax_s):
     ax.set_xscale("log", base=2)
+    ax.set_xticks(ns, [str(n) for n in ns])
     ax.set_xlabel("N")
     if ax.get_legend_handles_labels()[0]:
       ax.legend(fontsize=7)
