@@ -377,6 +377,11 @@ def test_disagreement_is_skipped_with_a_reason_when_members_were_not_scored(capl
        / v.reshape(count, per_prompt)[:, :n_max].std() for v in by_path.values()]
   assert out["selectors"]["ens_2"]["pool_mean_disagreement"] == pytest.approx(
       np.mean(np.abs(z[0] - z[1]) / 2))
+  # A member with one reward for every candidate: skipped, not a crash after the sampling.
+  by_path["/m/1"] = np.ones(count * per_prompt)
+  out = bon._disagreement(oracle, rm_all, by_path, {"ens_2": ["/m/0", "/m/1"]}, [1, 2, 4],
+                          count=count, per_prompt=per_prompt, n_max=n_max)
+  assert not out["selectors"] and "one reward to every candidate" in out["skipped"]["ens_2"]
 
 
 def test_report_table_of_member_disagreement(tmp_path):

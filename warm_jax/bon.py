@@ -462,6 +462,11 @@ def _disagreement(oracle, rm_all, by_path, members_of, ns, *, count, per_prompt,
                        "selector to REWARD_MODELS to get their rewards)")
       logging.info("disagreement of %s skipped: %s", name, skipped[name])
       continue
+    flat = [p for p in paths if np.ptp(by_path[p].reshape(count, per_prompt)[:, :n_max]) == 0]
+    if flat:  # nothing to standardise (`disagreement.member_disagreement` refuses them)
+      skipped[name] = f"members {flat} give one reward to every candidate"
+      logging.warning("disagreement of %s skipped: %s", name, skipped[name])
+      continue
     members[name] = paths
   singles = sorted(n for n in rm_all if n not in members_of)
   if singles:
