@@ -174,6 +174,23 @@ def test_best_of_n_stage_end_to_end(tmp_path):
   for path in result["plots"]:
     assert os.path.getsize(path) > 0
   assert os.path.exists(tmp_path / "bon" / "DONE")
+  # Member disagreement (curves.disagreement): ENS / WCO / UWO / {'warm': [...]} flag their
+  # choices with their own two members (both scored as selectors), recomputed from the saved
+  # rewards; rm_0 / rm_1 are single checkpoints without DISAGREEMENT_MEMBERS: none.
+  dis = curves["disagreement"]
+  assert set(dis["selectors"]) == {"ens_2", "warm_2", "wco_2", "uwo_2"} and not dis["skipped"]
+  z = [(scores[k][:, :4] - scores[k][:, :4].mean()) / scores[k][:, :4].std()
+       for k in ("rm/rm_0", "rm/rm_1")]
+  spread = np.abs(z[0] - z[1]) / 2  # the population std of two values
+  for name in ("ens_2", "warm_2"):
+    entry = dis["selectors"][name]
+    assert entry["members"] == members and len(entry["auroc"]) == 3
+    choice = bon.best_of_n_indices(scores[f"rm/{name}"][:, :4], 4)
+    assert entry["mean_disagreement"][2] == pytest.approx(
+        bon.take_rows(spread, choice).mean(), rel=1e-4)
+  assert os.path.exists(tmp_path / "bon" / "plots" / "bon_disagreement.png")
+  saved = json.loads((tmp_path / "bon" / bon.RESULT_FILE).read_text())
+  assert saved["curves"]["disagreement"]["selectors"]["warm_2"]["m"] == 2
 
 
 def test_reward_source_specs_and_the_ensemble_objectives_against_numpy():
@@ -238,3 +255,152 @@ def test_bon_gao_fit_and_paired_differences_match_brute_force():
                                          pytest.approx(diff.mean() + 1.959964 * se))
   # The informative selector gains; the gain of the uninformative one is noise around 0.
   assert curves["paired_differences"]["good-bad"][-1]["low"] > 0
+
+
+def test_disagreement_auroc_ranks_and_correlations_against_brute_force():
+  """AUROC = the fraction of (wrong, right) pairs where the wrong one has the higher
+  disagreement, ties counted 1/2, enumerated pair by pair; Spearman = Pearson of mid-ranks."""
+  from warm_jax import disagreement as dis
+  rng = np.random.default_rng(6)
+  for trial in range(20):
+    scores = rng.integers(0, 4, 30).astype(float)  # many ties
+    labels = rng.random(30) < 0.4
+    pos, neg = scores[labels], scores[~labels]
+    pairs = [1.0 if p > q else 0.5 if p == q else 0.0 for p in pos for q in neg]
+    assert dis.auroc(scores, labels) == pytest.approx(np.mean(pairs), abs=1e-12)
+  assert dis.auroc([1.0, 2.0, 3.0], [False, True, True]) == 1.0
+  assert dis.auroc([1.0, 1.0], [False, True]) == 0.5
+  assert dis.auroc([1.0, 2.0], [False, False]) is None  # one class: undefined
+  # Mid-ranks by brute force: 1 + (# smaller) + (# equal - 1) / 2.
+  x = rng.integers(0, 5, 25).astype(float)
+  brute = [1 + np.sum(x < v) + (np.sum(x == v) - 1) / 2 for v in x]
+  np.testing.assert_allclose(dis.average_ranks(x), brute)
+  y = x + rng.normal(size=25)
+  assert dis.pearson(x, y) == pytest.approx(np.corrcoef(x, y)[0, 1])
+  assert dis.spearman(x, y) == pytest.approx(
+      np.corrcoef(dis.average_ranks(x), dis.average_ranks(y))[0, 1])
+  assert dis.pearson(x, np.zeros(25)) is None
+  with pytest.raises(ValueError, match="labels shape"):
+    dis.auroc([1.0, 2.0], [True])
+  with pytest.raises(ValueError, match="non-finite"):
+    dis.auroc([np.nan, 2.0], [True, False])
+
+
+def test_disagreement_curves_of_the_chosen_candidates_match_numpy():
+  """Per selector and N: the disagreement of its choice (std over members of the members'
+  rewards standardised over the whole pool), the regret (best oracle of the first N minus the
+  choice's) and 'wrong' (below the median oracle of the first N), recomputed loop by loop."""
+  from warm_jax import disagreement as dis
+  rng = np.random.default_rng(7)
+  prompts, pool, ns = 30, 8, [1, 2, 4, 8]
+  oracle = rng.normal(size=(prompts, pool))
+  members = {"a": 2.0 * oracle + rng.normal(size=(prompts, pool)),
+             "b": oracle + 5.0 + rng.normal(size=(prompts, pool)),
+             "c": rng.normal(size=(prompts, pool))}
+  rm = {"ens": np.mean([members[k] for k in "abc"], axis=0), "a": members["a"]}
+  curves = bon.disagreement_curves(oracle=oracle, rm_scores=rm, members={
+      "ens": ["a", "b", "c"], "a": ["a", "b"]}, member_scores=members, ns=ns,
+      skipped={"warm_3": "members not scored"})
+  assert curves["skipped"] == {"warm_3": "members not scored"}
+  checked = 0
+  for name, names in (("ens", "abc"), ("a", "ab")):
+    z = [(members[k] - members[k].mean()) / members[k].std() for k in names]
+    entry = curves["selectors"][name]
+    assert entry["m"] == len(names)
+    for i, n in enumerate(ns):
+      d, regret, wrong = [], [], []
+      for p in range(prompts):
+        j = max(range(n), key=lambda c: (rm[name][p, c], -c))
+        d.append(np.sqrt(np.mean([(zk[p, j] - np.mean([zz[p, j] for zz in z])) ** 2
+                                  for zk in z])))
+        regret.append(max(oracle[p, :n]) - oracle[p, j])
+        wrong.append(oracle[p, j] < sorted(oracle[p, :n])[n // 2] if n % 2 else
+                     oracle[p, j] < np.mean(sorted(oracle[p, :n])[n // 2 - 1:n // 2 + 1]))
+      assert entry["mean_disagreement"][i] == pytest.approx(np.mean(d))
+      assert entry["mean_regret"][i] == pytest.approx(np.mean(regret))
+      assert entry["wrong_rate"][i] == pytest.approx(np.mean(wrong))
+      if n == 1:  # one candidate: no regret, nothing wrong, nothing to correlate
+        assert (entry["pearson"][i], entry["auroc"][i]) == (None, None)
+        continue
+      assert entry["pearson"][i] == pytest.approx(np.corrcoef(d, regret)[0, 1])
+      pairs = [1.0 if p > q else 0.5 if p == q else 0.0
+               for p, w in zip(d, wrong) if w for q, v in zip(d, wrong) if not v]
+      if pairs:
+        checked += 1
+        assert entry["auroc"][i] == pytest.approx(np.mean(pairs))
+      else:  # no wrong choice at this N (a good selector at N = pool): undefined
+        assert entry["auroc"][i] is None
+  assert checked >= 5
+  with pytest.raises(ValueError, match="not a selector"):
+    bon.disagreement_curves(oracle=oracle, rm_scores=rm, members={"x": ["a", "b"]},
+                            member_scores=members, ns=ns)
+  with pytest.raises(ValueError, match="cannot be standardised"):
+    dis.member_disagreement(np.stack([members["a"], np.ones((prompts, pool))]), ["a", "flat"])
+
+
+def test_disagreement_members_are_checked_before_anything_runs():
+  """DISAGREEMENT_MEMBERS: keys must be selectors, values >= 2 distinct paths; a selector with
+  several paths defaults to its own members; REWARD_MODELS' order is kept."""
+  from warm_jax.reward_sources import parse_reward_sources
+  sources = parse_reward_sources({"m0": "/m/0", "warm_2": "/avg/warm_2",
+                                  "ens_2": ["/m/0", "/m/1"], "w": {"warm": ["/m/0", "/m/1"]}})
+  got = bon._disagreement_members(sources, {"warm_2": ["/m/0", "/m/1"], "m0": ["/m/0", "/m/1"]})
+  assert list(got) == ["m0", "warm_2", "ens_2", "w"] and got["ens_2"] == ["/m/0", "/m/1"]
+  assert bon._disagreement_members(sources, None) == {"ens_2": ["/m/0", "/m/1"],
+                                                      "w": ["/m/0", "/m/1"]}
+  with pytest.raises(ValueError, match="DISAGREEMENT_MEMBERS names 'warm_6'.*not in "
+                                       "REWARD_MODELS"):
+    bon._disagreement_members(sources, {"warm_6": ["/m/0", "/m/1"]})
+  with pytest.raises(ValueError, match=r"give a list of >= 2 member checkpoint paths"):
+    bon._disagreement_members(sources, {"warm_2": "/m/0"})
+  with pytest.raises(ValueError, match="lists a checkpoint twice"):
+    bon._disagreement_members(sources, {"warm_2": ["/m/0", "/m/0"]})
+
+
+def test_disagreement_is_skipped_with_a_reason_when_members_were_not_scored(caplog):
+  """A {'warm': [...]} selector whose members are not selectors: its members' rewards do not
+  exist in the stage, so no disagreement is computed for it (nothing faked), the reason is
+  logged and written; a selector whose members were scored gets its curves."""
+  rng = np.random.default_rng(8)
+  count, per_prompt, n_max = 5, 5, 4
+  by_path = {p: rng.normal(size=count * per_prompt) for p in ("/m/0", "/m/1")}
+  rm_all = {"ens_2": rng.normal(size=(count, per_prompt)),
+            "warm_3": rng.normal(size=(count, per_prompt))}
+  oracle = rng.normal(size=(count, n_max))
+  with caplog.at_level("INFO"):
+    out = bon._disagreement(oracle, rm_all, by_path, {"ens_2": ["/m/0", "/m/1"],
+                                                      "warm_3": ["/m/0", "/m/1", "/m/2"]},
+                            [1, 2, 4], count=count, per_prompt=per_prompt, n_max=n_max)
+  assert set(out["selectors"]) == {"ens_2"} and set(out["skipped"]) == {"warm_3"}
+  assert "'/m/2'" in out["skipped"]["warm_3"] and "disagreement of warm_3 skipped" in caplog.text
+  z = [(v.reshape(count, per_prompt)[:, :n_max] - v.reshape(count, per_prompt)[:, :n_max].mean())
+       / v.reshape(count, per_prompt)[:, :n_max].std() for v in by_path.values()]
+  assert out["selectors"]["ens_2"]["pool_mean_disagreement"] == pytest.approx(
+      np.mean(np.abs(z[0] - z[1]) / 2))
+  # A member with one reward for every candidate: skipped, not a crash after the sampling.
+  by_path["/m/1"] = np.ones(count * per_prompt)
+  out = bon._disagreement(oracle, rm_all, by_path, {"ens_2": ["/m/0", "/m/1"]}, [1, 2, 4],
+                          count=count, per_prompt=per_prompt, n_max=n_max)
+  assert not out["selectors"] and "one reward to every candidate" in out["skipped"]["ens_2"]
+
+
+def test_report_table_of_member_disagreement(tmp_path):
+  """collect_bon keeps curves.disagreement; report.md shows per selector the numbers at N_max,
+  AUROC for every N > 1 ('-' where undefined) and the skipped selectors with their reason."""
+  from warm_jax import report_policy
+  disagreement = {"n": [1, 2, 4], "selectors": {"warm_2": {
+      "m": 2, "members": ["/m/0", "/m/1"], "pool_mean_disagreement": 0.4,
+      "mean_disagreement": [0.4, 0.45, 0.5], "mean_regret": [0.0, 0.3, 0.6],
+      "wrong_rate": [0.0, 0.25, 0.125], "pearson": [None, 0.31, 0.2],
+      "spearman": [None, 0.28, 0.19], "auroc": [None, 0.61, None]}},
+      "skipped": {"warm_6": "members ['/m/5'] were not scored"}}
+  (tmp_path / "bon.json").write_text(json.dumps({
+      "num_prompts": 8, "candidates": {}, "reward_models": {},
+      "curves": {"n": [1, 2, 4], "kl": [0, 0.19, 0.64], "sft_sample_oracle": 0.0,
+                 "selectors": {}, "win_rates": {}, "disagreement": disagreement}}))
+  collected = report_policy.collect_bon(str(tmp_path))
+  assert collected["disagreement"] == disagreement
+  text = "\n".join(report_policy.tables_md({"bon": collected}))
+  assert "| AUROC N=2 | AUROC N=4 |" in text and "AUROC N=1" not in text
+  assert "| warm_2 (2) | 0.500 (0.400) | 0.12 | 0.20 / 0.19 | 0.61 | - |" in text
+  assert "| warm_6 | skipped: members ['/m/5'] were not scored |" in text

@@ -23,10 +23,18 @@ Where it sits: after the RM members are trained and averaged. One stage (gin/bon
      (`gao_fits`, curves.selectors.<name>.gao_fit); per pair of selectors and N, the paired
      per-prompt difference of the all-subsets oracle (mean, s.e., 95% interval over prompts,
      curves.paired_differences['A-B']).
+  6. Member disagreement as uncertainty (`warm_jax.disagreement`, curves.disagreement): for
+     each selector whose members' rewards were scored here (ENS / WCO / UWO and {'warm': [...]}
+     from their own paths; a single checkpoint - a WARM average, the best member - from
+     DISAGREEMENT_MEMBERS), the spread of those members' standardised rewards of its choice
+     against the choice's regret w.r.t. the oracle (Pearson, Spearman) and the AUROC of
+     flagging the wrong choices, per N. Members never scored here are not scored for it: the
+     selector is skipped with the reason logged and written (curves.disagreement.skipped).
 
 Writes OUTPUT_DIR/bon.json, OUTPUT_DIR/bon_scores.npz (every candidate's oracle and RM
 rewards, to recompute any curve), OUTPUT_DIR/plots/bon_oracle_vs_kl.png (fig. 6),
-OUTPUT_DIR/plots/bon_win_rate_vs_n.png (fig. 7) and OUTPUT_DIR/DONE.
+OUTPUT_DIR/plots/bon_win_rate_vs_n.png (fig. 7), OUTPUT_DIR/plots/bon_disagreement.png (when
+any selector has its members' rewards) and OUTPUT_DIR/DONE.
 
   python -m warm_jax.train --gin_file=gin/models/tiny.gin --gin_file=gin/bon.gin \
       --gin.DATA_DIR="'/tmp/data'" --gin.SFT_DIR="'/tmp/sft'" --gin.OUTPUT_DIR="'/tmp/bon'" \
@@ -48,6 +56,7 @@ import jax
 import numpy as np
 
 from warm_jax import checkpoints as ckpt_lib
+from warm_jax import disagreement as dis
 from warm_jax import win_rates as wr
 from warm_jax.gao_fits import gao_fit
 from warm_jax.paired_stats import paired_difference
@@ -158,6 +167,88 @@ def bon_curves(*, oracle: np.ndarray, rm_scores: Mapping[str, np.ndarray],
   return curves
 
 
+def disagreement_curves(*, oracle: np.ndarray, rm_scores: Mapping[str, np.ndarray],
+                        members: Mapping[str, Sequence[str]],
+                        member_scores: Mapping[str, np.ndarray], ns: Sequence[int],
+                        skipped: Mapping[str, str] | None = None) -> dict[str, Any]:
+  """curves.disagreement: per selector with members, at each N, the members' disagreement of
+  its choice among the first N candidates against the choice's error (`warm_jax.disagreement`).
+
+  Args:
+    oracle: [prompts, pool] oracle reward of every pool candidate.
+    rm_scores: {selector: [prompts, pool]} the rewards each selector chose with.
+    members: {selector: [member path, ...]} the members whose disagreement flags its choices.
+    member_scores: {member path: [prompts, pool]} each member's reward of every candidate.
+    skipped: {selector: reason} selectors left out, written as they are.
+  """
+  ns = [int(n) for n in ns]
+  out: dict[str, Any] = {
+      "n": ns,
+      "rule": {"disagreement": "std (ddof 0) over the members of their rewards, each member "
+                               "standardised over the whole pool (every candidate of every "
+                               "prompt)",
+               "regret": "oracle of the best of the first N candidates - oracle of the choice",
+               "wrong": "oracle of the choice < median oracle of the first N candidates",
+               "choice": "the selector's argmax over the first N candidates"},
+      "selectors": {}, "skipped": dict(skipped or {})}
+  for name, paths in members.items():
+    if name not in rm_scores:
+      raise ValueError(f"disagreement members are given for {name!r}, which is not a selector "
+                       f"({sorted(rm_scores)}): name a key of REWARD_MODELS")
+    missing = [p for p in paths if p not in member_scores]
+    if missing:
+      raise ValueError(f"disagreement members of {name!r} without rewards: {missing}")
+    d = dis.member_disagreement(np.stack([member_scores[p] for p in paths]), list(paths))
+    entry: dict[str, Any] = {"members": list(paths), "m": len(paths),
+                             "pool_mean_disagreement": float(d.mean())}
+    for n in ns:
+      stats = dis.selection_stats(d, oracle, best_of_n_indices(rm_scores[name], n), n)
+      for key, value in stats.items():
+        entry.setdefault(key, []).append(value)
+    out["selectors"][name] = entry
+  return out
+
+
+def plot_disagreement(disagreement: dict[str, Any], plot_dir: str) -> list[str]:
+  """AUROC of member disagreement for flagging wrong choices, and its Spearman correlation
+  with regret, vs N per selector (bon_disagreement.png); nothing without a selector."""
+  entries = disagreement.get("selectors") or {}
+  if not entries:
+    return []
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  os.makedirs(plot_dir, exist_ok=True)
+  fig, (ax_a, ax_s) = plt.subplots(1, 2, figsize=(9, 3.6))
+  ns = disagreement["n"]
+  for name, entry in entries.items():
+    label = f"{name} (M={entry['m']})"
+    for ax, key in ((ax_a, "auroc"), (ax_s, "spearman")):
+      points = [(n, v) for n, v in zip(ns, entry[key]) if v is not None]
+      if points:
+        ax.plot(*zip(*points), "o-", markersize=3, label=label)
+  ax_a.axhline(0.5, color="gray", lw=0.8, ls="--")
+  ax_s.axhline(0.0, color="gray", lw=0.8, ls="--")
+  ax_a.set_ylabel("AUROC for flagging wrong choices")
+  ax_a.set_title("wrong: below the median oracle of its N", fontsize=9)
+  ax_s.set_ylabel("Spearman(disagreement, regret)")
+  ax_s.set_title("regret: oracle of the best of N - of the choice", fontsize=9)
+  for ax in (ax_a, ax_s):
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ns, [str(n) for n in ns])
+    ax.set_xlabel("N")
+    if ax.get_legend_handles_labels()[0]:
+      ax.legend(fontsize=7)
+    else:  # e.g. no wrong choice at any N: AUROC undefined everywhere
+      ax.text(0.5, 0.5, "undefined at every N", transform=ax.transAxes, ha="center")
+  fig.suptitle("Best-of-N: does the members' disagreement flag the RM's wrong choices?")
+  fig.tight_layout()
+  path = os.path.join(plot_dir, "bon_disagreement.png")
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return [path]
+
+
 def plot_bon(curves: dict[str, Any], plot_dir: str) -> list[str]:
   """Fig. 6 (oracle reward vs KL) and fig. 7 (win rate vs the SFT sample, vs N)."""
   import matplotlib
@@ -212,7 +303,9 @@ def best_of_n(*, output_dir: str | None, data_dir: str | None, sft_path: str | N
               num_prompts: int | None = None, seed: int = 0, batch_size: int = 64,
               prompt_len: int | None = None, vocab_size: int | None = None,
               control_rm_path: str | None = None, confidence: float = 0.95,
-              partitioner: Partitioner | None = None) -> dict[str, Any]:
+              partitioner: Partitioner | None = None,
+              disagreement_members: Mapping[str, Sequence[str]] | None = None
+              ) -> dict[str, Any]:
   """Runs the best-of-N stage (module docstring) and writes OUTPUT_DIR; returns the result.
 
   Args:
@@ -222,6 +315,11 @@ def best_of_n(*, output_dir: str | None, data_dir: str | None, sft_path: str | N
     split: the prompt split ('train': held-out BoN/RL prompts; 'validation').
     num_prompts: use the first this many prompts (None: all).
     control_rm_path: judge with this control RM instead of the gold reward (real data).
+    disagreement_members: {selector: [member checkpoint paths]} whose disagreement flags that
+      selector's choices (step 6), for selectors that are one checkpoint (a WARM average, the
+      best member); a selector with several paths defaults to its own. The members' rewards
+      are reused, never computed for this: a member must itself be a selector or a member of
+      an ENS / WCO / UWO selector, else the selector is skipped (logged, in bon.json).
   """
   from warm_jax.data.datasets import load_arrays
   from warm_jax.oracle import ControlRewardOracle, GoldOracle
@@ -238,6 +336,7 @@ def best_of_n(*, output_dir: str | None, data_dir: str | None, sft_path: str | N
   if max(ns) > n_max or min(ns) < 1:
     raise ValueError(f"NS={ns}: every N must be in 1..N_MAX={n_max}")
   sources = parse_reward_sources(reward_models)
+  members_of = _disagreement_members(sources, disagreement_members)
   partitioner = partitioner or Partitioner()
   t0 = time.time()
 
@@ -301,6 +400,8 @@ def best_of_n(*, output_dir: str | None, data_dir: str | None, sft_path: str | N
   curves = bon_curves(oracle=oracle_all[:, :n_max],
                       rm_scores={k: v[:, :n_max] for k, v in rm_all.items()}, ns=ns,
                       reference=oracle_all[:, n_max], confidence=confidence, seed=seed)
+  curves["disagreement"] = _disagreement(oracle_all[:, :n_max], rm_all, by_path, members_of,
+                                         ns, count=count, per_prompt=per_prompt, n_max=n_max)
   lengths = samples.lengths.reshape(count, per_prompt)
   result = {
       "sft_path": sft_path, "data_dir": data_dir, "split": split, "num_prompts": count,
@@ -321,13 +422,61 @@ def best_of_n(*, output_dir: str | None, data_dir: str | None, sft_path: str | N
     os.makedirs(output_dir, exist_ok=True)
     np.savez(os.path.join(output_dir, SCORES_FILE), oracle=oracle_all, lengths=lengths,
              **{f"rm/{k}": v for k, v in rm_all.items()})
-    result["plots"] = plot_bon(curves, os.path.join(output_dir, "plots"))
+    result["plots"] = plot_bon(curves, os.path.join(output_dir, "plots")) + \
+        plot_disagreement(curves["disagreement"], os.path.join(output_dir, "plots"))
     ckpt_lib.atomic_write_text(os.path.join(output_dir, RESULT_FILE),
                                json.dumps(result, indent=1) + "\n")
     ckpt_lib.atomic_write_text(os.path.join(output_dir, "DONE"), json.dumps(
         {"wall_s": result["timing"]["total_s"]}) + "\n")
   _log_summary(curves)
   return result
+
+
+def _disagreement_members(sources, given: Mapping[str, Sequence[str]] | None
+                          ) -> dict[str, list[str]]:
+  """{selector: member paths} for step 6: a selector's own paths when it has several, then
+  the explicit `given` entries (checked here, before anything is sampled)."""
+  names = [s.name for s in sources]
+  out = {s.name: list(s.paths) for s in sources if len(s.paths) > 1}
+  for name, paths in (given or {}).items():
+    if name not in names:
+      raise ValueError(f"DISAGREEMENT_MEMBERS names {name!r}, which is not in REWARD_MODELS "
+                       f"({names}): use a selector's name as the key")
+    if isinstance(paths, str) or len(paths) < 2 or not all(isinstance(p, str) for p in paths):
+      raise ValueError(f"DISAGREEMENT_MEMBERS[{name!r}] = {paths!r}: give a list of >= 2 "
+                       "member checkpoint paths (disagreement needs two members)")
+    if len(set(paths)) != len(paths):
+      raise ValueError(f"DISAGREEMENT_MEMBERS[{name!r}] lists a checkpoint twice: {paths}")
+    out[name] = list(paths)
+  return {name: out[name] for name in names if name in out}  # REWARD_MODELS' order
+
+
+def _disagreement(oracle, rm_all, by_path, members_of, ns, *, count, per_prompt, n_max):
+  """Step 6 from the rewards already computed; selectors whose members were not scored are
+  skipped with the reason logged."""
+  skipped, members = {}, {}
+  for name, paths in members_of.items():
+    missing = [p for p in paths if p not in by_path]
+    if missing:
+      skipped[name] = (f"members {missing} were not scored in this stage (add each as a "
+                       "selector to REWARD_MODELS to get their rewards)")
+      logging.info("disagreement of %s skipped: %s", name, skipped[name])
+      continue
+    flat = [p for p in paths if np.ptp(by_path[p].reshape(count, per_prompt)[:, :n_max]) == 0]
+    if flat:  # nothing to standardise (`disagreement.member_disagreement` refuses them)
+      skipped[name] = f"members {flat} give one reward to every candidate"
+      logging.warning("disagreement of %s skipped: %s", name, skipped[name])
+      continue
+    members[name] = paths
+  singles = sorted(n for n in rm_all if n not in members_of)
+  if singles:
+    logging.info("disagreement: no members given for the single checkpoints %s "
+                 "(DISAGREEMENT_MEMBERS)", singles)
+  scores = {p: by_path[p].reshape(count, per_prompt)[:, :n_max]
+            for paths in members.values() for p in paths}
+  return disagreement_curves(oracle=oracle, rm_scores={k: v[:, :n_max] for k, v in
+                                                       rm_all.items()},
+                             members=members, member_scores=scores, ns=ns, skipped=skipped)
 
 
 def _corr(x: np.ndarray, y: np.ndarray) -> float:
@@ -340,3 +489,6 @@ def _log_summary(curves: dict[str, Any]) -> None:
   for name, entry in curves["selectors"].items():
     logging.info("BoN %-14s oracle by N %s: %s", name, curves["n"],
                  " ".join(f"{v:.2f}" for v in entry["oracle"]))
+  for name, entry in curves.get("disagreement", {}).get("selectors", {}).items():
+    logging.info("BoN %-14s disagreement AUROC by N: %s", name,
+                 " ".join("-" if v is None else f"{v:.2f}" for v in entry["auroc"]))

@@ -518,11 +518,18 @@ class ExperimentPlan:
         for m in s.warm_ms:  # WCO / UWO reuse the members' rewards: a combine each
           for kind in ENSEMBLE_KINDS:
             models[f"{kind}_{m}"] = self.reward_spec(f"{kind}_{m}", stage="bon")
+        # Member disagreement (bon.py step 6): a WARM M checkpoint is flagged by the M members
+        # it averages, the best member by the members of the largest M (all are selectors, so
+        # their rewards are reused); ENS / WCO / UWO M use their own members.
+        flags = {f"warm_{m}": ranked[:m] for m in s.warm_ms}
+        if s.warm_ms:
+          flags[os.path.basename(ranked[0])] = ranked[:max(s.warm_ms)]
         return _py("warm_jax.train", *self._model(), "--gin_file=gin/bon.gin",
                    *self._policy_common(), _gin("SFT_DIR", self.path("sft")),
                    _gin("OUTPUT_DIR", self.path("bon")), _gin("N_MAX", s.bon_n_max),
                    _gin("NUM_PROMPTS", s.bon_prompts), _gin("BATCH_SIZE", s.policy_batch),
-                   f"--gin.REWARD_MODELS={models!r}")
+                   f"--gin.REWARD_MODELS={models!r}",
+                   f"--gin.DISAGREEMENT_MEMBERS={flags!r}")
       out.append(Stage("bon", bon_argv, self.path("bon")))
     if s.rl_steps:
       for run, reward, kl_coef in self.rl_runs():

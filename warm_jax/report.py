@@ -266,6 +266,7 @@ FIGURES = {  # our plot file (in eval/<setting>/plots) -> report figure name
     ("corrupt", "accuracy.png"): "accuracy_corrupted.png",
     ("bon", "bon_oracle_vs_kl.png"): "fig6_bon_oracle_vs_kl.png",
     ("bon", "bon_win_rate_vs_n.png"): "fig7_bon_win_rate_vs_n.png",
+    ("bon", "bon_disagreement.png"): "bon_member_disagreement.png",
 }
 
 

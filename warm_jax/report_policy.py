@@ -41,10 +41,13 @@ def collect_bon(bon_dir: str) -> dict[str, Any] | None:
   at_max = {key: rates[-1] for key, rates in curves["win_rates"].items()}
   # paired per-prompt differences likewise at the largest N (bon.json: runs since issue 14)
   paired = {key: diffs[-1] for key, diffs in curves.get("paired_differences", {}).items()}
-  return {"n": curves["n"], "kl": curves["kl"], "num_prompts": result["num_prompts"],
-          "sft_sample_oracle": curves["sft_sample_oracle"], "selectors": selectors,
-          "win_rates_at_n_max": at_max, "paired_differences_at_n_max": paired,
-          "candidates": result["candidates"], "reward_models": result["reward_models"]}
+  out = {"n": curves["n"], "kl": curves["kl"], "num_prompts": result["num_prompts"],
+         "sft_sample_oracle": curves["sft_sample_oracle"], "selectors": selectors,
+         "win_rates_at_n_max": at_max, "paired_differences_at_n_max": paired,
+         "candidates": result["candidates"], "reward_models": result["reward_models"]}
+  if "disagreement" in curves:  # member disagreement as uncertainty (runs since issue 14)
+    out["disagreement"] = curves["disagreement"]
+  return out
 
 
 def collect_rl(rl_dirs: dict[str, str]) -> dict[str, Any] | None:
@@ -223,6 +226,7 @@ def tables_md(metrics: dict[str, Any]) -> list[str]:
                 "|---|---|---|"]
       lines += [f"| {name} | {_fit_text(fit)} | {fit['rmse']:.3f} |"
                 for name, fit in fits.items()]
+    lines += disagreement_md(bon.get("disagreement"))
   rl = metrics.get("rl")
   if rl:
     lines += ["", "## RL (evaluated on held-out prompts; the first eval is step 0, the SFT "
@@ -249,6 +253,33 @@ def tables_md(metrics: dict[str, Any]) -> list[str]:
       if a < b or "sft" in (a, b):
         lines.append(f"| {a} vs {b} | {rate['rate']:.3f} [{rate['low']:.3f}, "
                      f"{rate['high']:.3f}] |")
+  return lines
+
+
+def disagreement_md(disagreement: dict[str, Any] | None) -> list[str]:
+  """report.md table of best-of-N's member disagreement (bon.json curves.disagreement): per
+  selector, at N_max, the disagreement of its choices (vs the pool's mean), how often a choice
+  is wrong, the correlations with regret, and the AUROC of flagging wrong choices at each N."""
+  if not disagreement or not (disagreement.get("selectors") or disagreement.get("skipped")):
+    return []
+  ns = disagreement["n"]
+  shown = [i for i, n in enumerate(ns) if n > 1]  # N = 1: nothing is wrong, AUROC undefined
+  fmt = lambda v: "-" if v is None else f"{v:.2f}"
+  lines = ["", f"Member disagreement as uncertainty (the spread of the members' rewards of a "
+           f"choice, each member standardised over the pool): at N={ns[-1]}, the mean "
+           "disagreement of the choices (the pool's mean in brackets), the share of wrong "
+           "choices (oracle below the median of its N candidates), Pearson / Spearman of "
+           "disagreement with regret, and the AUROC of disagreement for flagging the wrong "
+           "choices at each N (0.5: no signal; '-': undefined).", "",
+           "| selector (M) | disagreement | wrong | Pearson / Spearman | " +
+           " | ".join(f"AUROC N={ns[i]}" for i in shown) + " |", "|---" * (4 + len(shown)) + "|"]
+  for name, e in disagreement.get("selectors", {}).items():
+    lines.append(f"| {name} ({e['m']}) | {e['mean_disagreement'][-1]:.3f} "
+                 f"({e['pool_mean_disagreement']:.3f}) | {e['wrong_rate'][-1]:.2f} | "
+                 f"{fmt(e['pearson'][-1])} / {fmt(e['spearman'][-1])} | " +
+                 " | ".join(fmt(e["auroc"][i]) for i in shown) + " |")
+  for name, reason in disagreement.get("skipped", {}).items():
+    lines.append(f"| {name} | skipped: {reason} |" + " |" * (2 + len(shown)))
   return lines
 
 
