@@ -242,11 +242,8 @@ def plot_disagreement(disagreement: dict[str, Any], plot_dir: str) -> list[str]:
     else:  # e.g. no wrong choice at any N: AUROC undefined everywhere
       ax.text(0.5, 0.5, "undefined at every N", transform=ax.transAxes, ha="center")
   fig.suptitle("Best-of-N: does the members' disagreement flag the RM's wrong choices?")
-  fig.tight_layout()
-  path = os.path.join(plot_dir, "bon_disagreement.png")
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return [path]
+  from warm_jax.plots import save_figure
+  return [save_figure(fig, os.path.join(plot_dir, "bon_disagreement.png"))]
 
 
 def plot_bon(curves: dict[str, Any], plot_dir: str) -> list[str]:
@@ -269,10 +266,8 @@ def plot_bon(curves: dict[str, Any], plot_dir: str) -> list[str]:
   ax.set_ylabel("oracle reward of the choice")
   ax.set_title("Best-of-N: oracle reward vs KL (dots: first N)")
   ax.legend(fontsize=7)
-  paths.append(os.path.join(plot_dir, "bon_oracle_vs_kl.png"))
-  fig.tight_layout()
-  fig.savefig(paths[-1], dpi=110)
-  plt.close(fig)
+  from warm_jax.plots import save_figure
+  paths.append(save_figure(fig, os.path.join(plot_dir, "bon_oracle_vs_kl.png")))
   fig, ax = plt.subplots(figsize=(5.2, 3.8))
   selectors = [name for name in curves["selectors"] if name != ORACLE_BEST]
   for i, name in enumerate(selectors):
@@ -288,10 +283,7 @@ def plot_bon(curves: dict[str, Any], plot_dir: str) -> list[str]:
   ax.set_ylabel("oracle win rate vs a random SFT sample")
   ax.set_title("Best-of-N: win rate vs N (ties split)")
   ax.legend(fontsize=7)
-  paths.append(os.path.join(plot_dir, "bon_win_rate_vs_n.png"))
-  fig.tight_layout()
-  fig.savefig(paths[-1], dpi=110)
-  plt.close(fig)
+  paths.append(save_figure(fig, os.path.join(plot_dir, "bon_win_rate_vs_n.png")))
   return paths
 
 

@@ -20,7 +20,9 @@ SUBSET_TITLES = {"train_clean": "Train (clean labels)", "train_corrupt": "Train 
                  "id_val": "ID validation", "ood": "OOD"}
 
 
-def _save(fig, path: str) -> str:
+def save_figure(fig, path: str) -> str:
+  """Lays out, writes (dpi 110, its dir made) and closes a figure; returns the path. Every plot
+  of the pipeline (RM evaluations, best-of-N, RL, win rates) is written through it."""
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
@@ -45,7 +47,7 @@ def plot_lmc(curves: dict[str, dict[str, Any]], subset: str, path: str, *,
   axes[0][0].set_ylabel(f"{SUBSET_TITLES.get(subset, subset)} accuracy")
   axes[0][0].legend(fontsize=8)
   fig.suptitle(title or f"Linear mode connectivity: {SUBSET_TITLES.get(subset, subset)}")
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
 def plot_lmc_subsets(curve: dict[str, Any], path: str, *, title: str) -> str:
@@ -63,7 +65,7 @@ def plot_lmc_subsets(curve: dict[str, Any], path: str, *, title: str) -> str:
   axes[0][0].set_ylabel("accuracy")
   axes[0][0].legend(fontsize=8)
   fig.suptitle(title)
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
 def plot_accuracy_vs_m(vs_m: dict[str, Any], subset: str, path: str) -> str:
@@ -78,7 +80,7 @@ def plot_accuracy_vs_m(vs_m: dict[str, Any], subset: str, path: str) -> str:
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7)
   ax.set_title("Accuracy vs M by selection order")
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
 def plot_wa_minus_ens(diffs: dict[str, Sequence[float]], path: str, *, title: str) -> str:
@@ -91,7 +93,7 @@ def plot_wa_minus_ens(diffs: dict[str, Sequence[float]], path: str, *, title: st
     ax.set_title(SUBSET_TITLES.get(s, s), fontsize=10)
     ax.set_xlabel("Acc(WA) - Acc(ENS)")
   fig.suptitle(title)
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
 def plot_accuracy_table(rows: dict[str, dict[str, float]], path: str, *, title: str) -> str:
@@ -109,4 +111,4 @@ def plot_accuracy_table(rows: dict[str, dict[str, float]], path: str, *, title: 
   ax.set_ylim(0, 1)
   ax.legend(fontsize=7, ncol=len(subsets))
   ax.set_title(title)
-  return _save(fig, path)
+  return save_figure(fig, path)

@@ -298,6 +298,7 @@ def plot_rl(rl: dict[str, Any], plot_dir: str) -> list[str]:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+  from warm_jax.plots import save_figure
   os.makedirs(plot_dir, exist_ok=True)
   paths = []
   for x_key, x_label, fname in (("step", "RL step", "fig8_rl_reward_vs_step.png"),
@@ -318,10 +319,7 @@ def plot_rl(rl: dict[str, Any], plot_dir: str) -> list[str]:
       ax.set_xlabel(x_label)
       ax.legend(fontsize=7)
     fig.suptitle("RL: reward hacking shows as the oracle falling while the proxy rises")
-    fig.tight_layout()
-    paths.append(os.path.join(plot_dir, fname))
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(save_figure(fig, os.path.join(plot_dir, fname)))
   return paths
 
 
@@ -347,8 +345,5 @@ def plot_win_rates(win_rates: dict[str, Any], plot_dir: str) -> list[str]:
   ax.set_yticklabels([n.replace("_vs_", " vs ") for n in names], fontsize=7)
   ax.set_xlabel("oracle win rate (ties split, 95% bootstrap interval)")
   ax.set_title("RL policies at their best step: win rates")
-  fig.tight_layout()
-  path = os.path.join(plot_dir, "fig9_rl_win_rates.png")
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return [path]
+  from warm_jax.plots import save_figure
+  return [save_figure(fig, os.path.join(plot_dir, "fig9_rl_win_rates.png"))]
