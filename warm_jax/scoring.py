@@ -106,7 +106,8 @@ class RewardScorer:
   def _run(self, fn, params, tokens: np.ndarray, mask: np.ndarray,
            response_mask: np.ndarray | None) -> np.ndarray:
     """Calls `fn` once per distinct row (`distinct_rows`: the pairs of one post share their
-    summaries, ~40% of the rows of the on-policy subsets are repeats), over batches of rows
+    summaries: 26-45% of the rows of a whole on-policy subset and 18-28% of a 1,000-pair sample
+    of one are repeats, world seed 0), over batches of rows
     sorted by where their real tokens end, each batch cut to the bucketed width of its longest
     row (`trimmed_width`). The model is causal and reads a row at its last real token (and the
     response tokens before it), so the columns after it cannot change the result: this only
