@@ -137,3 +137,30 @@ def test_missing_checkpoint_dir_is_a_clear_error(tmp_path):
   (tmp_path / "empty").mkdir()
   with pytest.raises(ckpt.CheckpointError, match="no orbax checkpoint found"):
     ckpt.load_params(str(tmp_path / "empty"))
+
+
+def test_write_failure_reason_names_the_os_cause_whichever_layer_reports_it():
+  import errno
+  import os
+  efbig, enospc = os.strerror(errno.EFBIG), os.strerror(errno.ENOSPC)
+  # TensorStore's status text already names it: kept as it is, no second copy.
+  ts = ValueError(f"OUT_OF_RANGE: Error writing \"a/0.0\": Failed to write 113 bytes: {efbig} "
+                  f"[os_error_code='{errno.EFBIG}']")
+  assert ckpt.write_failure_reason(ts) == str(ts)
+  # A status that carries only the code gets the text.
+  bare = ValueError(f"OUT_OF_RANGE: write failed [os_error_code='{errno.EFBIG}']\nmore")
+  assert ckpt.write_failure_reason(bare) == (
+      f"OUT_OF_RANGE: write failed [os_error_code='{errno.EFBIG}'] ({efbig}, errno {errno.EFBIG})")
+  # A generic wrapper (an asyncio error raised while handling the write's failure): its first
+  # line, and the cause found in its context.
+  try:
+    try:
+      raise OSError(errno.ENOSPC, enospc)
+    except OSError:
+      raise RuntimeError("Task exception was never retrieved\nfuture: <Task finished>")
+  except RuntimeError as wrapper:
+    assert ckpt.write_failure_reason(wrapper) == (
+        f"Task exception was never retrieved ({enospc}, errno {errno.ENOSPC})")
+  # Nothing from the OS anywhere: the first line alone, or the type for an empty message.
+  assert ckpt.write_failure_reason(ValueError("bad dtype\nstack")) == "bad dtype"
+  assert ckpt.write_failure_reason(ValueError()) == "ValueError"

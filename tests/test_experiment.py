@@ -253,8 +253,9 @@ def test_policy_findings_follow_their_rules_on_hand_made_numbers():
   }
   verdicts = {f["finding"]: f["verdict"] for f in policy_findings(metrics)}
   by_start = lambda prefix: next(v for k, v in verdicts.items() if k.startswith(prefix))
-  assert by_start("BoN: WARM M=2 selects better") == "reproduced"  # 1.5 - 1.0 > 0.1
-  assert by_start("BoN: WARM M=2 ~ ENS") == "reproduced"  # |1.5 - 1.55| <= 0.1
+  # without paired differences (an older bon.json): the means against one standard error
+  assert by_start("BoN: WARM M=2 selects better than the best") == "reproduced"  # 0.5 > 0.1
+  assert by_start("BoN: WARM M=2 selects better than ENS").startswith("inconclusive")
   assert by_start("RL with a single RM") == "observed in this run"  # 2.0 -> 0.5, proxy up
   assert by_start("RL: WARM M=2 delays") == "reproduced"  # 2.2 > 0.5 and 2.5 > 2.0
   assert by_start("RL: the WARM M=2 policy beats") == "reproduced"  # [0.6, 0.8] > 0.5
@@ -266,8 +267,28 @@ def test_policy_findings_follow_their_rules_on_hand_made_numbers():
   # a WARM run whose best step is still the SFT policy (KL 0) makes the win rate uninformative
   metrics["rl"]["warm_2"] = _rl_run([1.0, 0.5, 0.4], [0.0, 0.8, 1.5], [0.0, 1.0, 3.0])
   metrics["win_rates"]["win_rates"]["warm_2_vs_best_member"] = rate(0.7, 0.6, 0.8)
-  verdicts = {f["finding"]: f["verdict"] for f in policy_findings(metrics)}
+  found = policy_findings(metrics)
+  verdicts = {f["finding"]: f["verdict"] for f in found}
   assert by_start("RL: the WARM M=2 policy beats").startswith("not informative")
+  # ... and has no effect, so the seeds sweep leaves it out; the others carry theirs
+  effects = {f["id"]: f["effect"] for f in found}
+  assert effects["rl/win_rate/warm_2"] is None
+  assert effects["rl/warm_2_final_vs_single"] == pytest.approx(0.4 - 0.5)
+  assert effects["rl/warm_2_peak_vs_single"] == pytest.approx(1.0 - 2.0)
+  assert effects["rl/single_final_vs_first"] == pytest.approx(0.5 - 1.0)
+  assert effects["bon/warm_2_vs_best"] == pytest.approx(0.5)
+  # with paired per-prompt differences (stored once per pair, either order) the verdict is
+  # the paired interval's
+  metrics["bon"]["paired_differences_at_n_max"] = {
+      "member_1-warm_2": {"diff": -0.5, "low": -0.9, "high": -0.1, "se": 0.2, "n": 64},
+      "warm_2-ens_2": {"diff": -0.05, "low": -0.3, "high": 0.2, "se": 0.12, "n": 64}}
+  by_id = {f["id"]: f for f in policy_findings(metrics)}
+  assert (by_id["bon/warm_2_vs_best"]["low"], by_id["bon/warm_2_vs_best"]["high"]) == (0.1, 0.9)
+  assert by_id["bon/warm_2_vs_best"]["verdict"] == "reproduced"
+  assert by_id["bon/warm_2_vs_ens_2"]["verdict"] == "inconclusive"
+  metrics["bon"]["paired_differences_at_n_max"]["warm_2-ens_2"].update(low=-0.3, high=-0.01)
+  by_id = {f["id"]: f for f in policy_findings(metrics)}
+  assert by_id["bon/warm_2_vs_ens_2"]["verdict"] == "opposite"
 
 
 EXPERIMENT_GINS = {

@@ -76,3 +76,24 @@ def test_seeds_cli_runs_each_seed_once_and_resumes(tmp_path, monkeypatch):
   assert seeds_lib.parse_seeds("0-2,7") == [0, 1, 2, 7]
   with pytest.raises(ValueError):
     seeds_lib.parse_seeds("3-1")
+
+
+def test_policy_findings_aggregate_in_their_own_unit(tmp_path):
+  """An oracle-reward difference is averaged like an accuracy difference but printed as a
+  reward (not x100); a finding without an effect (an uninformative win rate) is left out."""
+  def metrics(e):
+    return {"findings": [
+        {"id": "bon/warm_6_vs_best", "finding": "BoN: WARM M=6 selects better", "rule": "r",
+         "kind": "positive", "unit": "reward", "effect": e, "verdict": "x", "numbers": "n"},
+        {"id": "rl/win_rate/warm_6", "finding": "win rate", "rule": "r", "kind": "positive",
+         "unit": "points", "effect": None, "verdict": "not informative", "numbers": "n"}],
+        "timings": {"total": 10.0}}
+  summary = seeds_lib.aggregate({0: metrics(0.30), 1: metrics(0.50), 2: metrics(0.40)})
+  (bon,) = summary["findings"]
+  assert bon["unit"] == "reward" and bon["all"]["mean"] == pytest.approx(0.40)
+  half = 4.303 * 0.1 / math.sqrt(3)
+  assert bon["all"]["low"] == pytest.approx(0.40 - half, rel=1e-3)
+  assert bon["all"]["verdict"] == "reproduced"
+  seeds_lib.write_report(str(tmp_path), summary)
+  text = open(tmp_path / "report.md").read()
+  assert f"| +0.40 [{0.40 - half:+.2f}, {0.40 + half:+.2f}] | +0.30, +0.50, +0.40 |" in text

@@ -42,6 +42,43 @@ class CheckpointWriteError(CheckpointError, OSError):
   """A checkpoint could not be written (disk full, unwritable dir); earlier ones are intact."""
 
 
+_OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")
+
+
+def write_failure_reason(error: BaseException) -> str:
+  """One line saying why a checkpoint write failed, with the operating system's cause named.
+
+  The same fault reaches us in several wrappings: an OSError, a TensorStore status raised as
+  ValueError ("OUT_OF_RANGE: Error writing ... [os_error_code='27']"), or an asyncio error
+  whose own first line is generic and whose cause sits in a later line or in the exception's
+  __cause__ / __context__. The first line of `error` is kept; the OS cause (errno and its
+  text, e.g. "File too large", "No space left on device") is found anywhere in the chain and
+  appended when that line does not already name it, so the message says the same thing
+  whichever layer reported it."""
+  text = str(error).strip()
+  first = text.splitlines()[0] if text else type(error).__name__
+  seen: set[int] = set()
+  chain: list[BaseException] = []
+  pending: list[BaseException | None] = [error]
+  while pending:
+    e = pending.pop(0)
+    if e is None or id(e) in seen:
+      continue
+    seen.add(id(e))
+    chain.append(e)
+    pending += [e.__cause__, e.__context__]
+    pending += list(getattr(e, "exceptions", ()))  # an ExceptionGroup's members
+  for e in chain:
+    code = e.errno if isinstance(e, OSError) and isinstance(e.errno, int) else None
+    if code is None:
+      match = _OS_ERROR_CODE.search(str(e))
+      code = int(match.group(1)) if match else None
+    if code:
+      cause = os.strerror(code)
+      return first if cause in first else f"{first} ({cause}, errno {code})"
+  return first
+
+
 def remove_unfinished_saves(directory: epath.Path) -> list[str]:
   """Deletes the temporary dirs of saves that never completed (a process killed mid-write
   leaves `<step>.orbax-checkpoint-tmp*`); complete `<step>` dirs are untouched. Returns the
@@ -150,7 +187,7 @@ class TrainCheckpointer:
     kept = (f"the last complete checkpoint is step {complete[-1]}, intact" if complete
             else "no checkpoint had been written yet")
     what = f"step {step}" if step is not None else "a step"
-    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    reason = write_failure_reason(error)
     return CheckpointWriteError(
         f"writing the checkpoint of {what} to {self.directory} failed: {reason}. Nothing of "
         f"that step was published (orbax writes to a temporary dir and renames it when "

@@ -120,7 +120,53 @@ def directional_verdict(effect: float, se: float, *, se_text: str | None = None)
   return f"inconclusive (within 1 s.e. = {se_text or f'{se:.3f}'})"
 
 
-def policy_findings(metrics: dict[str, Any]) -> list[dict[str, str]]:
+def paired_difference(paired: dict[str, dict[str, float]], a: str, b: str
+                      ) -> dict[str, float] | None:
+  """The paired per-prompt difference a - b from bon.json's `paired_differences` (stored once
+  per pair, in either order), or None when that pair was not computed."""
+  if f"{a}-{b}" in paired:
+    return paired[f"{a}-{b}"]
+  if f"{b}-{a}" in paired:
+    d = paired[f"{b}-{a}"]
+    return {**d, "diff": -d["diff"], "low": -d["high"], "high": -d["low"]}
+  return None
+
+
+def _bon_finding(fid: str, finding: str, a: str, b: str, bon: dict[str, Any]
+                 ) -> dict[str, Any]:
+  """A best-of-N comparison a - b at the largest N: the paired per-prompt interval and its
+  verdict (`report.verdict`, kind 'positive'); an older bon.json without paired differences
+  falls back to the difference of the all-subsets means against one standard error."""
+  from warm_jax.report import verdict
+  sel, n_max = bon["selectors"], bon["n"][-1]
+  va, vb = sel[a]["oracle_all_subsets"][-1], sel[b]["oracle_all_subsets"][-1]
+  wr = bon.get("win_rates_at_n_max", {}).get(f"{a}_vs_{b}")
+  rate = (f"; win rate {wr['rate']:.3f} [{wr['low']:.3f}, {wr['high']:.3f}]" if wr else "")
+  d = paired_difference(bon.get("paired_differences_at_n_max") or {}, a, b)
+  out = {"id": fid, "finding": finding, "kind": "positive", "unit": "reward",
+         "effect": va - vb}
+  if d is not None:
+    out.update(rule=f"oracle reward of the choice at N={n_max} (all-subsets mean), a - b paired "
+                    "over prompts: 95% interval above 0",
+               numbers=f"{a} {va:.3f} vs {b} {vb:.3f}: {d['diff']:+.3f} [{d['low']:+.3f}, "
+                       f"{d['high']:+.3f}] (SFT sample {bon['sft_sample_oracle']:.3f}){rate}",
+               low=d["low"], high=d["high"],
+               verdict=verdict("positive", d["low"], d["high"]))
+  else:
+    se = max(sel[a]["oracle_sem"][-1], sel[b]["oracle_sem"][-1])
+    out.update(rule=f"oracle reward of the choice at N={n_max} (all-subsets mean) higher, "
+                    "beyond 1 s.e.",
+               numbers=f"{a} {va:.3f} vs {b} {vb:.3f} (SFT sample "
+                       f"{bon['sft_sample_oracle']:.3f}){rate}",
+               verdict=directional_verdict(va - vb, se))
+  return out
+
+
+def policy_findings(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+  """The policy findings (PAPER.md figs 6-9). Those that compare two methods carry a stable
+  `id`, a `kind` and an `effect` in the paper's direction (`unit`: 'reward' for oracle-reward
+  differences, 'points' for a win rate minus 50%), so `warm_jax.seeds` aggregates them across
+  seeds like the RM findings."""
   out = []
   bon = metrics.get("bon")
   if bon:
@@ -128,32 +174,19 @@ def policy_findings(metrics: dict[str, Any]) -> list[dict[str, str]]:
     members = [n for n in sel if n.startswith("member_")]
     best_member = (metrics.get("rm", {}).get("clean", {}).get("best_member")
                    if metrics.get("rm") else None) or (members[0] if members else None)
-    n_max = bon["n"][-1]
-    for name in sorted((n for n in sel if n.startswith("warm_")),
-                       key=lambda n: int(n.split("_")[1])):
-      if best_member not in sel:
-        break
-      wr = bon["win_rates_at_n_max"].get(f"{name}_vs_{best_member}")
-      a, b = sel[name]["oracle_all_subsets"][-1], sel[best_member]["oracle_all_subsets"][-1]
-      se = max(sel[name]["oracle_sem"][-1], sel[best_member]["oracle_sem"][-1])
-      out.append({
-          "finding": f"BoN: {name.replace('_', ' M=').upper()} selects better than the best "
-                     f"single RM (fig. 6-7)",
-          "rule": f"oracle reward of the choice at N={n_max} (all-subsets mean) higher, "
-                  "beyond 1 s.e.",
-          "numbers": f"{name} {a:.3f} vs {best_member} {b:.3f} (SFT sample "
-                     f"{bon['sft_sample_oracle']:.3f}); win rate {wr['rate']:.3f} "
-                     f"[{wr['low']:.3f}, {wr['high']:.3f}]" if wr else f"{a:.3f} vs {b:.3f}",
-          "verdict": directional_verdict(a - b, se)})
-      ens = f"ens_{name.split('_')[1]}"
-      if ens in sel:
-        a_e = sel[ens]["oracle_all_subsets"][-1]
-        close = abs(a - a_e) <= se
-        out.append({
-            "finding": f"BoN: WARM M={name.split('_')[1]} ~ ENS M={name.split('_')[1]}",
-            "rule": f"|oracle(WARM) - oracle(ENS)| at N={n_max} within 1 s.e.",
-            "numbers": f"WARM {a:.3f} vs ENS {a_e:.3f} (s.e. {se:.3f})",
-            "verdict": "reproduced" if close else "not reproduced"})
+    warms = sorted((n for n in sel if n.startswith("warm_")), key=lambda n: int(n.split("_")[1]))
+    for name in warms:
+      m = name.split("_")[1]
+      if best_member in sel:
+        out.append(_bon_finding(f"bon/warm_{m}_vs_best", f"BoN: WARM M={m} selects better "
+                                "than the best single RM (fig. 6-7)", name, best_member, bon))
+      if f"ens_{m}" in sel:
+        out.append(_bon_finding(f"bon/warm_{m}_vs_ens_{m}", f"BoN: WARM M={m} selects better "
+                                f"than ENS M={m} (fig. 6)", name, f"ens_{m}", bon))
+    if len(warms) > 1:
+      out.append(_bon_finding(f"bon/{warms[-1]}_vs_{warms[0]}",
+                              f"BoN: more members help WARM (M={warms[-1].split('_')[1]} vs "
+                              f"M={warms[0].split('_')[1]}, fig. 6)", warms[-1], warms[0], bon))
   rl = metrics.get("rl") or {}
   wins = (metrics.get("win_rates") or {}).get("win_rates", {})
   for suffix, group in rl_groups(rl).items():
@@ -164,9 +197,12 @@ def policy_findings(metrics: dict[str, Any]) -> list[dict[str, str]]:
     fell = single["best_oracle"] - single["final_oracle"]
     proxy_rose = single["final_proxy"] > single["eval"]["eval/proxy_reward"][0]
     out.append({
+        "id": f"rl{suffix}/single_final_vs_first", "kind": "negative", "unit": "reward",
+        "effect": single["final_oracle"] - single["first_oracle"],
         "finding": f"RL with a single RM{alpha}: reward hacking (oracle peaks then falls while "
                    "the proxy rises, fig. 8)",
-        "rule": "final eval oracle below its peak while the final proxy is above the first",
+        "rule": "final eval oracle below its peak while the final proxy is above the first "
+                "(across seeds: final - first oracle below 0)",
         "numbers": f"oracle: first {single['first_oracle']:.3f}, peak {single['best_oracle']:.3f} "
                    f"at step {single['best_step']}, final {single['final_oracle']:.3f}; proxy "
                    f"first {single['eval']['eval/proxy_reward'][0]:.3f}, final "
@@ -176,23 +212,43 @@ def policy_findings(metrics: dict[str, Any]) -> list[dict[str, str]]:
     for name in sorted(n for n in group if n.startswith("warm_") and "best_oracle" in group[n]):
       w = group[name]
       label = name.replace("_", " M=").upper()
+      m = name.split("_")[1]
       out.append({
+          "id": f"rl{suffix}/warm_{m}_final_vs_single", "kind": "positive", "unit": "reward",
+          "effect": w["final_oracle"] - single["final_oracle"],
           "finding": f"RL{alpha}: {label} delays hacking (higher oracle reward at the end and at "
                      "the peak than the single RM, fig. 8)",
-          "rule": "final and peak eval oracle reward both higher",
+          "rule": "final and peak eval oracle reward both higher (across seeds: the final "
+                  "difference)",
           "numbers": f"final {w['final_oracle']:.3f} vs {single['final_oracle']:.3f}; peak "
                      f"{w['best_oracle']:.3f} (step {w['best_step']}) vs "
                      f"{single['best_oracle']:.3f} (step {single['best_step']})",
           "verdict": "reproduced" if (w["final_oracle"] > single["final_oracle"] and
                                       w["best_oracle"] > single["best_oracle"]) else
                      "not reproduced"})
+      out.append({
+          "id": f"rl{suffix}/warm_{m}_peak_vs_single", "kind": "positive", "unit": "reward",
+          "effect": w["best_oracle"] - single["best_oracle"],
+          "finding": f"RL{alpha}: {label} peaks higher than the single RM (fig. 8)",
+          "rule": "peak eval oracle reward higher",
+          "numbers": f"peak {w['best_oracle']:.3f} (step {w['best_step']}, KL "
+                     f"{w.get('kl_at_best', float('nan')):.2f}) vs {single['best_oracle']:.3f} "
+                     f"(step {single['best_step']}, KL "
+                     f"{single.get('kl_at_best', float('nan')):.2f})",
+          "verdict": ("reproduced" if w["best_oracle"] > single["best_oracle"] else
+                      "not reproduced") + " in this run"})
       rate = wins.get(f"{name}{suffix}_vs_best_member{suffix}")
       if rate:
         # A best step with KL 0 is the SFT policy itself (no update yet): then the win rate
-        # only says how the single-RM policy compares with SFT, not what WARM did.
+        # only says how the single-RM policy compares with SFT, not what WARM did; it is left
+        # out of the across-seed aggregate (no effect).
         unchanged = [n for n, run in ((label, w), ("the single RM", single))
                      if run.get("kl_at_best", 1.0) == 0.0]
         out.append({
+            "id": f"rl{suffix}/win_rate/warm_{m}", "kind": "positive", "unit": "points",
+            "effect": None if unchanged else rate["rate"] - 0.5,
+            "low": None if unchanged else rate["low"] - 0.5,
+            "high": None if unchanged else rate["high"] - 0.5,
             "finding": f"RL{alpha}: the {label} policy beats the single-RM policy, both at "
                        "their best step (paper: 79.4% for M=6, fig. 9)",
             "rule": "oracle win rate > 0.5 with the 95% interval above 0.5 (not informative "

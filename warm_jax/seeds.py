@@ -105,10 +105,11 @@ def aggregate(per_seed: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
   for seed in seeds:
     for f in per_seed[seed].get("findings", []):
       if "id" not in f or f.get("effect") is None:
-        continue  # the policy findings without an effect (issue 14) are listed per seed only
+        continue  # e.g. a win rate whose best step is the unchanged SFT policy
       if f["id"] not in info:
         order.append(f["id"])
-        info[f["id"]] = {k: f[k] for k in ("finding", "rule", "kind", "threshold") if k in f}
+        info[f["id"]] = {k: f[k] for k in ("finding", "rule", "kind", "threshold", "unit")
+                         if k in f}
       effects.setdefault(f["id"], {})[seed] = float(f["effect"])
   findings = []
   for fid in order:
@@ -133,10 +134,13 @@ def aggregate(per_seed: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
                        for s in seeds}}
 
 
-def _num(x: float, signed: bool = True) -> str:
-  """An accuracy (difference) in points."""
+def _num(x: float, signed: bool = True, unit: str = "points") -> str:
+  """An accuracy (difference) or win rate - 50% in points (stored as a fraction), or an
+  oracle-reward difference as it is (unit 'reward')."""
   if x is None or not math.isfinite(x):
     return "n/a"
+  if unit == "reward":
+    return f"{x:+.2f}" if signed else f"{x:.2f}"
   return f"{100 * x:+.1f}" if signed else f"{100 * x:.1f}"
 
 
@@ -148,26 +152,31 @@ def write_report(output_dir: str, summary: Mapping[str, Any]) -> None:
   lines = ["# WARM findings over seeds", "",
            f"Seeds {', '.join(map(str, seeds))} (SEED = WORLD_SEED = k; seeds 0-4 are the ones "
            "a recipe may be tuned on). Each finding's effect (accuracy points: a difference, "
-           "or for a threshold finding the accuracy itself) is averaged over seeds; the "
+           "or for a threshold finding the accuracy itself; for the policy findings an "
+           "oracle-reward difference, or a win rate minus 50 in points) is averaged over "
+           "seeds; the "
            "interval is the Student-t 95% interval of that mean, judged by the finding's rule "
            "(`warm_jax.report`).", "",
            "| finding | kind | mean [95% interval] | per seed | verdict |", "|---|---|---|---|---|"]
   for f in summary["findings"]:
     group = f["all"]
-    signed = f.get("kind") != "threshold"
-    per = ", ".join(_num(v, signed) for v in f["effects"].values())
+    signed, unit = f.get("kind") != "threshold", f.get("unit", "points")
+    num = lambda x: _num(x, signed, unit)  # pylint: disable=cell-var-from-loop
+    per = ", ".join(num(v) for v in f["effects"].values())
     threshold = (f" (>= {100 * f['threshold']:.0f})" if not signed else "")
-    lines.append(f"| {f['finding']} | {f['kind']}{threshold} | {_num(group['mean'], signed)} "
-                 f"[{_num(group['low'], signed)}, {_num(group['high'], signed)}] | {per} | "
+    unit_text = " (oracle reward)" if unit == "reward" else ""
+    lines.append(f"| {f['finding']} | {f['kind']}{threshold}{unit_text} | "
+                 f"{num(group['mean'])} [{num(group['low'])}, {num(group['high'])}] | {per} | "
                  f"**{group['verdict']}** |")
   held = [f for f in summary["findings"] if "held_out" in f]
   if held:
     lines += ["", "## On the held-out seeds only", "", "| finding | mean [95% interval] | "
               "verdict |", "|---|---|---|"]
     for f in held:
-      g, signed = f["held_out"], f.get("kind") != "threshold"
-      lines.append(f"| {f['finding']} | {_num(g['mean'], signed)} [{_num(g['low'], signed)}, "
-                   f"{_num(g['high'], signed)}] | **{g['verdict']}** |")
+      g, signed, unit = f["held_out"], f.get("kind") != "threshold", f.get("unit", "points")
+      lines.append(f"| {f['finding']} | {_num(g['mean'], signed, unit)} "
+                   f"[{_num(g['low'], signed, unit)}, {_num(g['high'], signed, unit)}] | "
+                   f"**{g['verdict']}** |")
   lines += ["", "## Per seed", "", "| seed | wall s | verdicts reproduced / total |",
             "|---|---|---|"]
   for seed, entry in summary["per_seed"].items():

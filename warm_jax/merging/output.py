@@ -98,7 +98,7 @@ def write_checkpoint(tree: Any, *, output: str, overwrite: bool,
     try:
       save_tree(tmp, tree)
     except (OSError, ValueError) as e:  # TensorStore reports a failed write as ValueError
-      reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+      reason = ckpt_lib.write_failure_reason(e)
       raise ckpt_lib.CheckpointWriteError(
           f"writing {output} failed: {reason}. Free disk space or make "
           f"{os.path.dirname(output)} writable, then rerun; nothing was written") from e
