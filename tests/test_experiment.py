@@ -159,6 +159,21 @@ def test_lazy_stage_arguments_are_resolved_when_the_stage_starts(tmp_path):
                             [stage], str(tmp_path / "commands.sh")))
   assert calls == [1] and stage.resolved
   assert "python -c pass" in open(tmp_path / "commands.sh").read()
+  # A rerun of the finished experiment (e.g. to rewrite its report) skips the stage but still
+  # writes its command: the rewritten commands.sh must not lose what a finished stage ran.
+  again = experiment.Stage("lazy", argv, str(tmp_path / "lazy"))
+  experiment.write_commands([again], str(tmp_path / "commands.sh"))
+  experiment.run_stages([again], log_dir=str(tmp_path / "logs"),
+                        on_resolve=lambda: experiment.write_commands(
+                            [again], str(tmp_path / "commands.sh")))
+  assert calls == [1, 1] and again.resolved
+  assert "python -c pass" in open(tmp_path / "commands.sh").read()
+  # A finished stage whose inputs are gone keeps the placeholder (and the run goes on).
+  def gone():
+    raise FileNotFoundError("eval/clean/ranking.json")
+  broken = experiment.Stage("lazy", gone, str(tmp_path / "lazy"))
+  experiment.run_stages([broken], log_dir=str(tmp_path / "logs"))
+  assert not broken.resolved
 
 
 @pytest.mark.parametrize("override, message", [

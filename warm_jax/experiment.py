@@ -782,14 +782,24 @@ def run_stages(stages: Sequence[Stage], *, log_dir: str, env: Mapping[str, str] 
     return os.path.join(log_dir, stage.name.replace("/", "_") + ".log")
 
   pending = []
+  resolved_done = False
   for stage in stages:
     if os.path.exists(stage.done_path):
       with open(stage.done_path) as f:
         records[stage.name] = json.load(f)
       print(f"{label(stage)}: done already ({records[stage.name]['wall_s']:.0f}s), skipped",
             file=sys.stderr, flush=True)
+      if not stage.resolved:  # its inputs exist: resolve it so commands.sh keeps its command
+        try:
+          stage.resolve()
+          resolved_done = True
+        except Exception:  # pylint: disable=broad-except
+          logging.warning("could not resolve the command of the finished stage %s for "
+                          "commands.sh", stage.name, exc_info=True)
     else:
       pending.append(stage)
+  if resolved_done and on_resolve is not None:
+    on_resolve()
   known = {stage.name for stage in stages}
   running_procs: dict[str, subprocess.Popen] = {}
 
