@@ -29,6 +29,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from warm_jax import partitioning
+
 PARAMS_ITEM = "params"
 OPT_STATE_ITEM = "opt_state"
 CHECKPOINTS_SUBDIR = "checkpoints"
@@ -196,6 +198,29 @@ class TrainCheckpointer:
 
   def close(self):
     self.manager.close()
+
+  def finish(self, error: BaseException | None = None) -> None:
+    """Ends a training loop's use of the checkpointer; call it from the loop's `finally` with
+    the exception propagating (None when the loop completed).
+
+    Normally waits for the asynchronous save in flight (raising CheckpointWriteError if it
+    failed) and closes the manager. After a peer failure (`error` says another process of
+    this multi-process run died: `partitioning.is_peer_failure`) it does neither: orbax's
+    background save waits in coordination-service barriers for every process, and
+    `wait_until_finished` / `close` join it, so the survivor would block until the dead
+    process's heartbeat timeout and then be aborted by jax (SIGABRT with a traceback instead
+    of the caller's one-line error). The save is abandoned instead: the survivor exits at
+    once (`gin_utils.gin_main`), the last complete checkpoint stays the latest, and the
+    unfinished `<step>.orbax-checkpoint-tmp` dir is removed when the run is restarted
+    (`remove_unfinished_saves`)."""
+    if partitioning.is_peer_failure(error):
+      if self._in_flight is not None and self._in_flight not in self.complete_steps():
+        logging.warning("not waiting for the checkpoint save of step %d in %s: another process "
+                        "of this multi-process run failed, so its barriers cannot complete",
+                        self._in_flight, self.directory)
+      return
+    self.wait()
+    self.close()
 
 
 # Where the params of each experiment stage dir are (warm_jax.experiment's layout):

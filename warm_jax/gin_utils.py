@@ -205,9 +205,11 @@ def error_message(error: BaseException) -> str:
 
 
 def _is_peer_failure(error: BaseException) -> bool:
-  """A runtime error of a multi-process run: a collective or barrier with a process that died."""
-  import jax
-  return isinstance(error, jax.errors.JaxRuntimeError) and jax.process_count() > 1
+  """A runtime error of a multi-process run: a collective or barrier with a process that died
+  (`partitioning.is_peer_failure`, which training loops' cleanup also uses to skip orbax's
+  barriers, so the error reaches here at once)."""
+  from warm_jax.partitioning import is_peer_failure
+  return is_peer_failure(error)
 
 
 def _exit_after_peer_failure(error: BaseException) -> None:

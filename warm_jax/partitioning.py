@@ -95,6 +95,15 @@ def maybe_initialize_distributed(*, enable: bool | None = None,
   return True
 
 
+def is_peer_failure(error: BaseException | None) -> bool:
+  """Whether `error` is what a process of a multi-process run sees when another process of
+  it died: a JaxRuntimeError (a collective's connection reset, a coordination-service barrier
+  or heartbeat failure) while `jax.process_count() > 1`. The CLIs then report it in one line
+  and exit at once (`gin_utils.gin_main`), and training loops' cleanup enters no barrier
+  (`checkpoints.TrainCheckpointer.finish`)."""
+  return isinstance(error, jax.errors.JaxRuntimeError) and jax.process_count() > 1
+
+
 def _resolve_mesh_shape(mesh_shape: Mapping[str, int], num_devices: int) -> dict[str, int]:
   shape = {axis: int(mesh_shape.get(axis, 1)) for axis in MESH_AXES}
   unknown = set(mesh_shape) - set(MESH_AXES)

@@ -65,7 +65,7 @@ from warm_jax.metrics_writer import MetricsWriter, Progress
 from warm_jax.models import LanguageModel, RewardModel, TransformerConfig, ValueModel
 from warm_jax.models.heads import init_inputs
 from warm_jax.optimizers import OptimizerConfig
-from warm_jax.partitioning import Partitioner
+from warm_jax.partitioning import Partitioner, is_peer_failure
 from warm_jax.reward_sources import combine_member_rewards, parse_reward_source
 from warm_jax.sampling import (Sampler, SamplingConfig, check_left_padded, check_positions,
                                close_unfinished, join_prompt_and_response, response_ended,
@@ -244,6 +244,12 @@ class _AnchorCheckpointer:
 
   def close(self) -> None:
     self.manager.close()
+
+  def finish(self, error: BaseException | None = None) -> None:
+    """`TrainCheckpointer.finish`: no wait (orbax barriers) after a peer failure."""
+    if not is_peer_failure(error):
+      self.wait()
+      self.close()
 
 
 def train_policy(*, model_dir: str | None, sft_path: str | None, reward_model: Any,
@@ -445,6 +451,7 @@ def train_policy(*, model_dir: str | None, sft_path: str | None, reward_model: A
   last_eval: dict[str, float] = {}
   t_start = time.time()
   evaluating = eval_dataset is not None and eval_oracle is not None
+  error: BaseException | None = None
   try:
     if evaluating and start == 0:  # step 0: the SFT policy, so every eval curve starts there
       last_eval = evaluate(policy.params)
@@ -492,11 +499,13 @@ def train_policy(*, model_dir: str | None, sft_path: str | None, reward_model: A
           value_ckpt.save(done, value.params, value.opt_state, force=True)
         if anchor_ckpt is not None:
           anchor_ckpt.save(done, anchor)
+  except BaseException as e:
+    error = e  # a dead peer: `finish` enters no barrier that would wait for it
+    raise
   finally:
     for checkpointer in (policy_ckpt, value_ckpt, anchor_ckpt):
       if checkpointer:
-        checkpointer.wait()
-        checkpointer.close()
+        checkpointer.finish(error)
     writer.close()
   if jax.process_index() == 0:
     from warm_jax.gao_fits import rl_eval_fit

@@ -295,6 +295,7 @@ class Trainer:
     stop = _SigtermFlag()
     window: list[dict[str, float]] = []
     t_window, steps_window = None, 0
+    error: BaseException | None = None
     try:
       for step in range(start, cfg.train_steps):
         batch = self.shard_batch(dataset.batch(step, cfg.batch_size))
@@ -344,10 +345,12 @@ class Trainer:
       if start < cfg.train_steps and checkpointer.latest_step() != cfg.train_steps:
         checkpointer.save(cfg.train_steps, state.params, state.opt_state, force=True)
         checkpointer.wait()
+    except BaseException as e:
+      error = e  # a dead peer: `finish` enters no barrier that would wait for it
+      raise
     finally:
       stop.restore()
-      checkpointer.wait()
-      checkpointer.close()
+      checkpointer.finish(error)
       writer.close()
     return state
 

@@ -348,6 +348,7 @@ class VmappedMembersTrainer:
                      for d in self.member_dirs]
     writers: list[MetricsWriter] = []
     stop = None
+    error: BaseException | None = None
     try:
       # -- resume order: (a) the latest step every member has, (b) init_params, (c) fresh ----
       kept = [set(c.all_steps()) for c in checkpointers]
@@ -461,12 +462,14 @@ class VmappedMembersTrainer:
         save(cfg.train_steps, state, force=True)
         for c in checkpointers:
           c.wait()
+    except BaseException as e:
+      error = e  # a dead peer: `finish` enters no barrier that would wait for it
+      raise
     finally:
       if stop is not None:
         stop.restore()
       for c in checkpointers:
-        c.wait()
-        c.close()
+        c.finish(error)
       for w in writers:
         w.close()
     return state
