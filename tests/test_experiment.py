@@ -191,6 +191,13 @@ def test_lazy_stage_arguments_are_resolved_when_the_stage_starts(tmp_path):
     ({"rm_samples_per_post": 1}, "at least one sample per Baklava step"),
     ({"rl_rewards": ("uwo_4",)}, "is not 'best_member'"),
     ({"rl_policy_warmup": -1}, "rl_policy_warmup=-1: must be >= 0"),
+    ({"rl_baseline": "mean"}, "rl_baseline='mean': use 'value'"),
+    ({"rl_baseline": "leave_one_out", "rl_samples_per_prompt": 1, "rl_value_warmup": 0},
+     "needs rl_samples_per_prompt >= 2"),
+    ({"rl_baseline": "leave_one_out", "rl_samples_per_prompt": 4, "rl_value_warmup": 10},
+     "rl_value_warmup=0"),
+    ({"rl_batch": 30, "rl_samples_per_prompt": 4, "rl_value_warmup": 0,
+      "rl_baseline": "leave_one_out"}, "must be a multiple of rl_samples_per_prompt=4"),
 ])
 def test_experiment_scale_refuses_inconsistent_presets(override, message):
   from warm_jax.experiment import ExperimentScale
@@ -235,6 +242,13 @@ def test_ensemble_reward_names_give_coste_specs_with_the_stage_lambda(tmp_path, 
   for stage in plan._policy_stages():
     if stage.name.startswith(("bon", "rl/")):
       assert "--gin.MAX_NEW_TOKENS=44" in stage.argv()
+  # The RL baseline and the responses per prompt reach gin/rl.gin (the default's RLOO).
+  plan.scale = dataclasses.replace(scale, rl_baseline="leave_one_out", rl_samples_per_prompt=4,
+                                   rl_value_warmup=0, rl_batch=32)
+  rl_best = next(stage for stage in plan._policy_stages() if stage.name == "rl/best_member")
+  argv = rl_best.argv()
+  assert "--gin.BASELINE='leave_one_out'" in argv and "--gin.SAMPLES_PER_PROMPT=4" in argv
+  assert "--gin.VALUE_WARMUP_STEPS=0" in argv and "--gin.BATCH_SIZE=32" in argv
 
 
 def _rl_run(oracle, proxy, kl):

@@ -153,6 +153,11 @@ class ExperimentScale:
   rl_kl_coef: float = 0.003
   rl_value_warmup: int = 10
   rl_policy_warmup: int = 0  # policy updates of linear lr warm-up (gin/rl.gin POLICY_WARMUP_STEPS)
+  # the REINFORCE baseline (gin/rl.gin BASELINE): 'value' (the paper's value model) or
+  # 'leave_one_out' (RLOO over rl_samples_per_prompt responses per prompt; no value model, so
+  # rl_value_warmup must be 0); docs/policy.md, "The default's RL schedule"
+  rl_baseline: str = "value"
+  rl_samples_per_prompt: int = 1
   rl_eval_every: int = 10
   rl_eval_prompts: int = 64
   rl_rewards: tuple[str, ...] = ("best_member", "ens_2", "warm_2", "warm_6")
@@ -241,6 +246,17 @@ class ExperimentScale:
     if self.policy_max_new_tokens is not None and self.policy_max_new_tokens <= 0:
       raise ValueError(f"ExperimentScale.policy_max_new_tokens={self.policy_max_new_tokens}: "
                        "None or positive")
+    if self.rl_baseline not in ("value", "leave_one_out", "none"):
+      raise ValueError(f"ExperimentScale.rl_baseline={self.rl_baseline!r}: use 'value', "
+                       "'leave_one_out' or 'none'")
+    if self.rl_baseline == "leave_one_out" and (self.rl_samples_per_prompt < 2 or
+                                                 self.rl_value_warmup):
+      raise ValueError(f"ExperimentScale: rl_baseline='leave_one_out' needs "
+                       f"rl_samples_per_prompt >= 2 (got {self.rl_samples_per_prompt}) and "
+                       f"rl_value_warmup=0 (got {self.rl_value_warmup}: there is no value model)")
+    if self.rl_samples_per_prompt < 1 or self.rl_batch % self.rl_samples_per_prompt:
+      raise ValueError(f"ExperimentScale.rl_batch={self.rl_batch} must be a multiple of "
+                       f"rl_samples_per_prompt={self.rl_samples_per_prompt}")
     if self.rl_policy_warmup < 0:
       raise ValueError(f"ExperimentScale.rl_policy_warmup={self.rl_policy_warmup}: must be >= 0")
     if self.rl_steps and self.rl_eval_every <= 0:
@@ -542,6 +558,7 @@ class ExperimentPlan:
             _gin("LEARNING_RATE", s.rl_learning_rate), _gin("KL_COEF", kl_coef),
             _gin("VALUE_WARMUP_STEPS", s.rl_value_warmup),
             _gin("POLICY_WARMUP_STEPS", s.rl_policy_warmup),
+            _gin("BASELINE", s.rl_baseline), _gin("SAMPLES_PER_PROMPT", s.rl_samples_per_prompt),
             _gin("EVAL_EVERY", s.rl_eval_every), _gin("SAVE_EVERY", s.rl_eval_every),
             _gin("NUM_EVAL_PROMPTS", s.rl_eval_prompts),
             _gin("TrainerConfig.microbatches", s.rl_microbatches)), self.path("rl", run)))
