@@ -21,6 +21,21 @@ Definitions (one rule each, documented in docs/policy.md):
     choice is wrong (AUROC undefined: None);
   * AUROC of disagreement for flagging wrong choices: P(d_wrong > d_right) + P(tie) / 2
     (`auroc`, the Mann-Whitney statistic with mid-ranks); None when one class is empty.
+
+RL's evaluation (`warm_jax.rl`, DISAGREEMENT_MEMBERS in gin/rl.gin) reads the same signal
+along training, on the responses of each eval (one per eval prompt), against fixed scales:
+  * the reference (`eval_reference`) is the step-0 eval, the SFT policy's responses: each
+    member's mean and sd, the RM's (proxy) and the oracle's mean and sd, and the median RM
+    error of those responses. It never moves, so a value at step s is comparable with step 0;
+  * disagreement of a response (`response_disagreement`): the std (ddof 0) over the members
+    of their rewards standardised with the reference's per-member mean and sd;
+  * RM error of a response (`rm_error`): z(proxy) - z(oracle), each standardised with the
+    reference's mean and sd (positive: the RM over-rates the response relative to the oracle);
+  * per eval (`eval_disagreement_stats`): the mean disagreement, Spearman (mid-ranks) of
+    disagreement with the RM error, and the AUROC of disagreement for flagging the responses
+    whose error is strictly above the reference's median error (about half of them at step 0;
+    more as the policy learns to exploit the RM). None where undefined (a constant series, an
+    empty class).
 """
 
 from __future__ import annotations
@@ -133,3 +148,73 @@ def selection_stats(disagreement: np.ndarray, oracle: np.ndarray, choice: np.nda
   return {"mean_disagreement": float(d.mean()), "mean_regret": float(regret.mean()),
           "wrong_rate": float(wrong.mean()), "pearson": pearson(d, regret),
           "spearman": spearman(d, regret), "auroc": auroc(d, wrong)}
+
+
+# -- RL evaluation: disagreement along training, against the step-0 (SFT) scales -----------------
+def _members(name: str, x: Any) -> np.ndarray:
+  x = np.asarray(x, np.float64)
+  if x.ndim != 2 or x.shape[0] < 2:
+    raise ValueError(f"{name} must be [M >= 2, responses], got shape {x.shape}: disagreement "
+                     "needs at least two members")
+  if not np.all(np.isfinite(x)):
+    raise ValueError(f"{name} has non-finite values (NaN/inf)")
+  return x
+
+
+def eval_reference(member_rewards: Any, proxy: Any, oracle: Any,
+                   names: list[str] | None = None) -> dict[str, Any]:
+  """The scales RL's eval disagreement is read against, from the step-0 (SFT) eval responses:
+  member_rewards [M, n], proxy [n] (the RM's raw reward), oracle [n] -> {member_mean [M],
+  member_sd [M], proxy_mean, proxy_sd, oracle_mean, oracle_sd, median_error, num_responses}
+  (plain floats and lists: JSON-ready). Refuses a constant series (nothing to standardise)."""
+  r = _members("member rewards", member_rewards)
+  proxy, oracle = _vector("proxy", proxy), _vector("oracle", oracle)
+  if not len(proxy) == len(oracle) == r.shape[1] or len(proxy) < 2:
+    raise ValueError(f"member rewards {r.shape}, proxy ({len(proxy)}) and oracle "
+                     f"({len(oracle)}) must cover the same >= 2 responses")
+  names = names or [f"member {i}" for i in range(len(r))]
+  sd = r.std(axis=1)
+  flat = [names[i] for i in np.flatnonzero(sd == 0)]
+  flat += [name for name, x in (("the RM (proxy)", proxy), ("the oracle", oracle))
+           if np.std(x) == 0]
+  if flat:
+    raise ValueError(f"{flat} give one reward to every step-0 eval response: their rewards "
+                     "cannot be standardised")
+  ref = {"member_mean": r.mean(axis=1).tolist(), "member_sd": sd.tolist(),
+         "proxy_mean": float(proxy.mean()), "proxy_sd": float(proxy.std()),
+         "oracle_mean": float(oracle.mean()), "oracle_sd": float(oracle.std()),
+         "num_responses": int(len(proxy))}
+  ref["median_error"] = float(np.median(rm_error(proxy, oracle, ref)))
+  return ref
+
+
+def response_disagreement(member_rewards: Any, reference: dict[str, Any]) -> np.ndarray:
+  """[M, n] members' rewards -> [n]: the std (ddof 0) over the members of their rewards, each
+  standardised with its step-0 mean and sd (`eval_reference`)."""
+  r = _members("member rewards", member_rewards)
+  mean = np.asarray(reference["member_mean"], np.float64)[:, None]
+  sd = np.asarray(reference["member_sd"], np.float64)[:, None]
+  if mean.shape[0] != r.shape[0]:
+    raise ValueError(f"{r.shape[0]} members' rewards against a reference of {mean.shape[0]}")
+  return ((r - mean) / sd).std(axis=0)
+
+
+def rm_error(proxy: Any, oracle: Any, reference: dict[str, Any]) -> np.ndarray:
+  """[n] RM error z(proxy) - z(oracle), both standardised with the step-0 means and sds
+  (`eval_reference`): positive where the RM over-rates a response relative to the oracle."""
+  proxy, oracle = _vector("proxy", proxy), _vector("oracle", oracle)
+  return ((proxy - reference["proxy_mean"]) / reference["proxy_sd"] -
+          (oracle - reference["oracle_mean"]) / reference["oracle_sd"])
+
+
+def eval_disagreement_stats(member_rewards: Any, proxy: Any, oracle: Any,
+                            reference: dict[str, Any]) -> dict[str, float | None]:
+  """One RL eval's {disagreement: mean over responses of `response_disagreement`, spearman:
+  Spearman of it with `rm_error`, auroc: AUROC of it for flagging an error strictly above the
+  reference's median error}; spearman / auroc None where undefined."""
+  d = response_disagreement(member_rewards, reference)
+  err = rm_error(proxy, oracle, reference)
+  if len(err) != len(d):
+    raise ValueError(f"{len(d)} members' rewards against {len(err)} proxy / oracle rewards")
+  return {"disagreement": float(d.mean()), "spearman": spearman(d, err),
+          "auroc": auroc(d, err > reference["median_error"])}

@@ -32,7 +32,8 @@ Stages (the embedded default; the scale preset picks sizes and steps):
   bon                      best-of-N from the SFT policy, selected by every member, WARM M and
                            ENS M, judged by the oracle
   rl/<reward>              REINFORCE + value baseline + KL against each reward in
-                           `rl_rewards` (best single member, ENS M, WARM M)
+                           `rl_rewards` (best single member, ENS M, WARM M); each eval
+                           also logs the members' disagreement (`rl_disagreement_members`)
   win_rates                oracle win rates between the RL policies at their best steps
 Then OUTPUT/metrics.json, OUTPUT/report.md and OUTPUT/plots/ (`warm_jax.report`).
 
@@ -499,6 +500,15 @@ class ExperimentPlan:
       return {"uwo": ranked[:int(m)], "lambda": UWO_LAMBDA[stage]}
     return ranked[:int(m)]
 
+  def rl_disagreement_members(self, reward: str) -> list[str] | None:
+    """The members whose disagreement RL logs at each eval (gin/rl.gin DISAGREEMENT_MEMBERS;
+    M more RM passes per eval): WARM M's (and ENS / WCO / UWO M's) own top M members; the
+    best member's are the top 2, the same members that flag warm_2 and ens_2, so the runs of
+    one M are read against one flagger (best-of-N gives the best member max(warm_ms))."""
+    ranked = self.ranked_members()
+    members = ranked[:2] if reward == "best_member" else ranked[:int(reward.split("_")[1])]
+    return members if len(members) >= 2 else None
+
   def rl_runs(self) -> list[tuple[str, str, float]]:
     """(run name, reward name, KL coefficient) of every RL stage."""
     s = self.scale
@@ -554,6 +564,7 @@ class ExperimentPlan:
             *self._policy_common(), _gin("SFT_DIR", self.path("sft")),
             _gin("MODEL_DIR", self.path("rl", run)),
             f"--gin.REWARD_MODEL={self.reward_spec(reward)!r}",
+            f"--gin.DISAGREEMENT_MEMBERS={self.rl_disagreement_members(reward)!r}",
             _gin("TRAIN_STEPS", s.rl_steps), _gin("BATCH_SIZE", s.rl_batch),
             _gin("LEARNING_RATE", s.rl_learning_rate), _gin("KL_COEF", kl_coef),
             _gin("VALUE_WARMUP_STEPS", s.rl_value_warmup),

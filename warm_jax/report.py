@@ -289,6 +289,8 @@ def write_report(output_dir: str, metrics: dict[str, Any]) -> None:
       copied.append(dst)
   if metrics.get("rl"):
     copied += [os.path.basename(p) for p in report_policy.plot_rl(metrics["rl"], plot_dir)]
+    copied += [os.path.basename(p)
+               for p in report_policy.plot_rl_disagreement(metrics["rl"], plot_dir)]
   if metrics.get("win_rates"):
     copied += [os.path.basename(p)
                for p in report_policy.plot_win_rates(metrics["win_rates"], plot_dir)]

@@ -16,7 +16,10 @@ from typing import Any
 RL_CURVE_KEYS = ("rewards/proxy", "rewards/oracle", "rewards/kl_to_sft", "generation/length",
                  "generation/entropy")
 RL_EVAL_KEYS = ("eval/proxy_reward", "eval/oracle_reward", "eval/kl_to_sft", "eval/length",
-                "eval/normalized_reward", "eval/kl_term")  # the last two: None in older runs
+                "eval/normalized_reward", "eval/kl_term",  # these two: None in older runs
+                # member disagreement (rl.DISAGREEMENT_EVAL_KEYS): None in older runs, in runs
+                # without DISAGREEMENT_MEMBERS and in an eval where one is undefined
+                "eval/disagreement", "eval/disagreement_spearman", "eval/disagreement_auroc")
 
 
 def _read_json(path: str) -> Any:
@@ -299,6 +302,7 @@ def tables_md(metrics: dict[str, Any]) -> list[str]:
                      f"{run['final_kl']:.2f} | "
                      f"{'-' if kl_term is None else f'{kl_term:.3f}'} | "
                      f"{_fit_text(run.get('gao_fit'))} |")
+    lines += rl_disagreement_md(rl)
   wins = metrics.get("win_rates")
   if wins:
     lines += ["", f"## Oracle win rates of the RL policies at their best step "
@@ -336,6 +340,35 @@ def disagreement_md(disagreement: dict[str, Any] | None) -> list[str]:
                  " | ".join(fmt(e["auroc"][i]) for i in shown) + " |")
   for name, reason in disagreement.get("skipped", {}).items():
     lines.append(f"| {name} | skipped: {reason} |" + " |" * (2 + len(shown)))
+  return lines
+
+
+def rl_disagreement_md(rl: dict[str, Any]) -> list[str]:
+  """report.md table of RL's member disagreement (eval/disagreement*, runs with
+  DISAGREEMENT_MEMBERS): per run, the mean disagreement of the eval responses, its AUROC for
+  flagging the responses the RM over-rates most and its Spearman with the RM's error, at the
+  first eval (step 0, the SFT policy) and at the final one; nothing when no run logged it."""
+  runs = {name: run for name, run in rl.items()
+          if any(v is not None for v in run["eval"].get("eval/disagreement", []))}
+  if not runs:
+    return []
+  fmt = lambda v, digits=2: "-" if v is None else f"{v:.{digits}f}"
+  lines = ["", "Member disagreement along RL (the std over the members of their rewards of an "
+           "eval response, each member standardised on the step-0 eval responses; the RM's "
+           "error z(proxy) - z(oracle) likewise): mean disagreement, the AUROC of disagreement "
+           "for flagging the responses whose error is above the step-0 median (0.5: no "
+           "signal) and its Spearman with the error, at the first and the final eval ('-': "
+           "not logged or undefined).", "",
+           "| reward model | disagreement first (step) | disagreement final (step) | "
+           "AUROC first | AUROC final | Spearman first | Spearman final |",
+           "|---|---|---|---|---|---|---|"]
+  for name, run in runs.items():
+    ev = run["eval"]
+    d, a = ev["eval/disagreement"], ev.get("eval/disagreement_auroc") or [None] * len(d)
+    rho = ev.get("eval/disagreement_spearman") or [None] * len(d)
+    lines.append(f"| {name} | {fmt(d[0], 3)} ({ev['step'][0]}) | {fmt(d[-1], 3)} "
+                 f"({ev['step'][-1]}) | {fmt(a[0])} | {fmt(a[-1])} | {fmt(rho[0])} | "
+                 f"{fmt(rho[-1])} |")
   return lines
 
 
@@ -377,6 +410,40 @@ def plot_rl(rl: dict[str, Any], plot_dir: str) -> list[str]:
     fig.suptitle("RL: reward hacking shows as the oracle falling while the proxy rises")
     paths.append(save_figure(fig, os.path.join(plot_dir, fname)))
   return paths
+
+
+def plot_rl_disagreement(rl: dict[str, Any], plot_dir: str) -> list[str]:
+  """The members' disagreement of the eval responses (left) and its AUROC for flagging the
+  RM's largest errors (right) vs KL(policy || SFT), one line per RL run that logged it
+  (rl_disagreement_vs_kl.png); nothing when none did."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  from warm_jax.plots import save_figure
+  runs = {name: run["eval"] for name, run in rl.items()
+          if any(v is not None for v in run["eval"].get("eval/disagreement", []))}
+  if not runs:
+    return []
+  fig, (ax_d, ax_a) = plt.subplots(1, 2, figsize=(9, 3.6))
+  for name, ev in runs.items():
+    points = [(kl, d, a) for kl, d, a in zip(
+        ev["eval/kl_to_sft"], ev["eval/disagreement"],
+        ev.get("eval/disagreement_auroc") or [None] * len(ev["eval/disagreement"]))
+        if d is not None]
+    line, = ax_d.plot([p[0] for p in points], [p[1] for p in points], "o-", markersize=3,
+                      label=name)
+    aurocs = [(p[0], p[2]) for p in points if p[2] is not None]
+    ax_a.plot([p[0] for p in aurocs], [p[1] for p in aurocs], "o-", markersize=3,
+              color=line.get_color(), label=name)
+  ax_a.axhline(0.5, color="gray", ls="--", lw=0.8)
+  ax_d.set_title("members' disagreement (step-0 scales)")
+  ax_a.set_title("AUROC: flags the RM's over-rated responses")
+  for ax in (ax_d, ax_a):
+    ax.set_xlabel("KL(policy || SFT)")
+    ax.legend(fontsize=7)
+  fig.suptitle("RL: does the members' disagreement track where the RM is wrong?")
+  os.makedirs(plot_dir, exist_ok=True)
+  return [save_figure(fig, os.path.join(plot_dir, "rl_disagreement_vs_kl.png"))]
 
 
 def plot_win_rates(win_rates: dict[str, Any], plot_dir: str) -> list[str]:

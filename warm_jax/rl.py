@@ -35,7 +35,11 @@ at max_new_tokens closed with EOS (`sampling.close_unfinished`, the rule of best
 rates).
 Logged per step (MODEL_DIR/metrics.jsonl, TensorBoard): `METRIC_KEYS`; `EVAL_KEYS` on
 held-out prompts at step 0 (the SFT policy, before any update: every curve starts there) and
-every eval_every steps. The DONE file holds the last eval and Gao et al.'s RL fit
+every eval_every steps; with DISAGREEMENT_MEMBERS (a list of >= 2 member checkpoints, default
+None: off) also `DISAGREEMENT_EVAL_KEYS`, the members' disagreement on the eval responses as an
+uncertainty signal for the RM's errors (`warm_jax.disagreement`, the scales fixed on the step-0
+eval and written to MODEL_DIR/disagreement_reference.json; M more RM passes per eval, none per
+training step). The DONE file holds the last eval and Gao et al.'s RL fit
 R(d) = d (a - b log d), d = sqrt(KL), of the eval oracle gain over step 0 (`gao_fits`). Checkpoints: MODEL_DIR/checkpoints/<step> (policy; a params
 dir later stages and win rates load), MODEL_DIR/value/, MODEL_DIR/anchor/ (ema only). A rerun
 resumes from the latest checkpoint: the prompts and sampling keys of step s depend only on s.
@@ -59,6 +63,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from warm_jax import checkpoints as ckpt_lib
+from warm_jax import disagreement as dis
 from warm_jax import policy_objective as po
 from warm_jax.data.batching import ArrayDataset
 from warm_jax.metrics_writer import MetricsWriter, Progress
@@ -92,6 +97,13 @@ VALUE_METRIC_KEYS = ("value/loss", "value/grad_norm", "value/explained_variance"
 # of eval/normalized_reward, the RM reward standardised as in training).
 EVAL_KEYS = ("eval/proxy_reward", "eval/oracle_reward", "eval/kl_to_sft", "eval/length",
              "eval/normalized_reward", "eval/kl_term", "eval/eos_rate", "eval/num_prompts")
+# Beside EVAL_KEYS when DISAGREEMENT_MEMBERS is set (`warm_jax.disagreement`, against the step-0
+# eval's scales): the mean over eval responses of the members' disagreement, its Spearman with
+# the RM's error z(proxy) - z(oracle), and its AUROC for flagging an error above the step-0
+# median; the last two are left out of an eval where they are undefined.
+DISAGREEMENT_EVAL_KEYS = ("eval/disagreement", "eval/disagreement_spearman",
+                          "eval/disagreement_auroc")
+DISAGREEMENT_REFERENCE_FILE = "disagreement_reference.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,14 +197,9 @@ def _score_rollout(policy, ref, sft, value, reward_trees, reward_shift, reward_s
     log_probs, entropy = log_probs_of(policy)
     ref_log_probs = log_probs_of(ref)[0]
     sft_log_probs = ref_log_probs if sft is None else log_probs_of(sft)[0]
-    closed_tokens, closed_mask = close_unfinished(response_tokens, response_mask, eos_id)
-    rm_tokens, rm_mask = join_prompt_and_response(prompt_tokens, prompt_mask, closed_tokens,
-                                                  closed_mask)
-    rm_response = jnp.concatenate([jnp.zeros_like(prompt_mask), closed_mask],
-                                  1).astype(jnp.int32)
     rewards = combine_member_rewards(
-        jnp.stack([rm.apply({"params": t}, rm_tokens, rm_mask, rm_response)
-                   for t in reward_trees]), reward_combine[0], reward_combine[1])
+        _rm_rewards(rm, reward_trees, prompt_tokens, prompt_mask, response_tokens,
+                    response_mask, eos_id), reward_combine[0], reward_combine[1])
     values = (jnp.zeros(tokens.shape, jnp.float32) if value is None else
               po.state_values(vm.apply({"params": value}, tokens, mask)))
     adv = compute_advantages(log_probs=log_probs, ref_log_probs=ref_log_probs,
@@ -215,6 +222,39 @@ def _score_rollout(policy, ref, sft, value, reward_trees, reward_shift, reward_s
   value_batch = {"tokens": tokens, "mask": mask, "response_mask": rmask,
                  "returns": adv["returns"]}
   return policy_batch, value_batch, rows
+
+
+def _rm_rewards(rm, trees, prompt_tokens, prompt_mask, response_tokens, response_mask, eos_id):
+  """[len(trees), batch] rewards of each RM tree of prompt + response, the response closed by
+  `sampling.close_unfinished` (the rule of best-of-N and win rates). Traced inside a jitted
+  program (the RL reward in `_score_rollout`, the disagreement members in `_member_rewards`)."""
+  closed_tokens, closed_mask = close_unfinished(response_tokens, response_mask, eos_id)
+  rm_tokens, rm_mask = join_prompt_and_response(prompt_tokens, prompt_mask, closed_tokens,
+                                                closed_mask)
+  rm_response = jnp.concatenate([jnp.zeros_like(prompt_mask), closed_mask], 1).astype(jnp.int32)
+  return jnp.stack([rm.apply({"params": t}, rm_tokens, rm_mask, rm_response) for t in trees])
+
+
+def _member_rewards(member_trees, prompt_tokens, prompt_mask, response_tokens, response_mask,
+                    *, rm, partitioner, eos_id=None):
+  """[batch, M] rewards of the disagreement members (the RL reward's scoring code,
+  `_rm_rewards`): M RM passes, at eval only."""
+  with partitioner.activation_rules():
+    return _rm_rewards(rm, member_trees, prompt_tokens, prompt_mask, response_tokens,
+                       response_mask, eos_id).T
+
+
+def _check_disagreement_members(members: Any) -> list[str] | None:
+  """DISAGREEMENT_MEMBERS: None (off) or a list of >= 2 distinct checkpoint paths."""
+  if members is None:
+    return None
+  if isinstance(members, str) or len(members) < 2 or not all(isinstance(p, str)
+                                                             for p in members):
+    raise ValueError(f"DISAGREEMENT_MEMBERS={members!r}: give None (off) or a list of >= 2 "
+                     "member checkpoint paths (disagreement needs two members)")
+  if len(set(members)) != len(members):
+    raise ValueError(f"DISAGREEMENT_MEMBERS lists a checkpoint twice: {list(members)}")
+  return list(members)
 
 
 def _to_host(tree: Any) -> Any:
@@ -261,8 +301,8 @@ def train_policy(*, model_dir: str | None, sft_path: str | None, reward_model: A
                  eval_dataset: ArrayDataset | None = None, oracle: Any = None,
                  eval_oracle: Any = None, data_dir: str | None = None,
                  prompt_split: str = "train", eval_split: str = "validation",
-                 partitioner: Partitioner | None = None, write_config: bool = True
-                 ) -> dict[str, Any]:
+                 partitioner: Partitioner | None = None, write_config: bool = True,
+                 disagreement_members: Any = None) -> dict[str, Any]:
   """Runs RL into MODEL_DIR (module docstring); returns the last eval metrics.
 
   Args:
@@ -274,12 +314,16 @@ def train_policy(*, model_dir: str | None, sft_path: str | None, reward_model: A
       DATA_DIR's prompts.<prompt_split> / .<eval_split> (`oracle.GoldOracle`).
     trainer_config: train_steps, batch_size (responses per step), seed, log_every, save_every,
       keep_checkpoints (None keeps every checkpoint along the run), microbatches.
+    disagreement_members: None (off) or [>= 2 RM checkpoint paths] (reward_model_config):
+      each eval's responses are also scored by each of them and `DISAGREEMENT_EVAL_KEYS`
+      logged (module docstring; docs/policy.md). The experiment passes WARM M's own members.
   """
   from warm_jax.oracle import GoldOracle
   for name, value in (("MODEL_DIR", model_dir), ("SFT_DIR", sft_path)):
     if not value:
       raise ValueError(f"{name} is not set: pass --gin.{name}=\"'/path'\"")
   cfg, k, batch = trainer_config, rl.samples_per_prompt, trainer_config.batch_size
+  disagreement_members = _check_disagreement_members(disagreement_members)
   if batch % k:
     raise ValueError(f"BATCH_SIZE={batch} responses is not a multiple of samples_per_prompt="
                      f"{k}")
@@ -330,6 +374,9 @@ def train_policy(*, model_dir: str | None, sft_path: str | None, reward_model: A
       out_shardings=({key: rows2 for key in po.PolicyGradientObjective.batch_features},
                      {key: rows2 for key in po.ValueRegressionObjective.batch_features},
                      partitioner.batch_sharding(1)))
+  member_score = jax.jit(functools.partial(
+      _member_rewards, rm=RewardModel(reward_model_config or model_config),
+      partitioner=partitioner, eos_id=sampling.eos_id), out_shardings=rows2)
   ema = jax.jit(lambda anchor, policy: jax.tree_util.tree_map(
       lambda a, p: (1 - rl.anchor_ema_rate) * a + rl.anchor_ema_rate * p, anchor, policy),
       donate_argnums=(0,))
@@ -379,12 +426,17 @@ def train_policy(*, model_dir: str | None, sft_path: str | None, reward_model: A
   reward_module = RewardModel(reward_model_config or model_config)
   rm_shardings = partitioner.param_shardings(jax.eval_shape(lambda: reward_module.init(
       jax.random.key(0), *init_inputs(reward_module)))["params"])
-  reward_trees = [jax.tree_util.tree_map(lambda x, s: jax.device_put(np.asarray(x), s), t,
-                                         rm_shardings) for t in source.load()]
+  place_rm = lambda t: jax.tree_util.tree_map(lambda x, s: jax.device_put(np.asarray(x), s), t,
+                                              rm_shardings)
+  reward_trees = [place_rm(t) for t in source.load()]
+  # Read once: scored at every eval when set (M RM passes per eval batch, none in training).
+  member_trees = [place_rm(ckpt_lib.load_params(p)) for p in disagreement_members or []]
 
-  def rollout(params, prompts: dict[str, np.ndarray], judge: Any, seed: int, row_offset: int):
+  def rollout(params, prompts: dict[str, np.ndarray], judge: Any, seed: int, row_offset: int,
+              with_members: bool = False):
     """Samples and scores one GLOBAL batch of prompts (the same host arrays on every process;
-    each process feeds its slice); the host stats cover the whole batch."""
+    each process feeds its slice); the host stats cover the whole batch. with_members: also
+    the disagreement members' rewards of the responses (host 'members' [batch, M])."""
     check_left_padded(prompts["prompt_mask"])
     local = slice(jax.process_index() * batch // jax.process_count(),
                   (jax.process_index() + 1) * batch // jax.process_count())
@@ -400,6 +452,9 @@ def train_policy(*, model_dir: str | None, sft_path: str | None, reward_model: A
                                     None if value is None else value.params, reward_trees,
                                     *calibration, rows["t"], rows["m"], out["tokens"],
                                     out["mask"])
+      if with_members and member_trees:
+        stats = {**stats, "members": member_score(member_trees, rows["t"], rows["m"],
+                                                  out["tokens"], out["mask"])}
     host = _to_host({"tokens": out["tokens"], "mask": out["mask"], **stats})
     host["ended"] = response_ended(host["tokens"], host["mask"], sampling.eos_id)
     host["oracle"] = judge.score(
@@ -409,7 +464,8 @@ def train_policy(*, model_dir: str | None, sft_path: str | None, reward_model: A
     host["seconds"] = time.perf_counter() - t0
     return pbatch, vbatch, host
 
-  def evaluate(params) -> dict[str, float]:
+  def eval_rollouts(params) -> dict[str, np.ndarray]:
+    """Per-response eval statistics of `params` on the eval prompts (fixed sampling keys)."""
     data = eval_dataset.features
     n = len(data["prompt_tokens"]) if rl.num_eval_prompts is None else min(
         rl.num_eval_prompts, len(data["prompt_tokens"]))
@@ -417,18 +473,47 @@ def train_policy(*, model_dir: str | None, sft_path: str | None, reward_model: A
     for lo in range(0, n, batch):
       idx = np.arange(lo, lo + batch) % n  # the last chunk wraps; extra rows dropped below
       _, _, host = rollout(params, {key: v[idx] for key, v in data.items()}, eval_oracle,
-                           cfg.seed + 1, lo)
+                           cfg.seed + 1, lo, with_members=True)
       stats.append({key: np.asarray(v)[:min(batch, n - lo)] for key, v in host.items()
                     if key in ("proxy", "oracle", "kl_to_sft", "length", "normalized_reward",
-                               "ended")})
-    cat = {key: np.concatenate([s[key] for s in stats]) for key in stats[0]}
+                               "ended", "members")})
+    return {key: np.concatenate([s[key] for s in stats]) for key in stats[0]}
+
+  def evaluate(cat: dict[str, np.ndarray]) -> dict[str, float]:
     kl = float(cat["kl_to_sft"].mean())
-    return {"eval/proxy_reward": float(cat["proxy"].mean()),
-            "eval/oracle_reward": float(cat["oracle"].mean()),
-            "eval/kl_to_sft": kl, "eval/length": float(cat["length"].mean()),
-            "eval/normalized_reward": float(cat["normalized_reward"].mean()),
-            "eval/kl_term": rl.kl_coef * kl, "eval/eos_rate": float(cat["ended"].mean()),
-            "eval/num_prompts": n}
+    out = {"eval/proxy_reward": float(cat["proxy"].mean()),
+           "eval/oracle_reward": float(cat["oracle"].mean()),
+           "eval/kl_to_sft": kl, "eval/length": float(cat["length"].mean()),
+           "eval/normalized_reward": float(cat["normalized_reward"].mean()),
+           "eval/kl_term": rl.kl_coef * kl, "eval/eos_rate": float(cat["ended"].mean()),
+           "eval/num_prompts": len(cat["proxy"])}
+    if dis_reference is not None:
+      got = dis.eval_disagreement_stats(cat["members"].T, cat["proxy"], cat["oracle"],
+                                        dis_reference)
+      for key, name in zip(DISAGREEMENT_EVAL_KEYS, ("disagreement", "spearman", "auroc")):
+        if got[name] is not None:  # undefined: left out of this eval
+          out[key] = got[name]
+    return out
+
+  def set_dis_reference(cat: dict[str, np.ndarray]) -> None:
+    """The step-0 (SFT) eval's scales the disagreement is read against all along the run
+    (`disagreement.eval_reference`); a constant series turns the disagreement off (logged)."""
+    nonlocal dis_reference
+    try:
+      dis_reference = dis.eval_reference(cat["members"].T, cat["proxy"], cat["oracle"],
+                                         disagreement_members)
+    except ValueError as e:
+      logging.warning("member disagreement off for this run: %s", e)
+      return
+    logging.info("member disagreement along RL: %d members, scales of the %d step-0 eval "
+                 "responses (%s)", len(member_trees), len(cat["proxy"]),
+                 DISAGREEMENT_REFERENCE_FILE)
+    if jax.process_index() == 0:
+      ckpt_lib.atomic_write_text(os.path.join(model_dir, DISAGREEMENT_REFERENCE_FILE),
+                                 json.dumps({"members": disagreement_members,
+                                             **dis_reference}) + "\n")
+
+  dis_reference: dict[str, Any] | None = None
 
   # -- reward calibration on SFT samples (before any update; recomputed identically on resume) --
   calibration = (jnp.zeros((), jnp.float32), jnp.ones((), jnp.float32))
@@ -451,11 +536,19 @@ def train_policy(*, model_dir: str | None, sft_path: str | None, reward_model: A
   last_eval: dict[str, float] = {}
   t_start = time.time()
   evaluating = eval_dataset is not None and eval_oracle is not None
+  if member_trees and not evaluating:
+    logging.warning("DISAGREEMENT_MEMBERS is set but there are no eval prompts / eval oracle: "
+                    "the member disagreement is computed at evals only, so not in this run")
   error: BaseException | None = None
   try:
     if evaluating and start == 0:  # step 0: the SFT policy, so every eval curve starts there
-      last_eval = evaluate(policy.params)
+      cat = eval_rollouts(policy.params)
+      if member_trees:
+        set_dis_reference(cat)
+      last_eval = evaluate(cat)
       writer.write(0, last_eval)
+    elif evaluating and member_trees:  # resumed: the same step-0 responses again (same keys)
+      set_dis_reference(eval_rollouts(sft))
     for step in range(start, cfg.train_steps):
       prompts = dataset.batch(step, batch // k, process_index=0, process_count=1)  # global
       prompts = {key: np.repeat(v, k, axis=0) for key, v in prompts.items()}
@@ -487,7 +580,7 @@ def train_policy(*, model_dir: str | None, sft_path: str | None, reward_model: A
         window = []
       if evaluating and (done == cfg.train_steps or (rl.eval_every and
                                                      done % rl.eval_every == 0)):
-        last_eval = evaluate(policy.params)
+        last_eval = evaluate(eval_rollouts(policy.params))
         scalars.update(last_eval)
       if scalars:
         writer.write(done, scalars)
