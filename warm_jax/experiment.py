@@ -31,8 +31,8 @@ Stages (the embedded default; the scale preset picks sizes and steps):
                            averaged into one plain orbax checkpoint (`warm_jax.average`)
   bon                      best-of-N from the SFT policy, selected by every member, WARM M and
                            ENS M, judged by the oracle
-  rl/<reward>              REINFORCE + value baseline + KL against each reward in
-                           `rl_rewards` (best single member, ENS M, WARM M); each eval
+  rl/<reward>              REINFORCE (the default: leave-one-out baseline) + KL against each
+                           reward in `rl_rewards` (best single member, ENS M, WARM M); each eval
                            also logs the members' disagreement (`rl_disagreement_members`)
   win_rates                oracle win rates between the RL policies at their best steps
 Then OUTPUT/metrics.json, OUTPUT/report.md and OUTPUT/plots/ (`warm_jax.report`).
