@@ -145,7 +145,7 @@ def gin_main(argv: Sequence[str] | None, *, entry: str, doc: str, example: str) 
   """
   from warm_jax import configurables
   from warm_jax.checkpoints import CheckpointError
-  from warm_jax.partitioning import maybe_initialize_distributed
+  from warm_jax.partitioning import is_peer_failure, maybe_initialize_distributed
   from warm_jax.trainer import NonFiniteError, Preempted
 
   argv = list(sys.argv[1:] if argv is None else argv)
@@ -184,7 +184,7 @@ def gin_main(argv: Sequence[str] | None, *, entry: str, doc: str, example: str) 
     print(f"preempted: {e}", file=sys.stderr)
     return PREEMPTED_EXIT_CODE
   except Exception as e:  # pylint: disable=broad-except
-    if _is_peer_failure(e):
+    if is_peer_failure(e):  # another process died: one line, exit at once
       _exit_after_peer_failure(e)
     if not isinstance(e, (ValueError, CheckpointError, NonFiniteError, OSError)):
       raise  # a bug: keep the traceback
@@ -202,14 +202,6 @@ def error_message(error: BaseException) -> str:
     message += (" (a file system error: check that the path exists, is writable and has free "
                 "space; a rerun resumes from the last complete checkpoint)")
   return message
-
-
-def _is_peer_failure(error: BaseException) -> bool:
-  """A runtime error of a multi-process run: a collective or barrier with a process that died
-  (`partitioning.is_peer_failure`, which training loops' cleanup also uses to skip orbax's
-  barriers, so the error reaches here at once)."""
-  from warm_jax.partitioning import is_peer_failure
-  return is_peer_failure(error)
 
 
 def _exit_after_peer_failure(error: BaseException) -> None:

@@ -343,13 +343,19 @@ def disagreement_md(disagreement: dict[str, Any] | None) -> list[str]:
   return lines
 
 
+def _runs_with_disagreement(rl: dict[str, Any]) -> dict[str, dict[str, Any]]:
+  """{run: its eval curves} of the RL runs that logged eval/disagreement (DISAGREEMENT_MEMBERS
+  set; older runs and runs without it have only None there)."""
+  return {name: run["eval"] for name, run in rl.items()
+          if any(v is not None for v in run["eval"].get("eval/disagreement", []))}
+
+
 def rl_disagreement_md(rl: dict[str, Any]) -> list[str]:
   """report.md table of RL's member disagreement (eval/disagreement*, runs with
   DISAGREEMENT_MEMBERS): per run, the mean disagreement of the eval responses, its AUROC for
   flagging the responses the RM over-rates most and its Spearman with the RM's error, at the
   first eval (step 0, the SFT policy) and at the final one; nothing when no run logged it."""
-  runs = {name: run for name, run in rl.items()
-          if any(v is not None for v in run["eval"].get("eval/disagreement", []))}
+  runs = _runs_with_disagreement(rl)
   if not runs:
     return []
   fmt = lambda v, digits=2: "-" if v is None else f"{v:.{digits}f}"
@@ -362,8 +368,7 @@ def rl_disagreement_md(rl: dict[str, Any]) -> list[str]:
            "| reward model | disagreement first (step) | disagreement final (step) | "
            "AUROC first | AUROC final | Spearman first | Spearman final |",
            "|---|---|---|---|---|---|---|"]
-  for name, run in runs.items():
-    ev = run["eval"]
+  for name, ev in runs.items():
     d, a = ev["eval/disagreement"], ev.get("eval/disagreement_auroc") or [None] * len(d)
     rho = ev.get("eval/disagreement_spearman") or [None] * len(d)
     lines.append(f"| {name} | {fmt(d[0], 3)} ({ev['step'][0]}) | {fmt(d[-1], 3)} "
@@ -420,8 +425,7 @@ def plot_rl_disagreement(rl: dict[str, Any], plot_dir: str) -> list[str]:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   from warm_jax.plots import save_figure
-  runs = {name: run["eval"] for name, run in rl.items()
-          if any(v is not None for v in run["eval"].get("eval/disagreement", []))}
+  runs = _runs_with_disagreement(rl)
   if not runs:
     return []
   fig, (ax_d, ax_a) = plt.subplots(1, 2, figsize=(9, 3.6))
@@ -442,7 +446,6 @@ def plot_rl_disagreement(rl: dict[str, Any], plot_dir: str) -> list[str]:
     ax.set_xlabel("KL(policy || SFT)")
     ax.legend(fontsize=7)
   fig.suptitle("RL: does the members' disagreement track where the RM is wrong?")
-  os.makedirs(plot_dir, exist_ok=True)
   return [save_figure(fig, os.path.join(plot_dir, "rl_disagreement_vs_kl.png"))]
 
 
