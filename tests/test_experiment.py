@@ -68,9 +68,13 @@ def test_tiny_experiment_writes_the_documented_schema(tiny_run):
     assert run["best_step"] in (0, 2, 4) and "gao_fit" in run
     assert len(run["train"]["step"]) == 4
   # win rates: every ordered pair, complementary, rates inside their intervals
+  # (each RL run at its best and at its final step)
   wins = metrics["win_rates"]["win_rates"]
-  assert set(wins) == {f"{a}_vs_{b}" for a in ("best_member", "warm_2", "sft")
-                       for b in ("best_member", "warm_2", "sft") if a != b}
+  policies = ("best_member", "warm_2", "best_member_final", "warm_2_final", "sft")
+  assert set(wins) == {f"{a}_vs_{b}" for a in policies for b in policies if a != b}
+  assert metrics["win_rates"]["policies"]["warm_2_final"].endswith(os.path.join("rl", "warm_2"))
+  fall = {f["id"]: f for f in metrics["findings"]}["rl/single_fall_after_peak"]
+  assert fall["effect"] == pytest.approx(wins["best_member_vs_best_member_final"]["rate"] - 0.5)
   for key, rate in wins.items():
     assert 0.0 <= rate["low"] <= rate["rate"] <= rate["high"] <= 1.0
     a, b = key.split("_vs_")
@@ -306,6 +310,23 @@ def test_policy_findings_follow_their_rules_on_hand_made_numbers():
   assert effects["rl/warm_2_peak_vs_single"] == pytest.approx(1.0 - 2.0)
   assert effects["rl/single_final_vs_first"] == pytest.approx(0.5 - 1.0)
   assert effects["bon/warm_2_vs_best"] == pytest.approx(0.5)
+  # the fall after the peak, from the win rate of each run's best step over its final step on
+  # held-out prompts; absent when the stage did not compare them
+  assert "rl/single_fall_after_peak" not in effects
+  metrics["win_rates"]["win_rates"].update({
+      "best_member_vs_best_member_final": rate(0.62, 0.55, 0.69),
+      "warm_2_vs_warm_2_final": rate(0.51, 0.45, 0.57)})
+  by_id = {f["id"]: f for f in policy_findings(metrics)}
+  fall = by_id["rl/single_fall_after_peak"]
+  assert (fall["effect"], fall["low"], fall["high"]) == pytest.approx((0.12, 0.05, 0.19))
+  assert fall["verdict"] == "reproduced"
+  assert by_id["rl/warm_2_falls_less"]["effect"] == pytest.approx(0.62 - 0.51)
+  # a run still at its peak at the end ties itself: no fall, said so
+  metrics["rl"]["best_member"] = _rl_run([1.0, 2.0, 2.5], [0.0, 1.0, 3.0], [0.0, 1.0, 4.0])
+  metrics["win_rates"]["win_rates"]["best_member_vs_best_member_final"] = rate(0.5, 0.5, 0.5)
+  fall = {f["id"]: f for f in policy_findings(metrics)}["rl/single_fall_after_peak"]
+  assert fall["effect"] == 0.0 and fall["verdict"].startswith("not observed")
+  metrics["rl"]["best_member"] = _rl_run([1.0, 2.0, 0.5], [0.0, 1.0, 3.0], [0.0, 1.0, 4.0])
   # with paired per-prompt differences (stored once per pair, either order) the verdict is
   # the paired interval's
   metrics["bon"]["paired_differences_at_n_max"] = {

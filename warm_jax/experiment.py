@@ -575,8 +575,13 @@ class ExperimentPlan:
             _gin("TrainerConfig.microbatches", s.rl_microbatches)), self.path("rl", run)))
       if s.rl_rewards and s.win_rate_prompts:
         def win_argv():
-          from warm_jax.win_rates import best_checkpoint
-          policies = {run: best_checkpoint(self.path("rl", run)) for run in self.rl_run_names()}
+          from warm_jax.win_rates import FINAL_SUFFIX, best_checkpoint
+          runs = self.rl_run_names()
+          policies = {run: best_checkpoint(self.path("rl", run)) for run in runs}
+          # each run at its final step too (its latest checkpoint): best vs final on these
+          # held-out prompts measures the fall after the peak without the bias of picking
+          # the peak on the eval prompts
+          policies.update({f"{run}{FINAL_SUFFIX}": self.path("rl", run) for run in runs})
           policies["sft"] = self.path("sft")
           return _py("warm_jax.train", *self._model(),
                      "--gin_file=gin/win_rates.gin", *self._policy_common(),

@@ -13,6 +13,8 @@ import json
 import os
 from typing import Any
 
+from warm_jax.win_rates import FINAL_SUFFIX
+
 RL_CURVE_KEYS = ("rewards/proxy", "rewards/oracle", "rewards/kl_to_sft", "generation/length",
                  "generation/entropy")
 RL_EVAL_KEYS = ("eval/proxy_reward", "eval/oracle_reward", "eval/kl_to_sft", "eval/length",
@@ -212,6 +214,18 @@ def policy_findings(metrics: dict[str, Any]) -> list[dict[str, Any]]:
                    f"{single['final_proxy']:.3f}",
         "verdict": ("observed" if fell > 0 and proxy_rose else "not observed") +
                    " in this run"})
+    single_fall = _fall_after_peak(wins, "best_member", suffix, single)
+    if single_fall:
+      rate = single_fall["rate"]
+      out.append({
+          "id": f"rl{suffix}/single_fall_after_peak", "kind": "positive", "unit": "points",
+          "effect": rate["rate"] - 0.5, "low": rate["low"] - 0.5, "high": rate["high"] - 0.5,
+          "finding": f"RL with a single RM{alpha}: the policy falls after its peak (its best "
+                     "step beats its final step on held-out prompts, fig. 8)",
+          "rule": "oracle win rate of the best step over the final step > 0.5 with the 95% "
+                  "interval above 0.5, on prompts that played no part in picking the best step",
+          "numbers": single_fall["numbers"],
+          "verdict": single_fall["verdict"]})
     for name in sorted(n for n in group if n.startswith("warm_") and "best_oracle" in group[n]):
       w = group[name]
       label = name.replace("_", " M=").upper()
@@ -240,6 +254,18 @@ def policy_findings(metrics: dict[str, Any]) -> list[dict[str, Any]]:
                      f"{single.get('kl_at_best', float('nan')):.2f})",
           "verdict": ("reproduced" if w["best_oracle"] > single["best_oracle"] else
                       "not reproduced") + " in this run"})
+      warm_fall = _fall_after_peak(wins, name, suffix, w)
+      if single_fall and warm_fall:
+        out.append({
+            "id": f"rl{suffix}/warm_{m}_falls_less", "kind": "positive", "unit": "points",
+            "effect": single_fall["rate"]["rate"] - warm_fall["rate"]["rate"],
+            "finding": f"RL{alpha}: {label} falls less after its peak than the single RM (held-out "
+                       "prompts, fig. 8)",
+            "rule": "win rate of best over final step: the single RM's minus WARM's (above 0: "
+                    "WARM fell less; across seeds: that difference)",
+            "numbers": f"single RM: {single_fall['numbers']}; {label}: {warm_fall['numbers']}",
+            "verdict": ("reproduced" if single_fall["rate"]["rate"] > warm_fall["rate"]["rate"]
+                        else "not reproduced") + " in this run"})
       rate = wins.get(f"{name}{suffix}_vs_best_member{suffix}")
       if rate:
         # A best step with KL 0 is the SFT policy itself (no update yet): then the win rate
@@ -263,6 +289,24 @@ def policy_findings(metrics: dict[str, Any]) -> list[dict[str, Any]]:
             "verdict": (f"not informative ({' and '.join(unchanged)} at its best step is the "
                         "SFT policy)") if unchanged else _interval_verdict(rate)})
   return out
+
+
+def _fall_after_peak(wins: dict[str, Any], reward: str, suffix: str,
+                     run: dict[str, Any]) -> dict[str, Any] | None:
+  """The win rate of an RL run at its best step over itself at its final step (win_rates keys
+  '<run>_vs_<run>_final'), with its numbers and verdict; None when the stage did not compare
+  them (an older run). A run whose best step is its final step ties itself on every prompt."""
+  name = f"{reward}{suffix}"
+  rate = wins.get(f"{name}_vs_{name}{FINAL_SUFFIX}")
+  if not rate:
+    return None
+  steps = f"best step {run['best_step']} vs final step {run['eval']['step'][-1]}"
+  if run["best_step"] == run["eval"]["step"][-1]:
+    return {"rate": rate, "numbers": f"win rate {rate['rate']:.3f}; {steps}",
+            "verdict": "not observed (its best step is its final step)"}
+  return {"rate": rate, "verdict": _interval_verdict(rate),
+          "numbers": f"win rate {rate['rate']:.3f} [{rate['low']:.3f}, {rate['high']:.3f}] over "
+                     f"{rate['n']} samples; {steps}"}
 
 
 # -- tables -------------------------------------------------------------------------------------
@@ -310,7 +354,11 @@ def tables_md(metrics: dict[str, Any]) -> list[str]:
               "| A vs B | win rate of A |", "|---|---|"]
     for key, rate in wins["win_rates"].items():
       a, b = key.split("_vs_")
-      if a < b or "sft" in (a, b):
+      if a.endswith(FINAL_SUFFIX) or b.endswith(FINAL_SUFFIX):
+        if b == f"{a}{FINAL_SUFFIX}":  # a run's best step vs its final step, only
+          lines.append(f"| {a} (best step) vs {a} (final step) | {rate['rate']:.3f} "
+                       f"[{rate['low']:.3f}, {rate['high']:.3f}] |")
+      elif a < b or "sft" in (a, b):
         lines.append(f"| {a} vs {b} | {rate['rate']:.3f} [{rate['low']:.3f}, "
                      f"{rate['high']:.3f}] |")
   return lines
@@ -455,7 +503,8 @@ def plot_win_rates(win_rates: dict[str, Any], plot_dir: str) -> list[str]:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   rates = {k: v for k, v in win_rates["win_rates"].items()
-           if not k.startswith("sft_vs_") and not k.startswith("best_member_vs_")}
+           if not k.startswith("sft_vs_") and not k.startswith("best_member_vs_")
+           and FINAL_SUFFIX not in k}
   if not rates:
     return []
   os.makedirs(plot_dir, exist_ok=True)

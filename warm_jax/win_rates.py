@@ -11,7 +11,11 @@ when several samples share one, via `groups`) or the Wilson score interval with 
 half a success. A strategy against itself has win rate exactly 0.5 (every prompt ties).
 
 `policy_win_rates` is the stage (gin/win_rates.gin) that compares saved policies, e.g. RL
-checkpoints at their best steps (`best_checkpoint`), and writes win_rates.json.
+checkpoints at their best steps (`best_checkpoint`), and writes win_rates.json. The experiment
+also gives every RL run at its final step (`<run>_final`): the win rate of a run's best step
+over its final step on these prompts, which played no part in picking the best step, measures
+how far the policy fell after its peak (reward hacking) without the selection bias of the peak
+itself.
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ from typing import Any
 import numpy as np
 
 CI_METHODS = ("bootstrap", "wilson")
+# The name of an RL run's policy at its final step beside the run's name at its best step
+# (the experiment compares both on held-out prompts: the fall after the peak, unbiased).
+FINAL_SUFFIX = "_final"
 # Scores closer than this are a tie (the gold reward is a sum of a few decimal terms).
 DEFAULT_TIE_TOLERANCE = 1e-6
 
