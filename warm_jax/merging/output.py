@@ -30,17 +30,23 @@ TMP_INFIX = ".tmp-"
 OLD_INFIX = ".old-"
 
 
-def save_tree(path: str, tree: Any) -> None:
+def save_tree(path: str, tree: Any, *, compress: bool = False) -> None:
   """orbax writes `path` (itself via a tmp dir and a rename); synchronous.
 
   orbax's default NumpyHandler deep-copies every host array before writing (so an async save
   can't see later mutations): one more model in memory. This save is synchronous and the tree
   is never mutated, so the copy is turned off.
+
+  Uncompressed by default (`compress=False`: zarr `compressor: null`, orbax's own
+  `use_compression=False`): float weights barely compress (zstd saved 7.5% of a 110M model)
+  while compressing cost ~1.5 CPU-s/GB to write and decompressing ~1.5 CPU-s/GB at every
+  read. orbax restores it like any other checkpoint (the codec is in each array's metadata).
   """
   registry = ocp.type_handlers.create_type_handler_registry(
       (np.ndarray, ocp.type_handlers.NumpyHandler(deepcopy_host_arrays=False)),
       *[(t, ocp.type_handlers.ScalarHandler()) for t in (int, float, np.number)])
-  checkpointer = ocp.Checkpointer(ocp.PyTreeCheckpointHandler(type_handler_registry=registry))
+  checkpointer = ocp.Checkpointer(ocp.PyTreeCheckpointHandler(type_handler_registry=registry,
+                                                              use_compression=compress))
   checkpointer.save(path, args=ocp.args.PyTreeSave(tree))
   checkpointer.close()
 

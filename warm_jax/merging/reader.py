@@ -15,15 +15,12 @@ the content hash does not depend on how the checkpoint was chunked or sharded.
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import dataclasses
 import functools
 import hashlib
 import json
 import math
 import os
-import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -87,15 +84,6 @@ def row_bands(shape: Sequence[int], dtype: np.dtype, chunk_rows: Sequence[int],
 
 
 @functools.cache
-def _event_loop() -> asyncio.AbstractEventLoop:
-  """A background event loop that opens and reads TensorStores, so that a read issued ahead
-  (opening the leaf included) never blocks the thread that accumulates."""
-  loop = asyncio.new_event_loop()
-  threading.Thread(target=loop.run_forever, name="warm_jax-reader", daemon=True).start()
-  return loop
-
-
-@functools.cache
 def shared_context() -> ts.Context:
   """orbax's TensorStore context (with its OCDBT cache pool), one per process."""
   return ocp.type_handlers.get_ts_context(use_ocdbt=True)
@@ -136,7 +124,7 @@ class CheckpointReader:
     self.leaves_by_path = {leaf.path: leaf for leaf in self.leaves}
     self._format = self._read_format()
     self._context = context or shared_context()
-    self._open: dict[str, ts.TensorStore] = {}
+    self._open: dict[str, ts.Future] = {}
 
   def _leaf_info(self, path: str, meta) -> LeafInfo:
     shape = tuple(int(d) for d in getattr(meta, "shape", ()) or ())
@@ -164,21 +152,30 @@ class CheckpointReader:
   def signature(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     return {leaf.path: (leaf.shape, leaf.dtype) for leaf in self.leaves}
 
-  async def _read(self, leaf: LeafInfo, band: tuple[int, int] | None) -> np.ndarray:
-    store = self._open.get(leaf.name)
-    if store is None:
+  def open(self, leaf: LeafInfo) -> ts.Future:
+    """Starts opening a leaf's TensorStore (once; cached until `release`): a future whose
+    `.result()` is the store. Opening reads the leaf's zarr metadata, so the streaming averager
+    opens the next leaf's stores while it still works on this one."""
+    future = self._open.get(leaf.name)
+    if future is None:
       info = ocp.type_handlers.ParamInfo(
           name=leaf.name, parent_dir=epath.Path(self.path), use_zarr3=self._format["use_zarr3"],
           is_ocdbt_checkpoint=self._format["use_ocdbt"], ts_context=self._context)
       spec = ocp.type_handlers.get_json_tspec_read(info, use_ocdbt=self._format["use_ocdbt"])
-      store = self._open[leaf.name] = await ts.open(spec, open=True, context=self._context)
-    return await (store if band is None else store[band[0]:band[1]]).read()
+      future = self._open[leaf.name] = ts.open(spec, open=True, context=self._context)
+    return future
 
-  def read(self, leaf: LeafInfo, band: tuple[int, int] | None = None
-           ) -> concurrent.futures.Future:
-    """Starts reading a leaf (or rows [start, stop) of it); `.result()` is a numpy array (or
-    raises ValueError from TensorStore)."""
-    return asyncio.run_coroutine_threadsafe(self._read(leaf, band), _event_loop())
+  def read(self, leaf: LeafInfo, band: tuple[int, int] | None = None, *,
+           out: np.ndarray | None = None) -> "ReadFuture":
+    """Starts reading a leaf (or rows [start, stop) of it) in TensorStore's threads;
+    `.result()` is a numpy array (or raises ValueError from TensorStore).
+
+    With `out` (a writable C-contiguous array of the band's shape and the leaf's dtype) the
+    values are decoded straight into it and `.result()` returns it: a caller that reuses its
+    buffers saves the allocation and the page faults of a fresh array per read (about half
+    the CPU of reading an uncompressed checkpoint).
+    """
+    return ReadFuture(self, leaf, band, out)
 
   def read_now(self, leaf: LeafInfo, band: tuple[int, int] | None = None) -> np.ndarray:
     try:
@@ -205,6 +202,29 @@ class CheckpointReader:
     return jax.tree_util.tree_unflatten(self.treedef, [
         value.item() if leaf.python_scalar else value for leaf, value in zip(self.leaves,
                                                                                leaves)])
+
+
+class ReadFuture:
+  """A read in flight: `.result()` waits for it (on TensorStore's futures, no event loop)."""
+
+  def __init__(self, reader: CheckpointReader, leaf: LeafInfo, band: tuple[int, int] | None,
+               out: np.ndarray | None):
+    self.out = out
+    try:
+      store = reader.open(leaf).result()
+      view = store if band is None else store[band[0]:band[1]]
+      if out is None:
+        self._future, self._error = view.read(), None
+      else:
+        self._future, self._error = ts.array(out, copy=False, write=True).write(view), None
+    except ValueError as e:  # opening failed: reported by result(), like a failed read
+      self._future, self._error = None, e
+
+  def result(self) -> np.ndarray:
+    if self._error is not None:
+      raise self._error
+    value = self._future.result()
+    return self.out if self.out is not None else value
 
 
 class ContentHasher:

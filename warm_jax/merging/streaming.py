@@ -9,16 +9,18 @@ so that every refusal comes before anything is written:
      (or --overwrite) and not inside or around an input;
   3. trees, from orbax metadata only: identical leaves, shapes and dtypes; the head present;
   4. the plan (greedy evaluates the members here, one at a time);
-  5. the stream: for each leaf, for each band of rows, for each input -- read (the next read is
-     already decoding in TensorStore's threads), refuse NaN/inf, hash, add c_i * x_i into a
-     float32 accumulator -- then cast to the leaf's dtype into the output tree;
+  5. the stream: for each leaf, for each band of rows, for each input -- read into a reused
+     buffer (the next reads are already decoding in TensorStore's threads), hash (on one of
+     HASH_THREADS threads), add into the accumulator (the output band itself for float32
+     leaves) -- then one finiteness check of the band's sum, which re-reads the inputs to
+     name the one with NaN/inf only when it fails;
   6. no two inputs with the same content; the merged tree carries the head;
   7. orbax writes OUTPUT.tmp-<pid>, manifest.json goes inside, one rename publishes it.
 
-Peak memory: the output tree (one model), plus a few bands (an accumulator, a scratch, 1 +
-read_ahead reads, up to HASH_BACKLOG waiting for the hashing thread), plus orbax's compression
-buffers while it writes. A SIGKILL at any point leaves no directory at OUTPUT (only
-OUTPUT.tmp-<pid>).
+Peak memory: the output tree (one model), plus the buffer pool (read_ahead + 2 + HASH_THREADS
+buffers of the largest band), a float32 accumulator/scratch band where the output cannot be
+the accumulator, plus orbax's write buffers. A SIGKILL at any point leaves no directory at
+OUTPUT (only OUTPUT.tmp-<pid>).
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ import concurrent.futures
 import dataclasses
 import datetime
 import logging
+import math
 import os
+import queue
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -44,9 +48,12 @@ from warm_jax.merging.reader import (DEFAULT_BAND_BYTES, CheckpointReader, Conte
 from warm_jax.merging.registry import MergeConfigError, MergePlan, get_method
 
 ACCUMULATE_DTYPES = {"float32": np.float32, "float64": np.float64}
-DEFAULT_READ_AHEAD = 1
-# Bands waiting for the hashing thread before the main thread waits for it (bounds memory).
-HASH_BACKLOG = 2
+DEFAULT_READ_AHEAD = 2
+# Threads that hash (sha256 releases the GIL; each input's hash is fed by one of them).
+HASH_THREADS = 2
+# Hash jobs queued before the main thread waits for them. Pooled bands are bounded by the
+# pool; this bounds the whole leaves of non-linear methods and the output leaves waiting.
+HASH_BACKLOG = 4
 PROGRESS_EVERY_S = 10.0
 MANIFEST_FORMAT = "warm_jax.average/1"
 
@@ -87,33 +94,79 @@ class _Source:
   label: str
   reader: CheckpointReader
   is_init: bool = False
+  index: int = 0  # position among the sources (which hashing thread feeds its hasher)
   hasher: ContentHasher = dataclasses.field(default_factory=ContentHasher)
 
 
-class _ReadQueue:
-  """Reads issued in consumption order, `depth` of them ahead of the one being used."""
+class _BufferPool:
+  """Reusable byte buffers that band reads decode into (at most `size`, made on demand).
 
-  def __init__(self, tasks, depth: int):
-    self._tasks = iter(tasks)
+  Reading into a fresh array per band costs a page fault per 4 KiB (about as much CPU as
+  copying an uncompressed checkpoint out of the page cache); a handful of buffers reused for
+  every band of every input costs that once. A buffer goes back to the pool when both the
+  main thread (accumulating) and the hashing thread are done with it.
+  """
+
+  def __init__(self, nbytes: int, size: int):
+    self.nbytes, self._size, self._made = nbytes, size, 0
+    self._free: queue.SimpleQueue = queue.SimpleQueue()
+
+  def get(self) -> np.ndarray:
+    try:
+      return self._free.get_nowait()
+    except queue.Empty:
+      pass
+    if self._made < self._size:
+      self._made += 1
+      return np.empty(self.nbytes, np.uint8)
+    return self._free.get()  # a hashing thread gives one back (progress: see _ReadQueue)
+
+  def put(self, buffer: np.ndarray) -> None:
+    self._free.put(buffer)
+
+
+def _band_shape(leaf: LeafInfo, band) -> tuple[int, ...]:
+  return leaf.shape if band is None else (band[1] - band[0], *leaf.shape[1:])
+
+
+class _ReadQueue:
+  """Keeps `depth` reads in flight ahead of the one being consumed, in task order.
+
+  A task is (source, leaf, band, pooled); a pooled read decodes into a buffer of the pool
+  (returned with the values; the consumer gives it back), the others into a fresh array.
+  Stores are opened `open_ahead` tasks ahead, so that opening (a metadata read) never blocks.
+  The pool holds depth + 2 buffers or more, so a read can always be issued once the hashing
+  threads (which never wait on the main thread) have finished a band.
+  """
+
+  def __init__(self, tasks: list, depth: int, pool: _BufferPool | None, open_ahead: int):
+    self._tasks, self._next, self._depth, self._pool = tasks, 0, depth, pool
+    self._open_ahead = open_ahead
     self._pending: collections.deque = collections.deque()
-    self._depth = depth
     self._fill()
 
   def _fill(self):
-    while len(self._pending) <= self._depth:
-      task = next(self._tasks, None)
-      if task is None:
-        return
-      source, leaf, band = task
-      self._pending.append((task, source.reader.read(leaf, band)))
+    while len(self._pending) <= self._depth and self._next < len(self._tasks):
+      source, leaf, band, pooled = task = self._tasks[self._next]
+      ahead = self._next + self._open_ahead
+      if ahead < len(self._tasks):
+        self._tasks[ahead][0].reader.open(self._tasks[ahead][1])
+      self._next += 1
+      buffer = out = None
+      if pooled:
+        buffer = self._pool.get()
+        shape = _band_shape(leaf, band)
+        out = buffer[:math.prod(shape) * leaf.dtype.itemsize].view(leaf.dtype).reshape(shape)
+      self._pending.append((task, buffer, source.reader.read(leaf, band, out=out)))
 
-  def next(self, source: _Source, leaf: LeafInfo, band) -> np.ndarray:
-    task, future = self._pending.popleft()
+  def next(self, source: _Source, leaf: LeafInfo, band) -> tuple[np.ndarray, np.ndarray | None]:
+    """(values, the pool buffer holding them or None)."""
+    task, buffer, future = self._pending.popleft()
     if task[0] is not source or task[1] is not leaf or task[2] != band:
       raise RuntimeError(f"averager read order broken at {leaf.path}; this is a bug")
     self._fill()
     try:
-      return future.result()
+      return future.result(), buffer
     except ValueError as e:
       raise ckpt_lib.CheckpointError(f"cannot read {leaf.path} from checkpoint {source.label}: "
                                      f"{e}; the checkpoint is incomplete or corrupt") from e
@@ -181,55 +234,84 @@ class _Stream:
     self.leaves = members[0].reader.leaves
     self.bytes_read = 0
     self.output_hasher = ContentHasher()
-    # sha256 releases the GIL: hashing on its own thread overlaps with decoding (TensorStore's
-    # threads) and accumulating (this thread). One worker keeps each hash's updates in order.
-    self._hash_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-    self._hash_backlog: collections.deque = collections.deque()
+    # sha256 releases the GIL: hashing runs on HASH_THREADS threads beside decoding
+    # (TensorStore's threads) and accumulating (this thread). Each hasher is fed by one thread
+    # only (source i by thread i % HASH_THREADS), so its updates stay in order.
+    self._hash_pools = [concurrent.futures.ThreadPoolExecutor(max_workers=1)
+                        for _ in range(HASH_THREADS)]
+    self._hash_jobs: collections.deque = collections.deque()
+    self.coefficients = None
     if plan.linear is not None:
       init_coefficient = [plan.linear.init_coefficient] if init else []
       self.coefficients = init_coefficient + list(plan.linear.coefficients)
-    self.bands = {}
+    self.bands, self.pooled = {}, {}
     for leaf in self.leaves:
       whole = plan.leaf_merge is not None or not checks.is_float(leaf.dtype)
       chunk_rows = [s.reader.leaves_by_path[leaf.path].chunk_rows for s in self.sources]
       self.bands[leaf.path] = [None] if whole else row_bands(
           leaf.shape, leaf.dtype, chunk_rows, config.band_bytes)
+      self.pooled[leaf.path] = not whole
+    pooled_bands = [(leaf, band) for leaf in self.leaves if self.pooled[leaf.path]
+                    for band in self.bands[leaf.path]]
+    self._max_band_size = max((math.prod(_band_shape(leaf, band)) for leaf, band in pooled_bands),
+                              default=0)
+    self._pool = _BufferPool(
+        max((math.prod(_band_shape(leaf, band)) * leaf.dtype.itemsize
+             for leaf, band in pooled_bands), default=0),
+        config.read_ahead + 2 + HASH_THREADS)
+    # Reused arrays of the largest band, by (role, dtype): the accumulator when it is not the
+    # output band (bfloat16 leaves, float64 accumulation), the scratch for unequal coefficients.
+    self._work: dict[tuple[str, np.dtype], np.ndarray] = {}
 
-  def _tasks(self):
-    for leaf in self.leaves:
-      for band in self.bands[leaf.path]:
-        for source in self.sources:
-          yield source, source.reader.leaves_by_path[leaf.path], band
+  def _tasks(self) -> list:
+    return [(source, source.reader.leaves_by_path[leaf.path], band, self.pooled[leaf.path])
+            for leaf in self.leaves for band in self.bands[leaf.path] for source in self.sources]
 
-  def _pull(self, source: _Source, leaf: LeafInfo, band) -> np.ndarray:
-    values = self._queue.next(source, source.reader.leaves_by_path[leaf.path], band)
-    checks.check_finite(source.label, leaf.path, values)
-    self._hash(source.hasher, leaf, values, start=band is None or band[0] == 0)
+  def _pull(self, source: _Source, leaf: LeafInfo, band, *, check: bool = True
+            ) -> tuple[np.ndarray, np.ndarray | None]:
+    """The next read (values, pool buffer or None); hashed (the buffer goes back to the pool
+    after that) and, with `check`, refused if not finite."""
+    values, buffer = self._queue.next(source, source.reader.leaves_by_path[leaf.path], band)
+    if check:
+      checks.check_finite(source.label, leaf.path, values)
+    self._hash(source.hasher, self._hash_pools[source.index % HASH_THREADS], leaf, values,
+               start=band is None or band[0] == 0, buffer=buffer)
     self.bytes_read += values.nbytes
-    return values
+    return values, buffer
 
-  def _hash(self, hasher: ContentHasher, leaf: LeafInfo, values: np.ndarray, *, start: bool):
-    """Queues `values` (never modified afterwards) for hashing on the hashing thread."""
+  def _hash(self, hasher: ContentHasher, pool, leaf: LeafInfo, values: np.ndarray, *,
+            start: bool, buffer: np.ndarray | None = None):
+    """Queues `values` (not modified until hashed) for hashing on `pool`'s thread."""
     def work():
-      if start:
-        hasher.start_leaf(leaf)
-      hasher.update(values)
-    self._hash_backlog.append(self._hash_pool.submit(work))
-    while len(self._hash_backlog) > HASH_BACKLOG:
-      self._hash_backlog.popleft().result()
+      try:
+        if start:
+          hasher.start_leaf(leaf)
+        hasher.update(values)
+      finally:
+        if buffer is not None:
+          self._pool.put(buffer)
+    self._hash_jobs.append(pool.submit(work))
+    while self._hash_jobs and self._hash_jobs[0].done():
+      self._hash_jobs.popleft().result()
+    while len(self._hash_jobs) > HASH_BACKLOG:  # bounds the fresh (unpooled) arrays held
+      self._hash_jobs.popleft().result()
 
   def run(self) -> list[Any]:
     try:
       out_leaves = self._run()
-      while self._hash_backlog:
-        self._hash_backlog.popleft().result()
+      while self._hash_jobs:
+        self._hash_jobs.popleft().result()
       return out_leaves
     finally:
-      self._hash_pool.shutdown(wait=True, cancel_futures=True)
+      for pool in self._hash_pools:
+        pool.shutdown(wait=True, cancel_futures=True)
 
   def _run(self) -> list[Any]:
+    for index, source in enumerate(self.sources):
+      source.index = index
     total = sum(leaf.nbytes for leaf in self.leaves) * len(self.sources)
-    self._queue = _ReadQueue(self._tasks(), self.config.read_ahead)
+    self._queue = _ReadQueue(self._tasks(), self.config.read_ahead, self._pool,
+                             open_ahead=2 * len(self.sources))
     out_leaves, t0, last_log = [], time.time(), time.time()
     for index, leaf in enumerate(self.leaves):
       if not checks.is_float(leaf.dtype):
@@ -238,7 +320,8 @@ class _Stream:
         out = self._merge_leaf(leaf)
       else:
         out = self._linear_leaf(leaf)
-      self._hash(self.output_hasher, leaf, out, start=True)
+      self._hash(self.output_hasher, self._hash_pools[len(self.sources) % HASH_THREADS], leaf,
+                 out, start=True)
       for source in self.sources:
         source.reader.release(source.reader.leaves_by_path[leaf.path])
       out_leaves.append(out.item() if leaf.python_scalar else out)
@@ -251,40 +334,84 @@ class _Stream:
                      (total - self.bytes_read) / max(rate, 1.0))
     return out_leaves
 
+  def _work_buffer(self, role: str, dtype, shape) -> np.ndarray:
+    """A reused `role` array of `shape` (allocated once, for the largest band)."""
+    key = (role, np.dtype(dtype))
+    if key not in self._work:
+      self._work[key] = np.empty(self._max_band_size, dtype)
+    return self._work[key][:math.prod(shape)].reshape(shape)
+
   def _linear_leaf(self, leaf: LeafInfo) -> np.ndarray:
+    """sum_i c_i x_i, band by band, accumulated in place.
+
+    The accumulator is the output band itself when the leaf's dtype is the accumulation dtype
+    (float32 leaves by default; else a reused float32/float64 array, cast into the output).
+    When every non-zero coefficient is the same c (uniform, greedy), c sum_i x_i is computed:
+    one add per input instead of a multiply and an add. Finiteness is checked once per band,
+    on the accumulated sum: a NaN or inf in any input with a non-zero coefficient makes the
+    sum non-finite, and only then are the inputs re-read to name the culprit (an input with
+    coefficient 0 is checked on its own).
+    """
     acc_dtype = _accumulate_dtype(leaf, self.config)
-    bands = self.bands[leaf.path]
-    out = None if bands == [None] else np.empty(leaf.shape, leaf.dtype)
-    for band in bands:
-      acc = scratch = None
-      for source, coefficient in zip(self.sources, self.coefficients):
-        values = self._pull(source, leaf, band)
-        if coefficient == 0:
-          continue  # read for its hash and checks only
-        if acc is None:  # (asarray: on 0-d leaves numpy returns a scalar, not an array)
-          acc = np.asarray(np.multiply(values, acc_dtype(coefficient), dtype=acc_dtype))
-        else:
-          scratch = np.empty(acc.shape, acc_dtype) if scratch is None else scratch
-          np.multiply(values, acc_dtype(coefficient), out=scratch, dtype=acc_dtype)
-          np.add(acc, scratch, out=acc)
-        del values
-      result = acc.astype(leaf.dtype, copy=False)
-      if band is None:
-        out = result
-      else:
-        out[band[0]:band[1]] = result
+    nonzero = {c for c in self.coefficients if c != 0}
+    common = nonzero.pop() if len(nonzero) == 1 else None
+    out = np.empty(leaf.shape, leaf.dtype)
+    for band in self.bands[leaf.path]:
+      shape = _band_shape(leaf, band)
+      out_band = out if band is None else out[band[0]:band[1]]
+      acc = out_band if np.dtype(acc_dtype) == leaf.dtype else self._work_buffer(
+          "acc", acc_dtype, shape)
+      # (a NaN/inf input is refused below, by name: no numpy warning on the way)
+      with np.errstate(invalid="ignore", over="ignore"):
+        self._accumulate_band(leaf, band, acc, acc_dtype, common)
+        finite = np.isfinite(np.add.reduce(acc, axis=None))
+      if not finite:
+        self._refuse_non_finite(leaf, band)
+      if acc is not out_band:
+        out_band[...] = acc
     return out
+
+  def _accumulate_band(self, leaf: LeafInfo, band, acc: np.ndarray, acc_dtype,
+                       common: float | None) -> None:
+    """acc = sum_i c_i x_i over the sources' rows of `band` (c sum_i x_i if `common`)."""
+    first = True
+    for source, coefficient in zip(self.sources, self.coefficients):
+      values, _ = self._pull(source, leaf, band, check=coefficient == 0)
+      if coefficient == 0:
+        continue  # read for its hash and checks only
+      if common is not None:
+        if first:
+          np.copyto(acc, values, casting="unsafe")
+        else:
+          np.add(acc, values, out=acc, dtype=acc_dtype)
+      elif first:
+        np.multiply(values, acc_dtype(coefficient), out=acc, dtype=acc_dtype)
+      else:
+        scratch = self._work_buffer("scratch", acc_dtype, acc.shape)
+        np.multiply(values, acc_dtype(coefficient), out=scratch, dtype=acc_dtype)
+        np.add(acc, scratch, out=acc)
+      first = False
+    if common is not None:
+      np.multiply(acc, acc_dtype(common), out=acc)
+
+  def _refuse_non_finite(self, leaf: LeafInfo, band) -> None:
+    """The accumulated band is not finite: re-reads the band of every input and refuses the
+    first with NaN/inf (if none has any, the float sum overflowed: it stands, as before)."""
+    for source in self.sources:
+      values = source.reader.read_now(source.reader.leaves_by_path[leaf.path], band)
+      checks.check_finite(source.label, leaf.path, values)
 
   def _merge_leaf(self, leaf: LeafInfo) -> np.ndarray:
     acc_dtype = _accumulate_dtype(leaf, self.config)
-    init = self._pull(self.init, leaf, None).astype(acc_dtype, copy=False) if self.init else None
+    init = (self._pull(self.init, leaf, None)[0].astype(acc_dtype, copy=False)
+            if self.init else None)
     calls = []
 
     def member(i: int) -> np.ndarray:
       if i != len(calls):
         raise RuntimeError(f"merge method {self.plan.method} asked for member {i} out of order")
       calls.append(i)
-      return self._pull(self.members[i], leaf, None).astype(acc_dtype, copy=False)
+      return self._pull(self.members[i], leaf, None)[0].astype(acc_dtype, copy=False)
 
     merged = self.plan.leaf_merge.merge_leaf(member=member, num_members=len(self.members),
                                              init=init, xp=np)
@@ -297,7 +424,7 @@ class _Stream:
     """Integer/bool leaves (e.g. a step counter) are copied, and must agree across members."""
     first = None
     for source in self.sources:
-      values = self._pull(source, leaf, None)
+      values, _ = self._pull(source, leaf, None)
       if source.is_init:
         continue
       if first is None:
