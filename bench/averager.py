@@ -18,6 +18,10 @@ merge does not depend on the values); both tools' outputs are compared tensor by
 
   bench/.venv/bin/python -m bench.averager                         # M = 2, 6, 10; ~9 GB in /tmp
   bench/.venv/bin/python -m bench.averager --members 2 --preset small --workdir /tmp/avg
+  # members written with zstd (the checkpoints' default before COMPRESS_CHECKPOINTS=False), and
+  # the averager of another checkout (e.g. `git worktree add --detach ../base <commit>`) timed
+  # in the same run, on the same members, as "before":
+  bench/.venv/bin/python -m bench.averager --member-compression zstd --baseline-src ../base
 """
 
 from __future__ import annotations
@@ -46,17 +50,21 @@ def member_config(preset: str, *, vocab_size: int | None = None, **overrides):
 
 
 def make_members(*, workdir: str, config, num_members: int, noise: float = 0.01,
-                 with_hf: bool = True) -> tuple[list[str], list[str], int]:
+                 with_hf: bool = True, compress: bool | None = None
+                 ) -> tuple[list[str], list[str], int]:
   """Writes member i = init + noise * N(0, 1) (reward-head bias kept 0) as an orbax checkpoint
-  `workdir/orbax/rm_i` and (with_hf) as HF safetensors `workdir/hf/rm_i`; reuses members
-  already written for the same config. Returns (orbax dirs, HF dirs, parameter count)."""
+  `workdir/orbax/rm_i` (zstd-compressed if `compress`; default: as the training stages write
+  them, `checkpoints.COMPRESS_CHECKPOINTS`) and (with_hf) as HF safetensors `workdir/hf/rm_i`;
+  reuses members already written for the same config. Returns (orbax dirs, HF dirs,
+  parameter count)."""
   import jax
   from warm_jax import checkpoints as ckpt_lib
   from warm_jax.models import RewardModel
   from warm_jax.scoring import unboxed_init
 
   stamp = os.path.join(workdir, "members.json")
-  want = {"config": repr(config), "noise": noise, "with_hf": with_hf}
+  compress = ckpt_lib.COMPRESS_CHECKPOINTS if compress is None else compress
+  want = {"config": repr(config), "noise": noise, "with_hf": with_hf, "compress": compress}
   orbax_dirs = [os.path.join(workdir, "orbax", f"rm_{i}") for i in range(num_members)]
   hf_dirs = [os.path.join(workdir, "hf", f"rm_{i}") for i in range(num_members)]
   have = json.load(open(stamp)) if os.path.exists(stamp) else None
@@ -76,7 +84,7 @@ def make_members(*, workdir: str, config, num_members: int, noise: float = 0.01,
         lambda x: np.asarray(x, np.float32) + noise * rng.standard_normal(np.shape(x),
                                                                           np.float32), init)
     member["reward_head"]["bias"] = np.zeros_like(member["reward_head"]["bias"])
-    ckpt_lib.save_params(member, orbax_dir)
+    ckpt_lib.save_params(member, orbax_dir, compress=compress)
     if with_hf:
       from bench import hf_convert
       hf_convert.save_gpt2_checkpoint(member, config=config, directory=hf_dir)
@@ -127,6 +135,7 @@ class MergeResult:
   warm_read_s: float
   ours: dict
   mergekit: dict | None
+  baseline: dict | None
   ours_cold: dict | None
   mergekit_cold: dict | None
   ours_internal_wall_s: float
@@ -144,15 +153,18 @@ def _process(result: common.ProcessResult) -> dict:
 
 
 def measure(*, orbax_dirs: list[str], hf_dirs: list[str], num_params: int, workdir: str,
-            config, cold_runs: bool = False, cache_eviction: str = "auto") -> MergeResult:
+            config, cold_runs: bool = False, cache_eviction: str = "auto",
+            baseline_src: str | None = None) -> MergeResult:
   """Reads the orbax members (cold, then warm), then merges them with our CLI and, when
   `hf_dirs` are given, their safetensors copies with mergekit (warm; with cold_runs also
-  cold). cache_eviction: `common.evict_page_cache`'s method."""
+  cold). cache_eviction: `common.evict_page_cache`'s method. baseline_src: another checkout
+  of warm-jax whose averager is also run (warm, right before ours) on the same members."""
   m = len(orbax_dirs)
   orbax_files = common.files_under(orbax_dirs)
   hf_files = common.files_under(hf_dirs)
   out_ours = os.path.join(workdir, f"out_ours_{m}")
   out_mk = os.path.join(workdir, f"out_mergekit_{m}")
+  out_base = os.path.join(workdir, f"out_baseline_{m}")
   ours_cmd = [sys.executable, "-m", "warm_jax.average", "--inputs", *orbax_dirs,
               "--output", out_ours]
   mk_cmd = None
@@ -164,7 +176,7 @@ def measure(*, orbax_dirs: list[str], hf_dirs: list[str], num_params: int, workd
               "--no-copy-tokenizer", "--no-write-model-card", "--quiet"]
 
   def clean():
-    for d in (out_ours, out_mk):
+    for d in (out_ours, out_mk, out_base):
       shutil.rmtree(d, ignore_errors=True)
 
   def evict():
@@ -182,6 +194,13 @@ def measure(*, orbax_dirs: list[str], hf_dirs: list[str], num_params: int, workd
   how = evict()
   cold_read_s, nbytes = common.read_files(orbax_files)
   warm_read_s, _ = common.read_files(orbax_files)
+  baseline = None
+  if baseline_src:
+    src = os.path.abspath(baseline_src)
+    baseline = _process(common.run_measured(
+        [sys.executable, "-m", "warm_jax.average", "--inputs", *orbax_dirs, "--output",
+         out_base], cwd=src, env={"PYTHONPATH": src}))
+    shutil.rmtree(out_base, ignore_errors=True)
   ours = common.run_measured(ours_cmd, cwd=common.REPO_ROOT)
   internal = json.loads(ours.stdout.strip().splitlines()[-1])["wall_s"]
   mk, diff, missing = None, None, []
@@ -194,36 +213,53 @@ def measure(*, orbax_dirs: list[str], hf_dirs: list[str], num_params: int, workd
       num_members=m, num_params=num_params, orbax_bytes=nbytes,
       safetensors_bytes=common.total_bytes(hf_files), cache_eviction=how,
       cold_read_s=cold_read_s, warm_read_s=warm_read_s, ours=_process(ours),
-      mergekit=mk, ours_cold=cold.get("ours"), mergekit_cold=cold.get("mergekit"),
+      mergekit=mk, baseline=baseline, ours_cold=cold.get("ours"), mergekit_cold=cold.get("mergekit"),
       ours_internal_wall_s=internal, max_abs_diff=diff, mergekit_missing=missing)
 
 
 def table(results: list[MergeResult]) -> str:
+  """One row per M; with a baseline ('before') its time, ratio, RSS, CPU and load too."""
   gb, gib = 1e9, common.GIB
   na = "n/a"
+  with_base = any(r.baseline for r in results)
   rows = []
   for r in results:
-    mk, mkc = r.mergekit, r.mergekit_cold
-    rows.append([
-        r.num_members, f"{r.orbax_bytes / gb:.2f} / {r.safetensors_bytes / gb:.2f}",
-        r.ours["wall_s"], mk["wall_s"] if mk else na,
-        f"**{r.ours_vs_mergekit:.2f}x**" if mk else na,
-        f"{r.ours['peak_rss_bytes'] / gib:.2f} / "
-        + (f"{mk['peak_rss_bytes'] / gib:.2f}" if mk else na),
-        f"{r.ours['cpu_s']:.1f} / " + (f"{mk['cpu_s']:.1f}" if mk else na),
+    mk, mkc, b = r.mergekit, r.mergekit_cold, r.baseline
+    gib_of = lambda x: f"{x['peak_rss_bytes'] / gib:.2f}" if x else na  # noqa: E731
+    cpu_of = lambda x: f"{x['cpu_s']:.1f}" if x else na  # noqa: E731
+    row = [r.num_members, f"{r.orbax_bytes / gb:.2f} / {r.safetensors_bytes / gb:.2f}"]
+    if with_base:
+      row += [b["wall_s"] if b else na, r.ours["wall_s"], mk["wall_s"] if mk else na,
+              f"{mk['wall_s'] / b['wall_s']:.2f}x" if b and mk else na,
+              f"**{r.ours_vs_mergekit:.2f}x**" if mk else na,
+              f"{gib_of(b)} / {gib_of(r.ours)} / {gib_of(mk)}",
+              f"{cpu_of(b)} / {cpu_of(r.ours)} / {cpu_of(mk)}"]
+    else:
+      row += [r.ours["wall_s"], mk["wall_s"] if mk else na,
+              f"**{r.ours_vs_mergekit:.2f}x**" if mk else na,
+              f"{gib_of(r.ours)} / {gib_of(mk)}", f"{cpu_of(r.ours)} / {cpu_of(mk)}"]
+    row += [
         r.cold_read_s, r.warm_read_s,
         f"{r.ours['wall_s'] / r.cold_read_s:.2f}x / {r.ours['wall_s'] / r.warm_read_s:.0f}x",
         (f"{r.ours_cold['wall_s']:.1f} / " + (f"{mkc['wall_s']:.1f}" if mkc else na)
          if r.ours_cold else "not run"),
         (f"{r.max_abs_diff:.1e}" if r.max_abs_diff is not None else na)
         + (f", mergekit lacks {r.mergekit_missing}" if r.mergekit_missing else ""),
-        f"{r.ours['load']} / " + (mk["load"] if mk else na)])
+        (f"{b['load'] if b else na} / " if with_base else "")
+        + f"{r.ours['load']} / " + (mk["load"] if mk else na)]
+    rows.append(row)
+  tail = ["cold read s", "warm read s", "ours / read (cold / warm)",
+          "cold-cache runs s (ours / mergekit)", "max abs diff of outputs"]
+  if with_base:
+    return common.markdown_table(
+        ["M", "GB on disk (orbax / safetensors)", "before s", "ours s", "mergekit s",
+         "mergekit / before (time)", "mergekit / ours (time)",
+         "peak RSS GiB (before / ours / mergekit)", "CPU s (before / ours / mergekit)", *tail,
+         "load (before / ours / mk)"], rows)
   return common.markdown_table(
       ["M", "GB on disk (orbax / safetensors)", "ours s", "mergekit s",
        "mergekit / ours (time)", "peak RSS GiB (ours / mergekit)", "CPU s (ours / mergekit)",
-       "cold read s", "warm read s", "ours / read (cold / warm)",
-       "cold-cache runs s (ours / mergekit)", "max abs diff of outputs", "load (ours / mk)"],
-      rows)
+       *tail, "load (ours / mk)"], rows)
 
 
 def main(argv=None) -> None:
@@ -237,19 +273,26 @@ def main(argv=None) -> None:
                       help="also run both tools with the page cache evicted")
   parser.add_argument("--clean", action="store_true", help="delete the workdir at the end")
   parser.add_argument("--json", help="also save the rows here")
+  parser.add_argument("--member-compression", choices=["default", "none", "zstd"],
+                      default="default", help="how the orbax members are written (default: "
+                      "as the training stages write them, checkpoints.COMPRESS_CHECKPOINTS)")
+  parser.add_argument("--baseline-src", help="another warm-jax checkout whose averager is "
+                      "also timed, on the same members, as 'before'")
   args = parser.parse_args(argv)
   print(common.header("Averager vs mergekit linear merge vs reading the bytes",
                       extra_versions=("torch", "transformers", "mergekit", "safetensors")))
   config = member_config(args.preset)
+  compress = {"default": None, "none": False, "zstd": True}[args.member_compression]
   orbax_dirs, hf_dirs, num_params = make_members(workdir=args.workdir, config=config,
-                                                 num_members=max(args.members))
+                                                 num_members=max(args.members),
+                                                 compress=compress)
   print(f"- members: {args.preset} preset, {num_params / 1e6:.1f}M float32 parameters each\n")
   results = []
   try:
     for m in args.members:
       results.append(measure(orbax_dirs=orbax_dirs[:m], hf_dirs=hf_dirs[:m],
                              num_params=num_params, workdir=args.workdir, config=config,
-                             cold_runs=args.cold))
+                             cold_runs=args.cold, baseline_src=args.baseline_src))
       print(f"  M={m}: ours {results[-1].ours['wall_s']:.1f} s, mergekit "
             f"{results[-1].mergekit['wall_s']:.1f} s", file=sys.stderr, flush=True)
   finally:
