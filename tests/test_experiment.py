@@ -103,6 +103,15 @@ def test_tiny_experiment_writes_the_documented_schema(tiny_run):
   assert all(v > 0 for v in metrics["cpu_s"].values()) and len(metrics["load_average"]) == 3
   for f in metrics["findings"]:
     assert f["verdict"] and f["numbers"]
+  # the stage profile: model FLOPs and MFU for every stage that runs a model program, none for
+  # the data build and the weight averages (no model program: unknown)
+  counted = set(metrics["flops"]) - {"total"}
+  assert {"pretrain", "sft", "rm_data", "probe/clean", "members/clean", "pairs/scratch",
+          "eval/clean", "bon", "rl/best_member", "win_rates"} <= counted
+  assert not counted & {"data/clean", "average/warm_2"}
+  assert metrics["flops"]["total"] == pytest.approx(sum(metrics["flops"][k] for k in counted))
+  assert set(metrics["mfu"]) == set(metrics["flops"])
+  assert all(0 < v < 1 for v in metrics["mfu"].values())
 
 
 def test_tiny_experiment_writes_report_plots_and_commands(tiny_run):
@@ -111,6 +120,12 @@ def test_tiny_experiment_writes_report_plots_and_commands(tiny_run):
   for heading in ("## Findings", "## Reward-model accuracy, clean labels", "## Best-of-N",
                   "## RL", "## Oracle win rates", "## Wall time per stage"):
     assert heading in report
+  assert "| stage | wall s | % wall | CPU s | % CPU | FLOPs | MFU |" in report
+  assert "Slowest stages: **" in report and "| data/clean | " in report
+  # each counting stage's per-program split beside its STAGE_DONE
+  split = json.load(open(os.path.join(out, "pretrain", "STAGE_FLOPS.json")))
+  assert split["programs"]["train step (pretrain)"]["calls"] >= 1
+  assert split["flops"] == pytest.approx(metrics["flops"]["pretrain"])
   plots = set(os.listdir(os.path.join(out, "plots")))
   assert {"fig3_lmc_diversity_ood.png", "fig6_bon_oracle_vs_kl.png",
           "fig7_bon_win_rate_vs_n.png", "fig8_rl_reward_vs_step.png",
@@ -133,6 +148,7 @@ def test_rerun_skips_finished_stages_and_rebuilds_the_same_report(tiny_run):
     again = json.load(f)
   assert again["rm"] == metrics["rm"] and again["bon"] == metrics["bon"]
   assert again["win_rates"] == metrics["win_rates"]
+  assert again["flops"] == metrics["flops"]  # kept in the skipped stages' STAGE_DONE
 
 
 def test_a_failing_stage_stops_the_driver_with_its_log_and_no_done_marker(tmp_path):
