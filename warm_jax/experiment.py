@@ -39,7 +39,9 @@ Then OUTPUT/metrics.json, OUTPUT/report.md and OUTPUT/plots/ (`warm_jax.report`)
 
 Stages after eval/clean take arguments known only then (the member ranking, the RL runs' best
 steps): their commands are resolved when they start and added to commands.sh. Every stage
-shares one persistent XLA compile cache (OUTPUT/cache/jax) and one timed matmul for MFU.
+shares one persistent XLA compile cache (OUTPUT/cache/jax) and one timed matmul for MFU, and
+writes the model FLOPs its programs ran to its STAGE_FLOPS.json (`warm_jax.flops`): the
+report's per-stage profile (wall, CPU, FLOPs, MFU; `stage_profile`).
 """
 
 from __future__ import annotations
