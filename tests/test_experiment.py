@@ -549,7 +549,8 @@ def test_profile_table_shows_shares_flops_mfu_and_the_slowest_stages():
   rows = {line.split(" | ")[0].strip("| *"): line for line in lines if line.startswith("| ")}
   assert rows["stage"] == "| stage | wall s | % wall | CPU s | % CPU | FLOPs | MFU |"
   # the three slowest by wall in bold, with their shares of the summed wall and CPU seconds
-  assert rows["members/clean"] == "| **members/clean** | **250** | 62% | 240 | 53% | 1.5e+13 | 60.0% |"
+  assert rows["members/clean"] == ("| **members/clean** | **250** | 62% | 240 | 53% | 1.5e+13 | "
+                                   "60.0% |")
   assert rows["pretrain"] == "| **pretrain** | **100** | 25% | 150 | 33% | 2e+12 | 25.0% |"
   assert rows["rl/warm_2"] == "| **rl/warm_2** | **40** | 10% | 46 | 10% | 4e+11 | 0.04% |"
   # stages without a model FLOPs count: '-'
