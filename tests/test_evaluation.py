@@ -239,3 +239,23 @@ def test_repeated_rows_are_scored_once_and_get_the_same_reward(monkeypatch):
   got = scorer.rewards(scorer.place(params), tokens, mask)
   assert seen == [5]
   np.testing.assert_allclose(got, _direct_rewards(cfg, params, tokens, mask), atol=1e-5)
+
+
+def test_scoring_counts_one_forward_pass_per_scored_row_at_the_batch_width():
+  """The stage profile's count of RewardScorer: every compiled call scores batch_size rows
+  (padding included) at its trimmed width; a forward pass without the LM head per token,
+  counted here from the real params' non-embedding decoder leaves."""
+  from warm_jax import flops as flops_lib
+  cfg = tiny_config(max_len=16)
+  params = unboxed_init(RewardModel(cfg), 0)
+  scorer = RewardScorer(model_config=cfg, partitioner=Partitioner(), batch_size=8)
+  tokens = np.random.default_rng(0).integers(3, cfg.vocab_size, (20, 16)).astype(np.int32)
+  flops_lib.COUNTER.reset()
+  scorer.rewards(scorer.place(params), tokens, np.ones_like(tokens))
+  leaves = jax.tree_util.tree_flatten_with_path(params["decoder"])[0]
+  decoder = sum(int(np.prod(np.shape(x))) for path, x in leaves
+                if "embed" not in jax.tree_util.keystr(path))
+  per_row = 16 * (2 * decoder + 4 * cfg.num_layers * 16 * cfg.d_model)  # full-width rows
+  # 20 distinct rows in 3 calls of 8 (the last padded)
+  assert flops_lib.COUNTER.programs() == {"score": {"flops": pytest.approx(3 * 8 * per_row),
+                                                    "calls": 3}}

@@ -103,6 +103,15 @@ def test_tiny_experiment_writes_the_documented_schema(tiny_run):
   assert all(v > 0 for v in metrics["cpu_s"].values()) and len(metrics["load_average"]) == 3
   for f in metrics["findings"]:
     assert f["verdict"] and f["numbers"]
+  # the stage profile: model FLOPs and MFU for every stage that runs a model program, none for
+  # the data build and the weight averages (no model program: unknown)
+  counted = set(metrics["flops"]) - {"total"}
+  assert {"pretrain", "sft", "rm_data", "probe/clean", "members/clean", "pairs/scratch",
+          "eval/clean", "bon", "rl/best_member", "win_rates"} <= counted
+  assert not counted & {"data/clean", "average/warm_2"}
+  assert metrics["flops"]["total"] == pytest.approx(sum(metrics["flops"][k] for k in counted))
+  assert set(metrics["mfu"]) == set(metrics["flops"])
+  assert all(0 < v < 1 for v in metrics["mfu"].values())
 
 
 def test_tiny_experiment_writes_report_plots_and_commands(tiny_run):
@@ -111,6 +120,12 @@ def test_tiny_experiment_writes_report_plots_and_commands(tiny_run):
   for heading in ("## Findings", "## Reward-model accuracy, clean labels", "## Best-of-N",
                   "## RL", "## Oracle win rates", "## Wall time per stage"):
     assert heading in report
+  assert "| stage | wall s | % wall | CPU s | % CPU | FLOPs | MFU |" in report
+  assert "Slowest stages: **" in report and "| data/clean | " in report
+  # each counting stage's per-program split beside its STAGE_DONE
+  split = json.load(open(os.path.join(out, "pretrain", "STAGE_FLOPS.json")))
+  assert split["programs"]["train step (pretrain)"]["calls"] >= 1
+  assert split["flops"] == pytest.approx(metrics["flops"]["pretrain"])
   plots = set(os.listdir(os.path.join(out, "plots")))
   assert {"fig3_lmc_diversity_ood.png", "fig6_bon_oracle_vs_kl.png",
           "fig7_bon_win_rate_vs_n.png", "fig8_rl_reward_vs_step.png",
@@ -133,6 +148,7 @@ def test_rerun_skips_finished_stages_and_rebuilds_the_same_report(tiny_run):
     again = json.load(f)
   assert again["rm"] == metrics["rm"] and again["bon"] == metrics["bon"]
   assert again["win_rates"] == metrics["win_rates"]
+  assert again["flops"] == metrics["flops"]  # kept in the skipped stages' STAGE_DONE
 
 
 def test_a_failing_stage_stops_the_driver_with_its_log_and_no_done_marker(tmp_path):
@@ -487,6 +503,67 @@ def test_a_failing_parallel_stage_stops_its_sibling_without_done_markers(tmp_pat
   assert time.time() - t0 < 30  # the sibling was terminated, not waited for
   for stage in (slow, boom, later):
     assert not os.path.exists(stage.done_path)
+
+
+def test_stage_flops_files_reach_stage_done_and_the_profile(tmp_path):
+  """The driver points each stage at its STAGE_FLOPS.json (WARM_JAX_STAGE_FLOPS_FILE), folds
+  the count into STAGE_DONE, drops a stale file of an interrupted run, and `stage_profile`
+  gives FLOPs / wall / reference; a stage that counted nothing has no FLOPs (unknown)."""
+  from warm_jax import experiment
+  write = ("import json, os, time; path = os.environ['WARM_JAX_STAGE_FLOPS_FILE']; "
+           "os.makedirs(os.path.dirname(path), exist_ok=True); time.sleep(0.2); "
+           "open(path, 'w').write(json.dumps({'flops': 3e9, 'programs': {}, "
+           "'reference_flop_per_s': 1e10}))")
+  counted = experiment.Stage("counted", [sys.executable, "-c", write], str(tmp_path / "counted"))
+  silent = experiment.Stage("silent", [sys.executable, "-c", "pass"], str(tmp_path / "silent"))
+  os.makedirs(silent.output)
+  with open(os.path.join(silent.output, "STAGE_FLOPS.json"), "w") as f:
+    f.write('{"flops": 1e20}')  # left by an interrupted earlier run: not this run's count
+  records = experiment.run_stages([counted, silent], log_dir=str(tmp_path / "logs"))
+  assert records["counted"]["flops"] == 3e9
+  assert records["counted"]["reference_flop_per_s"] == 1e10
+  assert json.load(open(counted.done_path)) == records["counted"]
+  assert "flops" not in records["silent"]
+  assert not os.path.exists(os.path.join(silent.output, "STAGE_FLOPS.json"))
+  profile = experiment.stage_profile(records, ["counted", "silent"], total_wall_s=10.0)
+  wall = records["counted"]["wall_s"]
+  assert profile["flops"] == {"counted": 3e9, "total": 3e9}
+  assert profile["mfu"] == {"counted": pytest.approx(3e9 / wall / 1e10),
+                            "total": pytest.approx(3e9 / 10.0 / 1e10)}
+  # records of a run from before the profile (no FLOPs anywhere): empty, not zero
+  assert experiment.stage_profile({"old": {"wall_s": 5}}, ["old"], 5.0) == {"flops": {},
+                                                                            "mfu": {}}
+
+
+def test_profile_table_shows_shares_flops_mfu_and_the_slowest_stages():
+  from warm_jax import report
+  metrics = {"timings": {"data/clean": 10, "pretrain": 100, "members/clean": 250,
+                         "average/warm_2": 2, "rl/warm_2": 40, "stages_sum": 402, "total": 380},
+             "cpu_s": {"data/clean": 12, "pretrain": 150, "members/clean": 240,
+                       "average/warm_2": 2, "rl/warm_2": 46, "total": 450},
+             "flops": {"pretrain": 2e12, "members/clean": 1.5e13, "rl/warm_2": 4e11,
+                       "total": 1.74e13},
+             "mfu": {"pretrain": 0.25, "members/clean": 0.6, "rl/warm_2": 0.0004,
+                     "total": 0.5}}
+  lines = report.profile_md(metrics)
+  rows = {line.split(" | ")[0].strip("| *"): line for line in lines if line.startswith("| ")}
+  assert rows["stage"] == "| stage | wall s | % wall | CPU s | % CPU | FLOPs | MFU |"
+  # the three slowest by wall in bold, with their shares of the summed wall and CPU seconds
+  assert rows["members/clean"] == ("| **members/clean** | **250** | 62% | 240 | 53% | 1.5e+13 | "
+                                   "60.0% |")
+  assert rows["pretrain"] == "| **pretrain** | **100** | 25% | 150 | 33% | 2e+12 | 25.0% |"
+  assert rows["rl/warm_2"] == "| **rl/warm_2** | **40** | 10% | 46 | 10% | 4e+11 | 0.04% |"
+  # stages without a model FLOPs count: '-'
+  assert rows["data/clean"] == "| data/clean | 10 | 2% | 12 | 3% | - | - |"
+  assert rows["average/warm_2"] == "| average/warm_2 | 2 | 0% | 2 | 0% | - | - |"
+  assert rows["total (union of intervals)"] == (
+      "| total (union of intervals) | 380 | - | 450 | 100% | 1.74e+13 | 50.0% |")
+  slowest = next(line for line in lines if line.startswith("Slowest stages"))
+  assert slowest.startswith("Slowest stages: **members/clean** 250 s (62% of wall, 53% of CPU)"
+                            ", **pretrain** 100 s")
+  # a metrics.json from before the profile (no flops / mfu / cpu_s): every new cell is '-'
+  old = report.profile_md({"timings": {"pretrain": 100, "total": 100}})
+  assert "| **pretrain** | **100** | 100% | - | - | - | - |" in old
 
 
 def test_experiment_wall_seconds_counts_overlaps_once_and_old_markers_by_wall():

@@ -130,8 +130,28 @@ def test_tiny_rl_run_writes_metrics_checkpoints_and_warms_up_the_value(tmp_path)
   cfg = tiny_config(vocab_size=320, max_len=32, num_layers=1)
   sft = save_random_model(LanguageModel(cfg), str(tmp_path / "sft"), 0)
   rms = [save_random_model(RewardModel(cfg), str(tmp_path / f"rm_{i}"), i + 1) for i in (0, 1)]
+  from warm_jax import flops as flops_lib
+  flops_lib.COUNTER.reset()
   last = _run(tmp_path, "rl", steps=3, data=data, sft=sft, rm=rms, rl_config=rl.RLConfig(
       value_warmup_steps=1, anchor="ema", anchor_ema_rate=0.5))
+  # The stage profile: 3 value updates and 2 policy updates (after 1 warm-up step) of batch 8
+  # at width prompt + 6 new tokens, forward + backward (3x a forward pass whose per-token count
+  # is computed here from the SFT params: every non-embedding leaf, the tied LM head for the
+  # policy, attention over the width); every rollout sampled is scored.
+  leaves = jax.tree_util.tree_flatten_with_path(ckpt_lib.load_params(sft))[0]
+  decoder = sum(int(np.prod(np.shape(x))) for path, x in leaves
+                if "embed" not in jax.tree_util.keystr(path))
+  width = PROMPT_LEN + 6
+  attention = 4 * cfg.num_layers * width * cfg.d_model
+  programs = flops_lib.COUNTER.programs()
+  assert programs["train step (policy)"] == {"flops": pytest.approx(
+      2 * 8 * width * 3 * (2 * (decoder + cfg.vocab_size * cfg.d_model) + attention)),
+      "calls": 2}
+  assert programs["train step (value)"] == {"flops": pytest.approx(
+      3 * 8 * width * 3 * (2 * decoder + attention)), "calls": 3}
+  assert programs["score rollout"]["calls"] == programs["sample"]["calls"] >= 1 + 3
+  assert set(programs) == {"train step (policy)", "train step (value)", "score rollout",
+                           "sample"}
   records = read_metrics(str(tmp_path / "rl"))
   assert [r["step"] for r in records] == [0, 1, 2, 3]
   # Step 0: the SFT policy evaluated before any update (eval keys only, KL exactly 0).

@@ -143,3 +143,30 @@ def test_filters_and_left_padding_check():
     check_left_padded(np.array([[1, 1, 0]]))
   with pytest.raises(ValueError, match="temperature"):
     SamplingConfig(temperature=-1.0)
+
+
+def test_decoding_counts_the_prompt_pass_and_the_steps_it_ran():
+  """The stage profile's count of sampling: per call of 8 rows, a forward pass per prompt token
+  and per executed loop step (the longest response of the call: EOS stops the loop early),
+  every token attending over the cache's P + NEW slots; per-token FLOPs from the real params."""
+  from warm_jax import flops as flops_lib
+  cfg = tiny_config()
+  params, (tokens, mask) = _params(cfg, seed=2), _prompts(cfg, seed=2)
+  free = _sampler(cfg, temperature=0.0, eos_id=None).sample(params, tokens, mask, seed=0)
+  eos = int(np.bincount(free.tokens.ravel()).argmax())
+  early = int(np.argmin([list(row).index(eos) if eos in row else NEW for row in free.tokens]))
+  # the first call: 8 copies of a row that emits EOS early, so the whole call stops early
+  rows = np.concatenate([np.full(8, early), np.arange(8)])
+  tokens, mask = tokens[rows], mask[rows]
+  flops_lib.COUNTER.reset()
+  stopped = _sampler(cfg, temperature=0.0, eos_id=eos).sample(params, tokens, mask, seed=0)
+  leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+  matmul = sum(int(np.prod(np.shape(x))) for path, x in leaves
+               if "embed" not in jax.tree_util.keystr(path)) + cfg.vocab_size * cfg.d_model
+  prompt_len = tokens.shape[1]
+  per_token = 2 * matmul + 4 * cfg.num_layers * (prompt_len + NEW) * cfg.d_model
+  steps = [int(stopped.lengths[lo:lo + 8].max()) for lo in (0, 8)]
+  assert steps[0] < NEW  # EOS stopped the first call early
+  expected = sum(8 * (prompt_len + s) * per_token for s in steps)
+  assert flops_lib.COUNTER.programs() == {"sample": {"flops": pytest.approx(expected),
+                                                     "calls": 2}}

@@ -25,8 +25,11 @@ def _final_params(model_dir):
 
 def test_tiny_pretraining_run_writes_checkpoints_config_and_metrics(tmp_path):
   out = tmp_path / "pretrain"
+  flops_file = tmp_path / "STAGE_FLOPS.json"  # the experiment driver's stage profile
   proc = run_cli(BASE + [_model_dir(out), "--gin.TRAIN_STEPS=5",
-                         "--gin.TrainerConfig.log_every=5"], check=True)
+                         "--gin.TrainerConfig.log_every=5"], check=True,
+                 env={"WARM_JAX_STAGE_FLOPS_FILE": str(flops_file),
+                      "WARM_JAX_MATMUL_FLOPS": "1e10"})
   assert "[pretrain] step 5/5" in proc.stderr
   assert (out / "checkpoints" / "5" / "params").is_dir()
   config = (out / "config.gin").read_text()
@@ -39,6 +42,23 @@ def test_tiny_pretraining_run_writes_checkpoints_config_and_metrics(tmp_path):
   assert any("eval/loss" in r for r in records)
   assert json.loads((out / "DONE").read_text())["step"] == 5
   assert list((out / "tb").iterdir())
+  # the stage's model FLOPs: 5 steps x batch 8 x SEQ_LEN tokens x the PaLM per-token count,
+  # here from the trained params (every non-embedding leaf, + the tied LM head)
+  import jax
+  seq = int(next(line for line in config.splitlines()
+                 if line.startswith("SEQ_LEN =")).split("=")[1])
+  params = _final_params(out)
+  leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+  matmul = sum(int(np.prod(np.shape(x))) for path, x in leaves
+               if "embed" not in jax.tree_util.keystr(path)) + 259 * 64
+  step = 8 * seq * (6 * matmul + 12 * 2 * seq * 64)
+  counted = json.loads(flops_file.read_text())
+  assert counted["programs"]["train step (pretrain)"] == {"flops": pytest.approx(5 * step),
+                                                         "calls": 5}
+  evals = counted["programs"]["eval (pretrain)"]
+  assert evals["flops"] == pytest.approx(evals["calls"] * step / 3)
+  assert counted["flops"] == pytest.approx(5 * step + evals["flops"])
+  assert counted["reference_flop_per_s"] == 1e10  # the driver's matmul, not the gin peak
 
 
 @pytest.mark.parametrize("binding, message", [

@@ -190,3 +190,39 @@ def test_sigterm_saves_a_checkpoint_and_stops_cleanly(tmp_path):
   import signal
   assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
   assert int(_trainer(tmp_path, save_every=100).train(data).step) == 6
+
+
+def _matmul_params(params) -> int:
+  """Non-embedding params of the real param tree (every leaf but the token and position
+  tables), independent of TransformerConfig.num_params's shape arithmetic."""
+  leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+  return sum(int(np.prod(x.shape)) for path, x in leaves
+             if "embed" not in jax.tree_util.keystr(path))
+
+
+def test_training_and_eval_count_their_model_flops(tmp_path):
+  """The stage profile's count (warm_jax.flops.COUNTER): steps x the PaLM-convention count of
+  one step, computed here from the real param tree; an eval batch counts one forward (1/3);
+  and the analytic step is within a factor of XLA's own count of the compiled program."""
+  from warm_jax import flops as flops_lib
+  cfg = tiny_config()
+  trainer = _trainer(tmp_path, train_steps=3, log_every=3)
+  flops_lib.COUNTER.reset()
+  state = trainer.train(_data(), eval_dataset=_data(n=10))
+  per_token = (6 * (_matmul_params(state.params) + cfg.vocab_size * cfg.d_model)
+               + 12 * cfg.num_layers * SEQ * cfg.num_heads * (cfg.d_model // cfg.num_heads))
+  step = 4 * SEQ * per_token  # batch 4
+  programs = flops_lib.COUNTER.programs()
+  assert programs["train step (train)"] == {"flops": pytest.approx(3 * step), "calls": 3}
+  # 10 eval examples in 3 padded batches of 4, a forward pass each
+  assert programs["eval (train)"] == {"flops": pytest.approx(3 * step / 3), "calls": 3}
+  assert flops_lib.COUNTER.total() == pytest.approx(4 * step)
+  batch = trainer.shard_batch(_data().batch(0, 4))
+  with trainer.partitioner.mesh_context():
+    per_device = trainer._train_step.lower(state, batch).compile().cost_analysis()["flops"]
+  # XLA counts one device's share of the partitioned program (the batch is split over 2), and
+  # also the optimizer, softmax and elementwise work that model FLOPs leave out
+  assert step < 2 * per_device < 2 * step
+  flops_lib.COUNTER.reset()
+  flops_lib.write_stage_flops(str(tmp_path / "none.json"))
+  assert not (tmp_path / "none.json").exists()  # nothing counted: unknown, no file

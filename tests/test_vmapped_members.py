@@ -291,7 +291,17 @@ def test_each_member_steps_with_its_own_learning_rate_with_members_over_data(tmp
   trainer = _trainer(tmp_path, partitioner=partitioner, learning_rates=lrs, train_steps=1)
   start = jax.device_get(trainer.member.init_state().params)
   data = ArrayDataset(_pairs(24))
+  from warm_jax import flops as flops_lib
+  flops_lib.COUNTER.reset()
   state = trainer.train([data, data])
+  # the stage profile: one step of 2 members x 4 pairs x 2 sequences of SEQ tokens, forward +
+  # backward without LM head (per-token count from the real params' non-embedding leaves)
+  leaves = jax.tree_util.tree_flatten_with_path(start["decoder"])[0]
+  decoder = sum(int(np.prod(np.shape(x))) for path, x in leaves
+                if "embed" not in jax.tree_util.keystr(path))
+  per_token = 3 * (2 * decoder + 4 * CFG.num_layers * SEQ * CFG.d_model)
+  assert flops_lib.COUNTER.programs() == {"train step (train, 2 members)": {
+      "flops": pytest.approx(2 * 4 * 2 * SEQ * per_token), "calls": 1}}
   kernel = state.params["decoder"]["layer_0"]["mlp"]["wi"]["kernel"]
   assert kernel.sharding.spec[0] == "data"
   assert kernel.addressable_shards[0].data.shape[0] == 1  # one member per data shard

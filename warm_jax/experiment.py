@@ -39,7 +39,9 @@ Then OUTPUT/metrics.json, OUTPUT/report.md and OUTPUT/plots/ (`warm_jax.report`)
 
 Stages after eval/clean take arguments known only then (the member ranking, the RL runs' best
 steps): their commands are resolved when they start and added to commands.sh. Every stage
-shares one persistent XLA compile cache (OUTPUT/cache/jax) and one timed matmul for MFU.
+shares one persistent XLA compile cache (OUTPUT/cache/jax) and one timed matmul for MFU, and
+writes the model FLOPs its programs ran to its STAGE_FLOPS.json (`warm_jax.flops`): the
+report's per-stage profile (wall, CPU, FLOPs, MFU; `stage_profile`).
 """
 
 from __future__ import annotations
@@ -757,6 +759,7 @@ def _run_in_process(stage: Stage, log_path: str, env: Mapping[str, str] | None) 
   import jax
   if stage.argv[1:2] != ["-m"]:
     raise ValueError(f"stage {stage.name}: in-process stages must be `python -m MODULE ...`")
+  from warm_jax import flops as flops_lib
   if env is not None:
     for key in ("WARM_JAX_MATMUL_FLOPS",):
       if key in env:
@@ -772,6 +775,10 @@ def _run_in_process(stage: Stage, log_path: str, env: Mapping[str, str] | None) 
   for h, _ in saved_levels:  # the console shows progress lines and errors, the log the rest
     h.setLevel(logging.ERROR)
   root.addHandler(handler)
+  # the stage's own profile: this process's counter from zero, written by the stage's gin_main
+  flops_lib.COUNTER.reset()
+  saved_flops_file = os.environ.get(flops_lib.STAGE_FLOPS_ENV)
+  os.environ[flops_lib.STAGE_FLOPS_ENV] = stage_flops_path(stage)
   cwd = os.getcwd()
   try:
     os.chdir(_repo_root())
@@ -782,6 +789,11 @@ def _run_in_process(stage: Stage, log_path: str, env: Mapping[str, str] | None) 
     return int(e.code or 0) if not isinstance(e.code, str) else 1
   finally:
     os.chdir(cwd)
+    if saved_flops_file is None:
+      os.environ.pop(flops_lib.STAGE_FLOPS_ENV, None)
+    else:
+      os.environ[flops_lib.STAGE_FLOPS_ENV] = saved_flops_file
+    flops_lib.COUNTER.reset()
     gin.clear_config()
     root.removeHandler(handler)
     handler.close()
@@ -837,13 +849,19 @@ def run_stages(stages: Sequence[Stage], *, log_dir: str, env: Mapping[str, str] 
   running_procs: dict[str, subprocess.Popen] = {}
 
   def run_one(stage: Stage) -> tuple[int, float, float, float]:
+    from warm_jax import flops as flops_lib
+    flops_path = stage_flops_path(stage)
+    if os.path.exists(flops_path):  # an earlier, interrupted run's: this run writes its own
+      os.remove(flops_path)
     t0 = time.time()
     if in_process:
       cpu0 = _cpu_seconds()
       code = _run_in_process(stage, log_path(stage), env)
       cpu = _cpu_seconds() - cpu0
     else:
-      code, cpu = _run_subprocess(stage, log_path(stage), env, running_procs)
+      stage_env = dict(os.environ if env is None else env)
+      stage_env[flops_lib.STAGE_FLOPS_ENV] = flops_path
+      code, cpu = _run_subprocess(stage, log_path(stage), stage_env, running_procs)
     return code, cpu, t0, time.time()
 
   failure = None
@@ -886,6 +904,7 @@ def run_stages(stages: Sequence[Stage], *, log_dir: str, env: Mapping[str, str] 
           continue
         record = {"wall_s": round(t1 - t0, 2), "cpu_s": round(cpu, 2),
                   "start": round(t0, 2), "end": round(t1, 2)}
+        record.update(_flops_fields(stage))
         os.makedirs(stage.output, exist_ok=True)
         atomic_write_text(stage.done_path, json.dumps(record) + "\n")
         records[stage.name] = record
@@ -915,6 +934,55 @@ class _InlineExecutor:
     except BaseException as e:  # re-raised by future.result() in the scheduler
       future.set_exception(e)
     return future
+
+
+def stage_flops_path(stage: Stage) -> str:
+  """Where a stage's program writes its model FLOPs (`flops.write_stage_flops`)."""
+  from warm_jax.flops import STAGE_FLOPS_FILE
+  return os.path.join(stage.output, STAGE_FLOPS_FILE)
+
+
+def _flops_fields(stage: Stage) -> dict[str, float]:
+  """The STAGE_DONE fields of the stage's STAGE_FLOPS.json: its model FLOPs and the reference
+  FLOP/s its MFU is read against; none when the stage counted nothing (no model program ran,
+  or its program does not count: FLOPs unknown)."""
+  from warm_jax.flops import read_stage_flops
+  try:
+    counted = read_stage_flops(stage_flops_path(stage))
+  except (OSError, ValueError):
+    logging.warning("unreadable %s: the stage's FLOPs are unknown", stage_flops_path(stage),
+                    exc_info=True)
+    return {}
+  if not counted:
+    return {}
+  out = {"flops": float(counted["flops"])}
+  if counted.get("reference_flop_per_s"):
+    out["reference_flop_per_s"] = float(counted["reference_flop_per_s"])
+  return out
+
+
+def stage_profile(records: Mapping[str, Mapping[str, float]], names: Sequence[str],
+                  total_wall_s: float | None = None) -> dict[str, dict[str, float]]:
+  """metrics.json's `flops` and `mfu`: per stage, the model FLOPs its programs counted and
+  MFU = FLOPs / its wall seconds / the reference FLOP/s (the timed matmul the driver hands
+  down, WARM_JAX_MATMUL_FLOPS: on CPU one 2048^3 float32 matmul using every core; on
+  accelerators x devices), the same reference as the stages' perf/mfu. Stages without a count
+  are left out (unknown). 'total': the counted stages' FLOPs, and their MFU over the
+  experiment's wall time (`experiment_wall_seconds`) when given."""
+  flops, mfu, reference = {}, {}, None
+  for name in names:
+    record = records.get(name) or {}
+    if record.get("flops") is None:
+      continue
+    flops[name] = record["flops"]
+    if record.get("reference_flop_per_s") and record.get("wall_s"):
+      reference = reference or record["reference_flop_per_s"]
+      mfu[name] = record["flops"] / record["wall_s"] / record["reference_flop_per_s"]
+  if flops:
+    flops["total"] = sum(flops.values())
+    if reference and total_wall_s:
+      mfu["total"] = flops["total"] / total_wall_s / reference
+  return {"flops": flops, "mfu": mfu}
 
 
 def experiment_wall_seconds(records: Mapping[str, Mapping[str, float]]) -> float:
@@ -1022,6 +1090,8 @@ def run_experiment(*, output_dir: str | None, scale: str = "default",
   metrics["cpu_s"] = {stage.name: records[stage.name]["cpu_s"] for stage in stages
                       if records[stage.name].get("cpu_s") is not None}
   metrics["cpu_s"]["total"] = round(sum(metrics["cpu_s"].values()), 2)
+  # the profile: model FLOPs per stage and MFU over its wall time (`stage_profile`)
+  metrics.update(stage_profile(records, [stage.name for stage in stages], timings["total"]))
   metrics["parallel_stages"] = 1 if in_process else parallel_stages
   metrics["load_average"] = list(os.getloadavg())
   report.write_report(plan.out, metrics)

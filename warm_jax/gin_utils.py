@@ -191,6 +191,14 @@ def gin_main(argv: Sequence[str] | None, *, entry: str, doc: str, example: str) 
     logging.debug("%s failed", entry, exc_info=True)
     print(f"error: {type(e).__name__}: {error_message(e)}", file=sys.stderr)
     return 1
+  # the stage profile: the model FLOPs this run executed, where the experiment driver asks
+  # (WARM_JAX_STAGE_FLOPS_FILE; nothing is written when no model program ran)
+  # (counts come from global shapes: every process has the whole job's; process 0 writes)
+  from warm_jax import flops as flops_lib
+  if os.environ.get(flops_lib.STAGE_FLOPS_ENV):
+    import jax
+    if jax.process_index() == 0:
+      flops_lib.write_stage_flops()
   return 0
 
 

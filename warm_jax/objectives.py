@@ -175,13 +175,10 @@ class PreferenceObjective:
     return self._sums(r_chosen, r_rejected, valid.astype(jnp.float32))[1]
 
   def train_flops_per_example(self, seq_len: int) -> float:
-    # Two sequences per pair; no LM head (the scalar head's FLOPs are negligible) unless the
-    # log-prob readout reads the LM head at every position.
-    cfg = self.model_config
-    per_token = cfg.train_flops_per_token(seq_len)
-    if not cfg.reads_logprobs:
-      per_token -= 6.0 * cfg.vocab_size * cfg.d_model
-    return 2 * per_token * seq_len
+    # Two sequences per pair, forward + backward (3x the forward); no LM head (the scalar
+    # head's FLOPs are negligible) except where the log-prob readout reads it (the last
+    # logprob_window positions, or all).
+    return 2 * 3 * self.model_config.reward_forward_flops(seq_len)
 
   @staticmethod
   def tokens_per_example(seq_len: int) -> int:

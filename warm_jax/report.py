@@ -350,13 +350,64 @@ def write_report(output_dir: str, metrics: dict[str, Any]) -> None:
                      f"| {_fmt(st['equal_length_rate'])} | {_fmt(st['longer_is_better_rate'])} |")
   lines += report_policy.tables_md(metrics)
   lines += ["", "## Figures", ""] + [f"![{c}](plots/{c})" for c in copied]
-  cpu = metrics.get("cpu_s") or {}
-  load = metrics.get("load_average")
-  lines += ["", "## Wall time per stage (s)", "",
-            "CPU seconds (user + system, all threads) do not grow when other jobs share the "
-            "machine; wall seconds do." + (f" Load average at the end: {load[0]:.1f} (1 min), "
-                                           f"{load[2]:.1f} (15 min)." if load else ""), "",
-            "| stage | wall s | CPU s |", "|---|---|---|"]
-  lines += [f"| {k} | {v:.0f} | {cpu[k]:.0f} |" if k in cpu else f"| {k} | {v:.0f} | |"
-            for k, v in metrics["timings"].items()]
+  lines += profile_md(metrics)
   atomic_write_text(os.path.join(output_dir, "report.md"), "\n".join(lines) + "\n")
+
+
+SLOWEST_SHOWN = 3  # stages in bold in the profile table: the largest wall times
+
+
+def _share(x: float, total: float | None) -> str:
+  return f"{100 * x / total:.0f}%" if total else "-"
+
+
+def _mfu(x: float | None) -> str:
+  if x is None:
+    return "-"
+  return f"{100 * x:.1f}%" if x >= 0.1 else f"{100 * x:.2g}%"
+
+
+def profile_md(metrics: dict[str, Any]) -> list[str]:
+  """The '## Wall time per stage (s)' section: per stage wall and CPU seconds with their shares,
+  model FLOPs and MFU (metrics' `timings`, `cpu_s`, `flops`, `mfu`; '-' where unknown), the
+  slowest stages in bold and named above the table."""
+  timings = metrics["timings"]
+  cpu = metrics.get("cpu_s") or {}
+  flops = metrics.get("flops") or {}
+  mfu = metrics.get("mfu") or {}
+  load = metrics.get("load_average")
+  summary = ("stages_sum", "total")
+  stages = {k: v for k, v in timings.items() if k not in summary}
+  wall_sum = timings.get("stages_sum") or sum(stages.values())
+  cpu_sum = cpu.get("total") or sum(v for k, v in cpu.items() if k not in summary)
+  slowest = sorted(stages, key=lambda k: -stages[k])[:SLOWEST_SHOWN]
+  lines = ["", "## Wall time per stage (s)", "",
+           "CPU seconds (user + system, all threads) do not grow when other jobs share the "
+           "machine; wall seconds do." + (f" Load average at the end: {load[0]:.1f} (1 min), "
+                                          f"{load[2]:.1f} (15 min)." if load else ""),
+           "FLOPs: the analytic model FLOPs the stage's compiled model programs executed "
+           "(training steps, evaluations, sampling, reward scoring; `warm_jax.flops`); MFU: "
+           "FLOPs / the stage's wall seconds / the FLOP/s of the matmul timed once for the "
+           "whole experiment (WARM_JAX_MATMUL_FLOPS, every core); '-': no model program "
+           "counted (data building, weight averaging). Shares are of the stages' summed wall "
+           "and CPU seconds (stages that overlapped each count in full)."]
+  if slowest:
+    lines += ["", "Slowest stages: " + ", ".join(
+        f"**{k}** {stages[k]:.0f} s ({_share(stages[k], wall_sum)} of wall"
+        + (f", {_share(cpu[k], cpu_sum)} of CPU)" if k in cpu else ")") for k in slowest) + "."]
+  lines += ["", "| stage | wall s | % wall | CPU s | % CPU | FLOPs | MFU |",
+            "|---|---|---|---|---|---|---|"]
+  for k, v in timings.items():
+    name, wall = (f"**{k}**", f"**{v:.0f}**") if k in slowest else (k, f"{v:.0f}")
+    if k == "total":
+      name += " (union of intervals)"
+    wall_share = _share(v, wall_sum) if k not in summary else ("100%" if k == "stages_sum"
+                                                                else "-")
+    if k in cpu:
+      cpu_s, cpu_share = f"{cpu[k]:.0f}", _share(cpu[k], cpu_sum) if k != "total" else "100%"
+    else:
+      cpu_s, cpu_share = "-", "-"
+    count = f"{flops[k]:.3g}" if flops.get(k) is not None else "-"
+    lines.append(f"| {name} | {wall} | {wall_share} | {cpu_s} | {cpu_share} | {count} | "
+                 f"{_mfu(mfu.get(k))} |")
+  return lines

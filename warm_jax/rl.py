@@ -64,6 +64,7 @@ import orbax.checkpoint as ocp
 
 from warm_jax import checkpoints as ckpt_lib
 from warm_jax import disagreement as dis
+from warm_jax import flops as flops_lib
 from warm_jax import policy_objective as po
 from warm_jax.data.batching import ArrayDataset
 from warm_jax.metrics_writer import MetricsWriter, Progress
@@ -222,6 +223,21 @@ def _score_rollout(policy, ref, sft, value, reward_trees, reward_shift, reward_s
   value_batch = {"tokens": tokens, "mask": mask, "response_mask": rmask,
                  "returns": adv["returns"]}
   return policy_batch, value_batch, rows
+
+
+def rollout_score_flops(model_config: TransformerConfig, reward_config: TransformerConfig, *,
+                        batch: int, width: int, policies: int, rewards: int, value_model: bool,
+                        closing_eos: bool) -> float:
+  """Model FLOPs of `_score_rollout` (or, with policies=0, `_member_rewards`) on `batch`
+  sequences of prompt + response `width`: `policies` LM forward passes (policy, reference and,
+  with an EMA anchor, the SFT policy), `rewards` reward-model passes over the responses closed
+  by one more column (`close_unfinished`, when there is an EOS) and the value model's."""
+  rm_width = width + int(closing_eos)
+  flops = policies * width * model_config.forward_flops_per_token(width)
+  flops += rewards * reward_config.reward_forward_flops(rm_width)
+  if value_model:
+    flops += width * model_config.forward_flops_per_token(width, lm_head=False)
+  return batch * flops
 
 
 def _rm_rewards(rm, trees, prompt_tokens, prompt_mask, response_tokens, response_mask, eos_id):
@@ -455,6 +471,16 @@ def train_policy(*, model_dir: str | None, sft_path: str | None, reward_model: A
       if with_members and member_trees:
         stats = {**stats, "members": member_score(member_trees, rows["t"], rows["m"],
                                                   out["tokens"], out["mask"])}
+    width = rows["t"].shape[1] + out["tokens"].shape[1]
+    flops_lib.count("score rollout", rollout_score_flops(
+        model_config, reward_model_config or model_config, batch=batch, width=width,
+        policies=2 if anchor is None else 3, rewards=len(reward_trees),
+        value_model=value is not None, closing_eos=sampling.eos_id is not None))
+    if with_members and member_trees:
+      flops_lib.count("score disagreement members", rollout_score_flops(
+          model_config, reward_model_config or model_config, batch=batch, width=width,
+          policies=0, rewards=len(member_trees), value_model=False,
+          closing_eos=sampling.eos_id is not None))
     host = _to_host({"tokens": out["tokens"], "mask": out["mask"], **stats})
     host["ended"] = response_ended(host["tokens"], host["mask"], sampling.eos_id)
     host["oracle"] = judge.score(

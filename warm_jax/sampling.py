@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from warm_jax import flops as flops_lib
 from warm_jax.data.vocab import EOS_ID, PAD_ID
 from warm_jax.models import LanguageModel, TransformerConfig
 from warm_jax.models.transformer import init_kv_cache
@@ -286,10 +287,29 @@ class Sampler:
 
   def sample_sharded(self, params: Any, prompt_tokens: Array, prompt_mask: Array,
                      row_ids: Array, seed: int) -> dict[str, Array]:
-    """One compiled call on already sharded [batch_size, P] arrays (RL's rollouts)."""
+    """One compiled call on already sharded [batch_size, P] arrays (RL's rollouts). Its model
+    FLOPs (`decode_flops`, with the loop's executed steps) go to the stage profile."""
     with self.partitioner.mesh_context():
-      return self._decode(params, prompt_tokens, prompt_mask, row_ids,
-                          jnp.asarray(seed, jnp.int32))
+      out = self._decode(params, prompt_tokens, prompt_mask, row_ids,
+                         jnp.asarray(seed, jnp.int32))
+    base, per_step = self.decode_flops(prompt_tokens.shape[1])
+    flops_lib.count_steps("sample", out["steps"], base=base, per_step=per_step)
+    return out
+
+  def decode_flops(self, prompt_len: int) -> tuple[float, float]:
+    """(FLOPs of the prompt pass, FLOPs of one decoding step) of one call on [batch_size,
+    prompt_len] prompts: `decode` runs the prompt pass, then one single-token forward per loop
+    step (the last step's logits are computed and unused, and counted). With the KV cache every
+    token attends over the cache's prompt_len + max_new_tokens slots; without it the prompt
+    pass attends over the prompt and each step recomputes the whole prompt_len +
+    max_new_tokens sequence."""
+    cfg, batch = self.model.config, self.batch_size
+    slots = prompt_len + self.config.max_new_tokens
+    if self.config.use_cache:
+      per_token = cfg.forward_flops_per_token(slots)
+      return batch * prompt_len * per_token, batch * per_token
+    return (batch * prompt_len * cfg.forward_flops_per_token(prompt_len),
+            batch * slots * cfg.forward_flops_per_token(slots))
 
   def sample(self, params: Any, prompt_tokens: np.ndarray, prompt_mask: np.ndarray, *,
              seed: int, row_ids: np.ndarray | None = None) -> Samples:

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from warm_jax import flops as flops_lib
 from warm_jax.models import RewardModel, TransformerConfig
 from warm_jax.models.heads import check_response_window, init_inputs
 from warm_jax.partitioning import Partitioner
@@ -139,6 +140,7 @@ class RewardScorer:
           r = np.concatenate([r, np.zeros((pad,) + r.shape[1:], r.dtype)])
         batch = self.partitioner.shard_batch({"t": t, "m": m, "r": r}, self.batch_size)
         out = np.asarray(jax.device_get(fn(params, batch["t"], batch["m"], batch["r"])))
+        flops_lib.count("score", self.batch_size * self.model_config.reward_forward_flops(width))
         out = out[:len(rows)]
         if result is None:
           result = np.empty((n,) + out.shape[1:], out.dtype)

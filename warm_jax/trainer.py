@@ -208,9 +208,18 @@ class Trainer:
 
   def train_step(self, state: TrainState, batch: dict[str, Array]
                  ) -> tuple[TrainState, dict[str, Array]]:
-    """One optimizer step on a sharded global batch (the input state is donated)."""
+    """One optimizer step on a sharded global batch (the input state is donated); its model
+    FLOPs (`train_step_flops`) go to the stage profile (`flops.count`)."""
     with self.partitioner.mesh_context():
-      return self._train_step(state, batch)
+      out = self._train_step(state, batch)
+    flops_lib.count(f"train step ({self.config.name})", self.train_step_flops(batch))
+    return out
+
+  def train_step_flops(self, batch: Mapping[str, Any]) -> float:
+    """Model FLOPs of one step on `batch` (global): the objective's analytic count per example
+    at the batch's own width (length-bucketed batches are narrower) x the global batch size."""
+    return (self.objective.train_flops_per_example(batch_width(batch))
+            * self.config.batch_size)
 
   # ---------------------------------------------------------------------------------------------
   # State
@@ -239,6 +248,7 @@ class Trainer:
                                            self.config.batch_size)["v"]
       with self.partitioner.mesh_context():
         sums = jax.device_get(self._eval_step(params, batch, valid))
+      flops_lib.count(f"eval ({self.config.name})", self.train_step_flops(batch) / 3)
       total = sums if total is None else jax.tree_util.tree_map(np.add, total, sums)
     return normalise_metrics(total)
 
@@ -287,14 +297,13 @@ class Trainer:
     progress = Progress(name=cfg.name, total_steps=cfg.train_steps, start_step=start)
     peak, peak_how = flops_lib.peak_flops_reference(
         peak_flops_per_device=cfg.peak_flops_per_device)
-    flops_per_step = self.objective.train_flops_per_example(self.seq_len) * cfg.batch_size
     tokens_per_step = self.objective.tokens_per_example(self.seq_len) * cfg.batch_size
     logging.info("%s: %d params; %s; peak %.3g FLOP/s (%s)", cfg.name, self.num_params,
                  self.partitioner.explain(), peak, peak_how)
 
     stop = _SigtermFlag()
     window: list[dict[str, float]] = []
-    t_window, steps_window = None, 0
+    t_window, steps_window, flops_window = None, 0, 0.0
     error: BaseException | None = None
     try:
       for step in range(start, cfg.train_steps):
@@ -309,21 +318,22 @@ class Trainer:
           window.append(metrics)
         if t_window is None:  # the first step compiled; rates count from its end
           jax.block_until_ready(state)
-          t_window, steps_window = time.perf_counter(), 0
+          t_window, steps_window, flops_window = time.perf_counter(), 0, 0.0
         else:
           steps_window += 1
+          flops_window += self.train_step_flops(batch)
         if (done % cfg.log_every == 0 or done == cfg.train_steps) and window:
           elapsed = time.perf_counter() - t_window
           scalars = _window_means(window)
           if steps_window and elapsed > 0:
             scalars["perf/steps_per_s"] = steps_window / elapsed
             scalars["perf/tokens_per_s"] = steps_window * tokens_per_step / elapsed
-            scalars["perf/mfu"] = steps_window * flops_per_step / elapsed / peak
+            scalars["perf/mfu"] = flops_window / elapsed / peak
           writer.write(done, scalars)
           progress.update(done, {k.split("/")[-1]: v for k, v in scalars.items()
                                  if k in ("train/loss", "train/grad_norm", "perf/tokens_per_s",
                                           "perf/mfu")})
-          window, t_window, steps_window = [], time.perf_counter(), 0
+          window, t_window, steps_window, flops_window = [], time.perf_counter(), 0, 0.0
         if cfg.eval_every and done % cfg.eval_every == 0 and done != cfg.train_steps:
           for prefix, data in eval_sets(eval_dataset, extra_eval_datasets):
             writer.write(done, {f"{prefix}/{k}": v for k, v in
@@ -400,6 +410,14 @@ def optimizer_step(state: TrainState, grads: Any, sums: dict[str, Array], *,
   metrics["param_norm"] = optax.tree.norm(params)
   metrics["learning_rate"] = jnp.asarray(schedule(state.step), jnp.float32)
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def batch_width(batch: Mapping[str, Any]) -> int:
+  """The sequence width of a batch: the last dim of its [..., batch, length] features."""
+  widths = [int(np.shape(x)[-1]) for x in batch.values() if np.ndim(x) >= 2]
+  if not widths:
+    raise ValueError(f"batch features {sorted(batch)} have no [batch, length] array")
+  return max(widths)
 
 
 def eval_sets(eval_dataset: ArrayDataset | None,

@@ -299,9 +299,17 @@ class VmappedMembersTrainer:
   def train_step(self, state: TrainState, batch: dict[str, Array]
                  ) -> tuple[TrainState, dict[str, Array]]:
     """One optimizer step of every member (the input state is donated); metrics are [members]
-    arrays."""
+    arrays. Its model FLOPs (`train_step_flops`) go to the stage profile."""
     with self.partitioner.mesh_context():
-      return self._train_step(state, batch, self._hparams)
+      out = self._train_step(state, batch, self._hparams)
+    flops_lib.count(f"train step ({self.config.name}, {self.num_members} members)",
+                    self.train_step_flops(batch))
+    return out
+
+  def train_step_flops(self, batch: Mapping[str, Any]) -> float:
+    """Model FLOPs of one step of every member on stacked [members, batch, length] batches:
+    members x one member's count at the batch's width (`Trainer.train_step_flops`)."""
+    return self.num_members * self.member.train_step_flops(batch)
 
   # ---------------------------------------------------------------------------------------------
   # Evaluation
@@ -315,6 +323,8 @@ class VmappedMembersTrainer:
                                            self.config.batch_size)["v"]
       with self.partitioner.mesh_context():
         sums = jax.device_get(self._eval_step(params, batch, valid))
+      flops_lib.count(f"eval ({self.config.name}, {self.num_members} members)",
+                      self.num_members * self.member.train_step_flops(batch) / 3)
       total = sums if total is None else jax.tree_util.tree_map(np.add, total, sums)
     return [normalise_metrics({k: v[i] for k, v in total.items()})
             for i in range(self.num_members)]
@@ -377,7 +387,6 @@ class VmappedMembersTrainer:
       progress = Progress(name=cfg.name, total_steps=cfg.train_steps, start_step=start)
       peak, peak_how = flops_lib.peak_flops_reference(
           peak_flops_per_device=cfg.peak_flops_per_device)
-      flops_per_step = self.objective.train_flops_per_example(self.seq_len) * cfg.batch_size
       tokens_per_step = self.objective.tokens_per_example(self.seq_len) * cfg.batch_size
       logging.info("%s: %d members x %d params; member axis on %s; %s; peak %.3g FLOP/s (%s)",
                    cfg.name, m, self.num_params, self.member_axes, self.partitioner.explain(),
@@ -402,7 +411,7 @@ class VmappedMembersTrainer:
 
       stop = _SigtermFlag()
       windows: list[list[dict[str, float]]] = [[] for _ in range(m)]
-      t_window, steps_window = None, 0
+      t_window, steps_window, flops_window = None, 0, 0.0
       for step in range(start, cfg.train_steps):
         batch = self.stack_batches([d.batch(step, cfg.batch_size, process_index=0,
                                             process_count=1) for d in datasets])
@@ -419,9 +428,10 @@ class VmappedMembersTrainer:
             window.append(metrics_i)
         if t_window is None:  # the first step compiled; rates count from its end
           jax.block_until_ready(state)
-          t_window, steps_window = time.perf_counter(), 0
+          t_window, steps_window, flops_window = time.perf_counter(), 0, 0.0
         else:
           steps_window += 1
+          flops_window += self.train_step_flops(batch)
         if (done % cfg.log_every == 0 or done == cfg.train_steps) and windows[0]:
           elapsed = time.perf_counter() - t_window
           rows = [_window_means(w) for w in windows]
@@ -431,7 +441,7 @@ class VmappedMembersTrainer:
               # whole program's, since the members share the devices.
               scalars["perf/steps_per_s"] = steps_window / elapsed
               scalars["perf/tokens_per_s"] = steps_window * tokens_per_step / elapsed
-              scalars["perf/mfu"] = steps_window * m * flops_per_step / elapsed / peak
+              scalars["perf/mfu"] = flops_window / elapsed / peak
             scalars["perf/members"] = m
             writer.write(done, scalars)
           shown = {"loss": float(np.mean([r["train/loss"] for r in rows])),
@@ -441,7 +451,8 @@ class VmappedMembersTrainer:
             shown["tokens_per_s"] = rows[0]["perf/tokens_per_s"] * m
             shown["mfu"] = rows[0]["perf/mfu"]
           progress.update(done, shown)
-          windows, t_window, steps_window = [[] for _ in range(m)], time.perf_counter(), 0
+          windows, t_window, steps_window, flops_window = ([[] for _ in range(m)],
+                                                           time.perf_counter(), 0, 0.0)
         if cfg.eval_every and done % cfg.eval_every == 0 and done != cfg.train_steps:
           self._write_eval(writers, done, state.params, eval_dataset, extra_eval_datasets)
         save(done, state, force=done == cfg.train_steps, scheduled=scheduled)

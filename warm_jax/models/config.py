@@ -184,8 +184,29 @@ class TransformerConfig:
     """Model FLOPs of one forward+backward pass per token (PaLM appendix B convention).
 
     6 * (non-embedding params + LM head) for the matmuls plus 12 * layers * seq * width for the
-    attention scores and weighted sum (causal masking is not discounted, as in PaLM's MFU).
+    attention scores and weighted sum (causal masking is not discounted, as in PaLM's MFU):
+    3x `forward_flops_per_token(seq_len)` (the backward pass costs twice the forward).
     """
     matmul_params = self.num_params(with_embeddings=False) + self.vocab_size * self.d_model
     attention = 12 * self.num_layers * seq_len * self.num_heads * self.per_head_dim
     return 6.0 * matmul_params + attention
+
+  def forward_flops_per_token(self, context: int, *, lm_head: bool = True) -> float:
+    """Model FLOPs of one forward pass per token that attends over `context` positions (the
+    sequence length in training and scoring, the KV cache's slots in decoding): 2 * (non-
+    embedding params [+ LM head]) + 4 * layers * context * heads * head_dim (same convention as
+    `train_flops_per_token`: masked positions are not discounted)."""
+    matmul_params = self.num_params(with_embeddings=False)
+    if lm_head:
+      matmul_params += self.vocab_size * self.d_model
+    return 2.0 * matmul_params + 4 * self.num_layers * context * self.num_heads * self.per_head_dim
+
+  def reward_forward_flops(self, length: int) -> float:
+    """Model FLOPs of one RewardModel forward pass over a sequence of `length` tokens: the
+    decoder without LM head, plus, under the log-prob readout, the LM head at the positions it
+    reads (the last `logprob_window` of them, or all). The scalar head is negligible."""
+    flops = length * self.forward_flops_per_token(length, lm_head=False)
+    if self.reads_logprobs:
+      positions = length if self.logprob_window is None else min(self.logprob_window, length)
+      flops += 2.0 * self.vocab_size * self.d_model * positions
+    return flops
