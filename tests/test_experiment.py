@@ -337,6 +337,11 @@ def test_policy_findings_follow_their_rules_on_hand_made_numbers():
   assert (fall["effect"], fall["low"], fall["high"]) == pytest.approx((0.12, 0.05, 0.19))
   assert fall["verdict"] == "reproduced"
   assert by_id["rl/warm_2_falls_less"]["effect"] == pytest.approx(0.62 - 0.51)
+  assert by_id["rl/warm_2_falls_less"]["verdict"] == "reproduced in this run"
+  # WARM "falls less" than a single RM that did not measurably fall says nothing
+  metrics["win_rates"]["win_rates"]["best_member_vs_best_member_final"] = rate(0.53, 0.47, 0.6)
+  less = {f["id"]: f for f in policy_findings(metrics)}["rl/warm_2_falls_less"]
+  assert less["effect"] == pytest.approx(0.02) and less["verdict"].startswith("inconclusive")
   # a run still at its peak at the end ties itself: no fall, said so
   metrics["rl"]["best_member"] = _rl_run([1.0, 2.0, 2.5], [0.0, 1.0, 3.0], [0.0, 1.0, 4.0])
   metrics["win_rates"]["win_rates"]["best_member_vs_best_member_final"] = rate(0.5, 0.5, 0.5)

@@ -264,8 +264,11 @@ def policy_findings(metrics: dict[str, Any]) -> list[dict[str, Any]]:
             "rule": "win rate of best over final step: the single RM's minus WARM's (above 0: "
                     "WARM fell less; across seeds: that difference)",
             "numbers": f"single RM: {single_fall['numbers']}; {label}: {warm_fall['numbers']}",
-            "verdict": ("reproduced" if single_fall["rate"]["rate"] > warm_fall["rate"]["rate"]
-                        else "not reproduced") + " in this run"})
+            "verdict": ("not reproduced in this run"
+                        if single_fall["rate"]["rate"] <= warm_fall["rate"]["rate"] else
+                        "reproduced in this run" if single_fall["rate"]["low"] > 0.5 else
+                        "inconclusive (the single-RM policy did not fall measurably after its "
+                        "peak)")})
       rate = wins.get(f"{name}{suffix}_vs_best_member{suffix}")
       if rate:
         # A best step with KL 0 is the SFT policy itself (no update yet): then the win rate
