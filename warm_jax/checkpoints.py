@@ -18,6 +18,7 @@ t5x-style assignment map: how an SFT LM becomes a reward model (backbone copied,
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -457,3 +458,12 @@ def atomic_write_text(path: str, text: str) -> None:
   with open(tmp, "w") as f:
     f.write(text)
   os.replace(tmp, path)
+
+
+def read_json(path: str) -> Any:
+  """A small JSON file a stage wrote (its stats, results, STAGE_FLOPS.json), or None if there is
+  none (the stage did not run, or wrote nothing)."""
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)

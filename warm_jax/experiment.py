@@ -58,7 +58,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from warm_jax.checkpoints import AVERAGE_CHECKPOINT_SUBDIR, atomic_write_text
+from warm_jax.checkpoints import AVERAGE_CHECKPOINT_SUBDIR, atomic_write_text, read_json
 
 STAGE_DONE = "STAGE_DONE"
 # Reward names '<kind>_<M>' of the top M members (ExperimentPlan.reward_spec): WARM (weight
@@ -946,9 +946,8 @@ def _flops_fields(stage: Stage) -> dict[str, float]:
   """The STAGE_DONE fields of the stage's STAGE_FLOPS.json: its model FLOPs and the reference
   FLOP/s its MFU is read against; none when the stage counted nothing (no model program ran,
   or its program does not count: FLOPs unknown)."""
-  from warm_jax.flops import read_stage_flops
   try:
-    counted = read_stage_flops(stage_flops_path(stage))
+    counted = read_json(stage_flops_path(stage))
   except (OSError, ValueError):
     logging.warning("unreadable %s: the stage's FLOPs are unknown", stage_flops_path(stage),
                     exc_info=True)

@@ -184,9 +184,3 @@ def write_stage_flops(path: str | None = None, counter: FlopCounter = COUNTER) -
   return path
 
 
-def read_stage_flops(path: str) -> dict[str, Any] | None:
-  """A STAGE_FLOPS.json, or None if the stage wrote none (it counted nothing)."""
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)

@@ -239,8 +239,8 @@ class ValueRegressionObjective:
     return self.loss(params, batch, None)[1]
 
   def train_flops_per_example(self, seq_len: int) -> float:
-    cfg = self.model_config
-    return (cfg.train_flops_per_token(seq_len) - 6.0 * cfg.vocab_size * cfg.d_model) * seq_len
+    # forward + backward (3x the forward) of the decoder; the value head replaces the LM head
+    return 3.0 * self.model_config.forward_flops_per_token(seq_len, lm_head=False) * seq_len
 
   @staticmethod
   def tokens_per_example(seq_len: int) -> int:

@@ -16,25 +16,18 @@ import shutil
 from typing import Any
 
 from warm_jax import report_policy
-from warm_jax.checkpoints import atomic_write_text
+from warm_jax.checkpoints import atomic_write_text, read_json
 
 SUBSETS = ("train_clean", "train_corrupt", "id_val", "id_policy", "ood", "ood_policy")
 DIVERSITY_ORDER = ("checkpoints_of_one_run", "two_data_orders", "two_learning_rates",
                    "two_baklava_inits")
 
 
-def _read_json(path: str) -> dict[str, Any] | None:
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
-
-
 def collect_metrics(plan: Any, *, timings: dict[str, float], scale_name: str
                     ) -> dict[str, Any]:
   rm, lmc, bump_differences = {}, {}, {}
   for setting in ("clean", "corrupt"):
-    result = _read_json(plan.path("eval", setting, "eval.json"))
+    result = read_json(plan.path("eval", setting, "eval.json"))
     if result is None:
       continue
     table = result["table"]
@@ -49,8 +42,8 @@ def collect_metrics(plan: Any, *, timings: dict[str, float], scale_name: str
                    "vs_m": result.get("vs_m"), "wa_minus_ens": result.get("wa_minus_ens")}
     lmc[setting] = result.get("lmc", {})
     bump_differences[setting] = result.get("lmc_bump_differences", {})
-  data_stats = {s: _read_json(plan.path("data", s, "stats.json")) for s in ("clean", "corrupt")}
-  rm_data = _read_json(plan.path("rm_data", "stats.json"))
+  data_stats = {s: read_json(plan.path("data", s, "stats.json")) for s in ("clean", "corrupt")}
+  rm_data = read_json(plan.path("rm_data", "stats.json"))
   rl_names = plan.rl_run_names() if hasattr(plan, "rl_run_names") else []
   return {"scale": scale_name, "rm": rm, "lmc": lmc, "lmc_bump_differences": bump_differences,
           "bon": report_policy.collect_bon(plan.path("bon")),
@@ -64,7 +57,7 @@ def collect_metrics(plan: Any, *, timings: dict[str, float], scale_name: str
           "rm_data": None if rm_data is None else {
               "settings": {k: v["splits"] for k, v in rm_data["settings"].items()},
               "samples": rm_data["samples"], "build_seconds": rm_data["build_seconds"]},
-          "policy_pairs": _read_json(plan.path("policy_pairs", "stats.json")),
+          "policy_pairs": read_json(plan.path("policy_pairs", "stats.json")),
           "_plot_sources": {**{s: plan.path("eval", s, "plots") for s in ("clean", "corrupt")},
                             "bon": plan.path("bon", "plots")}}
 

@@ -9,10 +9,10 @@ win_rates/win_rates.json); verdicts follow the rules written next to each findin
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
+from warm_jax.checkpoints import read_json
 from warm_jax.win_rates import FINAL_SUFFIX
 
 RL_CURVE_KEYS = ("rewards/proxy", "rewards/oracle", "rewards/kl_to_sft", "generation/length",
@@ -24,16 +24,9 @@ RL_EVAL_KEYS = ("eval/proxy_reward", "eval/oracle_reward", "eval/kl_to_sft", "ev
                 "eval/disagreement", "eval/disagreement_spearman", "eval/disagreement_auroc")
 
 
-def _read_json(path: str) -> Any:
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
-
-
 def collect_bon(bon_dir: str) -> dict[str, Any] | None:
   """bon.json -> {n, kl, sft_sample_oracle, selectors: {name: curves}, win_rates_at_n_max}."""
-  result = _read_json(os.path.join(bon_dir, "bon.json"))
+  result = read_json(os.path.join(bon_dir, "bon.json"))
   if result is None:
     return None
   curves = result["curves"]
@@ -73,7 +66,7 @@ def collect_rl(rl_dirs: dict[str, str]) -> dict[str, Any] | None:
     ev = {"step": [r["step"] for r in evals]}
     for key in RL_EVAL_KEYS:
       ev[key] = [r.get(key) for r in evals]
-    entry = {"train": train, "eval": ev, "reward_calibration": _read_json(
+    entry = {"train": train, "eval": ev, "reward_calibration": read_json(
         os.path.join(model_dir, "reward_calibration.json")), "gao_fit": rl_eval_fit(rows)}
     if evals:
       oracle = ev["eval/oracle_reward"]
@@ -87,7 +80,7 @@ def collect_rl(rl_dirs: dict[str, str]) -> dict[str, Any] | None:
 
 
 def collect_win_rates(win_dir: str) -> dict[str, Any] | None:
-  result = _read_json(os.path.join(win_dir, "win_rates.json"))
+  result = read_json(os.path.join(win_dir, "win_rates.json"))
   if result is None:
     return None
   return {k: result[k] for k in ("win_rates", "mean_oracle", "mean_length", "policies",

@@ -38,7 +38,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from warm_jax import paired_stats
-from warm_jax.checkpoints import atomic_write_text
+from warm_jax.checkpoints import atomic_write_text, read_json
 
 TUNING_SEEDS = range(5)  # seeds a recipe may be tuned on; findings are checked on the others
 DEFAULT_GIN = "gin/experiments/warm_synthetic_tldr.gin"
@@ -86,13 +86,6 @@ def run_seeds(*, seeds: Sequence[int], output_dir: str, gin_args: Sequence[str],
       print(f"[seeds] seed {seed}: exit {proc.returncode} after {results[seed]['wall_s']:.0f}s",
             file=sys.stderr, flush=True)
   return results
-
-
-def _read(path: str) -> dict[str, Any] | None:
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
 
 
 def aggregate(per_seed: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
@@ -215,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         parallel=args.parallel)
     failed = {s: r for s, r in results.items() if r["exit"] != 0}
   per_seed = {s: m for s in seeds
-              if (m := _read(os.path.join(seed_dir(args.output_dir, s), "metrics.json")))}
+              if (m := read_json(os.path.join(seed_dir(args.output_dir, s), "metrics.json")))}
   if not per_seed:
     print(f"error: no seed of {seeds} has a metrics.json under {args.output_dir}: run the "
           "seeds first (without --aggregate_only)", file=sys.stderr)

@@ -187,9 +187,7 @@ class TransformerConfig:
     attention scores and weighted sum (causal masking is not discounted, as in PaLM's MFU):
     3x `forward_flops_per_token(seq_len)` (the backward pass costs twice the forward).
     """
-    matmul_params = self.num_params(with_embeddings=False) + self.vocab_size * self.d_model
-    attention = 12 * self.num_layers * seq_len * self.num_heads * self.per_head_dim
-    return 6.0 * matmul_params + attention
+    return 3.0 * self.forward_flops_per_token(seq_len)
 
   def forward_flops_per_token(self, context: int, *, lm_head: bool = True) -> float:
     """Model FLOPs of one forward pass per token that attends over `context` positions (the
