@@ -192,13 +192,13 @@ def gin_main(argv: Sequence[str] | None, *, entry: str, doc: str, example: str) 
     print(f"error: {type(e).__name__}: {error_message(e)}", file=sys.stderr)
     return 1
   # the stage profile: the model FLOPs this run executed, where the experiment driver asks
-  # (WARM_JAX_STAGE_FLOPS_FILE; nothing is written when no model program ran)
-  # (counts come from global shapes: every process has the whole job's; process 0 writes)
+  # (WARM_JAX_STAGE_FLOPS_FILE; write_stage_flops writes nothing without it or when no model
+  # program ran). Counts come from global shapes: every process has the whole job's; process 0
+  # writes.
+  import jax
   from warm_jax import flops as flops_lib
-  if os.environ.get(flops_lib.STAGE_FLOPS_ENV):
-    import jax
-    if jax.process_index() == 0:
-      flops_lib.write_stage_flops()
+  if jax.process_index() == 0:
+    flops_lib.write_stage_flops()
   return 0
 
 

@@ -324,7 +324,7 @@ class VmappedMembersTrainer:
       with self.partitioner.mesh_context():
         sums = jax.device_get(self._eval_step(params, batch, valid))
       flops_lib.count(f"eval ({self.config.name}, {self.num_members} members)",
-                      self.num_members * self.member.train_step_flops(batch) / 3)
+                      self.train_step_flops(batch) / 3)
       total = sums if total is None else jax.tree_util.tree_map(np.add, total, sums)
     return [normalise_metrics({k: v[i] for k, v in total.items()})
             for i in range(self.num_members)]
