@@ -1,6 +1,7 @@
 """`python -m warm_jax.average` end to end, in subprocesses: flags and gin, exit codes, peak
 memory as M grows, SIGKILL mid-write, and a checkpoint written by two jax processes."""
 
+import io
 import json
 import os
 import signal
@@ -17,6 +18,7 @@ import pytest
 from conftest import REPO_ROOT, run_cli
 from warm_jax import average
 from warm_jax import checkpoints as ckpt
+from warm_jax.cli_errors import print_error
 from warm_jax import merging
 
 AVERAGE = ["-m", "warm_jax.average"]
@@ -226,3 +228,25 @@ def test_checkpoint_written_by_two_processes(tmp_path):
                              rtol=1e-6, atol=1e-6)
   np.testing.assert_allclose(_flat(out)["reward_head/kernel"], values["head"] - 0.5,
                              rtol=1e-6, atol=1e-6)
+
+
+class _CountingStream(io.StringIO):
+  """stderr that records each write call, as a pipe shared with other threads would see it."""
+
+  def __init__(self):
+    super().__init__()
+    self.writes = []
+
+  def write(self, text):
+    self.writes.append(text)
+    return super().write(text)
+
+
+def test_error_report_is_one_write_so_other_threads_cannot_split_its_line(monkeypatch):
+  # print(..., file=sys.stderr) writes the text and the newline separately; orbax's threads,
+  # logging a failed write, could land between them (CI saw the error line gain a tail).
+  stream = _CountingStream()
+  monkeypatch.setattr(sys, "stderr", stream)
+  print_error("CheckpointWriteError: writing /x failed: File too large\nnothing was written  ")
+  assert stream.writes == ["error: CheckpointWriteError: writing /x failed: File too large\n"
+                           "nothing was written\n"]

@@ -207,7 +207,7 @@ def test_disk_full_during_a_checkpoint_save_keeps_the_last_good_one(assets, tmp_
                          f"{model_dir}/checkpoints failed: "), line
   assert "File too large" in line and "the last complete checkpoint is step 2, intact" in line
   assert line.endswith("then rerun the same command: it resumes from the last complete "
-                       "checkpoint.")
+                       "checkpoint."), proc.stderr[-6000:]
   hashes = json.loads(next(line for line in proc.stdout.splitlines()
                            if line.startswith("HASHES "))[len("HASHES "):])
   assert _complete_steps(model_dir) == [1, 2]
@@ -244,7 +244,7 @@ def test_disk_full_while_averaging_writes_nothing(tmp_path):
   assert proc.returncode == 1, proc.stderr[-3000:]
   line = _error_line(proc.stderr)
   assert line.startswith(f"error: CheckpointWriteError: writing {out} failed: "), line
-  assert "File too large" in line and line.endswith("nothing was written")
+  assert "File too large" in line and line.endswith("nothing was written"), proc.stderr[-6000:]
   assert sorted(os.listdir(tmp_path)) == ["rm_0", "rm_1"]  # no output, no temporary dir
   assert tree_file_hashes(*paths) == before
 

@@ -42,6 +42,7 @@ import sys
 from collections.abc import Sequence
 
 from warm_jax.checkpoints import CheckpointError
+from warm_jax.cli_errors import print_error
 from warm_jax.merging import MergeConfigError, average_checkpoints, memory, method_names
 
 __all__ = ["average_checkpoints", "main"]
@@ -91,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     files, bindings, paths, rest = split_gin_args(argv)
     flags = vars(_parser().parse_args(rest))
   except (GinConfigError, _UsageError) as e:
-    print(f"error: {e}\n(see python -m warm_jax.average --help)", file=sys.stderr)
+    print_error(f"{e}\n(see python -m warm_jax.average --help)")
     return USAGE_EXIT_CODE
   if flags.pop("help", False):
     print(__doc__)
@@ -112,13 +113,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
       parse_gin(files, bindings, paths)
     except GinConfigError as e:
-      print(f"error: {e}", file=sys.stderr)
+      print_error(str(e))
       return USAGE_EXIT_CODE
   kwargs = dict(flags)
   for required in ("inputs", "output"):
     if required not in kwargs and not (use_gin and _gin_has(f"average_checkpoints.{required}")):
-      print(f"error: no --{required} (nor average_checkpoints.{required} in gin); see --help",
-            file=sys.stderr)
+      print_error(f"no --{required} (nor average_checkpoints.{required} in gin); see --help")
       return USAGE_EXIT_CODE
   try:
     if use_gin:
@@ -132,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     message = str(e).split("\n  In call to configurable")[0]
     if "nothing was written" not in message:
       message += "\nnothing was written"
-    print(f"error: {type(e).__name__}: {message}", file=sys.stderr)
+    print_error(f"{type(e).__name__}: {message}")
     return REFUSED_EXIT_CODE
   print(json.dumps({"output": manifest["output"]["path"],
                     "content_hash": manifest["output"]["content_hash"],

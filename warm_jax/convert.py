@@ -50,6 +50,8 @@ import sys
 import time
 from collections.abc import Sequence
 
+from warm_jax.cli_errors import print_error
+
 USAGE_EXIT_CODE = 2
 REFUSED_EXIT_CODE = 1
 _SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10,
@@ -114,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       raise _UsageError("--base, --family, --tokenizer and gin flags are for --to hf (export) "
                         "only")
   except (GinConfigError, _UsageError) as e:
-    print(f"error: {e}\n(see python -m warm_jax.convert --help)", file=sys.stderr)
+    print_error(f"{e}\n(see python -m warm_jax.convert --help)")
     return USAGE_EXIT_CODE
 
   # A host program: keep jax (orbax, eval_shape) off any accelerator.
@@ -140,11 +142,11 @@ def main(argv: Sequence[str] | None = None) -> int:
           pad_token_id=args.pad_token_id, drop_reward_bias=args.drop_reward_bias,
           tokenizer=args.tokenizer)
   except GinConfigError as e:
-    print(f"error: {e}", file=sys.stderr)
+    print_error(str(e))
     return USAGE_EXIT_CODE
   except (ConversionError, CheckpointError, ValueError) as e:
     logging.debug("conversion refused", exc_info=True)
-    print(f"error: {type(e).__name__}: {e}\nnothing was written", file=sys.stderr)
+    print_error(f"{type(e).__name__}: {e}\nnothing was written")
     return REFUSED_EXIT_CODE
   summary.update(output=os.path.abspath(args.output), wall_s=round(time.time() - t0, 2),
                  peak_rss_bytes=memory.peak_rss_bytes())

@@ -59,6 +59,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from warm_jax.checkpoints import AVERAGE_CHECKPOINT_SUBDIR, atomic_write_text, read_json
+from warm_jax.cli_errors import print_error
 
 STAGE_DONE = "STAGE_DONE"
 # Reward names '<kind>_<M>' of the top M members (ExperimentPlan.reward_spec): WARM (weight
@@ -1122,7 +1123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from warm_jax import experiment as module
     if not isinstance(e, (StageFailed, module.StageFailed)):
       raise
-    print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+    print_error(str(e).splitlines()[0])
     return 1
 
 

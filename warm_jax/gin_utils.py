@@ -26,6 +26,8 @@ from typing import Any
 import gin
 from gin import config as gin_config
 
+from warm_jax.cli_errors import print_error
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -154,7 +156,7 @@ def gin_main(argv: Sequence[str] | None, *, entry: str, doc: str, example: str) 
   try:
     files, bindings, paths, rest = split_gin_args(argv)
   except GinConfigError as e:
-    print(f"error: {e}", file=sys.stderr)
+    print_error(str(e))
     return 2
   distributed = False
   for arg in rest:
@@ -164,18 +166,18 @@ def gin_main(argv: Sequence[str] | None, *, entry: str, doc: str, example: str) 
       print(doc)
       return 0
     else:
-      print(f"error: unknown argument {arg!r}; expected --gin_file, --gin.NAME=VALUE, "
-            "--gin_bindings, --gin_search_paths or --multihost", file=sys.stderr)
+      print_error(f"unknown argument {arg!r}; expected --gin_file, --gin.NAME=VALUE, "
+                  "--gin_bindings, --gin_search_paths or --multihost")
       return 2
   if not files:
-    print(f"error: no --gin_file given (e.g. {example})", file=sys.stderr)
+    print_error(f"no --gin_file given (e.g. {example})")
     return 2
   maybe_initialize_distributed(enable=distributed or None)
   configurables.register()
   try:
     parse_gin(files, bindings, paths)
   except GinConfigError as e:
-    print(f"error: {e}", file=sys.stderr)
+    print_error(str(e))
     return 2
   try:
     with gin.unlock_config():
@@ -189,7 +191,7 @@ def gin_main(argv: Sequence[str] | None, *, entry: str, doc: str, example: str) 
     if not isinstance(e, (ValueError, CheckpointError, NonFiniteError, OSError)):
       raise  # a bug: keep the traceback
     logging.debug("%s failed", entry, exc_info=True)
-    print(f"error: {type(e).__name__}: {error_message(e)}", file=sys.stderr)
+    print_error(f"{type(e).__name__}: {error_message(e)}")
     return 1
   # the stage profile: the model FLOPs this run executed, where the experiment driver asks
   # (WARM_JAX_STAGE_FLOPS_FILE; write_stage_flops writes nothing without it or when no model
@@ -217,11 +219,10 @@ def _exit_after_peer_failure(error: BaseException) -> None:
   barrier waits for the dead process until the heartbeat timeout and then aborts."""
   import jax
   first_line = error_message(error).strip().splitlines()[0]
-  print(f"error: {type(error).__name__} in process {jax.process_index()} of "
-        f"{jax.process_count()}: {first_line}\nAnother process of this jax.distributed job "
-        "probably stopped (crashed, killed or preempted): check its log. Restart all processes "
-        "with the same command: they resume from the last complete checkpoint.",
-        file=sys.stderr, flush=True)
+  print_error(f"{type(error).__name__} in process {jax.process_index()} of "
+              f"{jax.process_count()}: {first_line}\nAnother process of this jax.distributed "
+              "job probably stopped (crashed, killed or preempted): check its log. Restart all "
+              "processes with the same command: they resume from the last complete checkpoint.")
   logging.shutdown()
   sys.stdout.flush()
   os._exit(PEER_FAILURE_EXIT_CODE)  # pylint: disable=protected-access

@@ -39,6 +39,7 @@ from typing import Any
 
 from warm_jax import paired_stats
 from warm_jax.checkpoints import atomic_write_text, read_json
+from warm_jax.cli_errors import print_error
 
 TUNING_SEEDS = range(5)  # seeds a recipe may be tuned on; findings are checked on the others
 DEFAULT_GIN = "gin/experiments/warm_synthetic_tldr.gin"
@@ -192,13 +193,13 @@ def main(argv: Sequence[str] | None = None) -> int:
   args, gin_args = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
   bad = [a for a in gin_args if not (a.startswith("--gin_file=") or a.startswith("--gin."))]
   if bad:
-    print(f"error: unknown argument(s) {bad}: the experiment takes --gin_file=F and "
-          "--gin.NAME=VALUE", file=sys.stderr)
+    print_error(f"unknown argument(s) {bad}: the experiment takes --gin_file=F and "
+                "--gin.NAME=VALUE")
     return 2
   try:
     seeds = parse_seeds(args.seeds)
   except ValueError as e:
-    print(f"error: --seeds={args.seeds!r}: {e}", file=sys.stderr)
+    print_error(f"--seeds={args.seeds!r}: {e}")
     return 2
   if not any(a.startswith("--gin_file=") for a in gin_args):
     gin_args = [f"--gin_file={DEFAULT_GIN}", *gin_args]
@@ -210,8 +211,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   per_seed = {s: m for s in seeds
               if (m := read_json(os.path.join(seed_dir(args.output_dir, s), "metrics.json")))}
   if not per_seed:
-    print(f"error: no seed of {seeds} has a metrics.json under {args.output_dir}: run the "
-          "seeds first (without --aggregate_only)", file=sys.stderr)
+    print_error(f"no seed of {seeds} has a metrics.json under {args.output_dir}: run the "
+                "seeds first (without --aggregate_only)")
     return 1
   summary = aggregate(per_seed)
   summary["missing_seeds"] = [s for s in seeds if s not in per_seed]
@@ -220,8 +221,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         file=sys.stderr)
   if failed:
     first = min(failed)
-    print(f"error: seed {first} failed (exit {failed[first]['exit']}); its log is "
-          f"{failed[first]['log']}; rerun the same command to resume it", file=sys.stderr)
+    print_error(f"seed {first} failed (exit {failed[first]['exit']}); its log is "
+                f"{failed[first]['log']}; rerun the same command to resume it")
     return 1
   return 0
 

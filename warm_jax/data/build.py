@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from warm_jax.cli_errors import print_error
 from warm_jax.data import data_dir as data_dir_lib
 from warm_jax.data import preferences as prefs
 from warm_jax.data import world
@@ -404,19 +405,18 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     files, bindings, paths, rest = split_gin_args(argv)
   except GinConfigError as e:
-    print(f"error: {e}", file=sys.stderr)
+    print_error(str(e))
     return 2
   output_dir, overwrite, error = _parse_flags(rest)
   if error or not files or not output_dir:
-    print("error: " + (error or ("no --gin_file given (e.g. "
-                                 "--gin_file=gin/data/synthetic_tldr.gin)" if not files else
-                                 "no --output_dir given")), file=sys.stderr)
+    print_error(error or ("no --gin_file given (e.g. --gin_file=gin/data/synthetic_tldr.gin)"
+                          if not files else "no --output_dir given"))
     return 2
   configurables.register()
   try:
     parse_gin(files, bindings, paths)
   except GinConfigError as e:
-    print(f"error: {e}", file=sys.stderr)
+    print_error(str(e))
     return 2
   try:
     with gin.unlock_config():
@@ -424,7 +424,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           output_dir=output_dir, overwrite=overwrite, write_operative_gin=True)
   except (ValueError, FileNotFoundError) as e:
     logging.debug("build failed", exc_info=True)
-    print(f"error: {type(e).__name__}: {error_message(e)}", file=sys.stderr)
+    print_error(f"{type(e).__name__}: {error_message(e)}")
     return 1
   print(json.dumps({"output_dir": os.path.abspath(output_dir), "sizes": stats["sizes"],
                     "build_seconds": stats["build_seconds"]["total"]}))
