@@ -111,14 +111,17 @@ def test_kl_is_zero_when_the_policy_is_the_reference_and_the_baselines():
     rl.RLConfig(baseline="leave_one_out")
 
 
-def _run(tmp_path, name, *, steps, rl_config, data, sft, rm):
+def _run(tmp_path, name, *, steps, rl_config, data, sft, rm, dataset_hook=None):
   cfg = tiny_config(vocab_size=320, max_len=32, num_layers=1)
+  dataset = prompt_dataset(data_dir=data, split="train", prompt_len=PROMPT_LEN)
+  if dataset_hook is not None:
+    dataset_hook(dataset)
   return rl.train_policy(
       model_dir=str(tmp_path / name), sft_path=sft, reward_model=rm, model_config=cfg,
       optimizer=OptimizerConfig(learning_rate=1e-2),
       trainer_config=TrainerConfig(train_steps=steps, batch_size=8, log_every=1, save_every=2,
                                    keep_checkpoints=None),
-      dataset=prompt_dataset(data_dir=data, split="train", prompt_len=PROMPT_LEN),
+      dataset=dataset,
       eval_dataset=prompt_dataset(data_dir=data, split="validation", shuffle=False),
       rl=rl_config, sampling=SamplingConfig(max_new_tokens=6), data_dir=data,
       write_config=False)
@@ -296,3 +299,43 @@ def test_report_reads_the_step0_eval_and_the_rl_fit(tmp_path):
   table = "\n".join(report_policy.tables_md({"rl": rl_runs}))
   assert f"| best_member | 5.000 (0) | 5.500 (20) |" in table
   assert f"{want['a']:.3f}, {want['b']:.3f}" in table and "| 0.027 |" in table
+
+
+def test_sigterm_checkpoints_the_current_step_and_the_rerun_resumes_bit_identical(tmp_path):
+  """A preemption between save steps: policy, value and anchor are checkpointed at that step,
+  Preempted is raised (the CLI's exit 143), and the resumed run ends where an uninterrupted one
+  does, bit for bit."""
+  import signal
+  from warm_jax.trainer import Preempted
+  data = make_policy_data_dir(str(tmp_path / "data"))
+  cfg = tiny_config(vocab_size=320, max_len=32, num_layers=1)
+  sft = save_random_model(LanguageModel(cfg), str(tmp_path / "sft"), 0)
+  rm = save_random_model(RewardModel(cfg), str(tmp_path / "rm"), 1)
+  config = rl.RLConfig(value_warmup_steps=1, anchor="ema", anchor_ema_rate=0.5, eval_every=2)
+  run = lambda name, dataset_hook=None: _run(tmp_path, name, steps=4, data=data, sft=sft, rm=rm,
+                                             rl_config=config, dataset_hook=dataset_hook)
+  run("whole")
+
+  def terminate_while_reading_step_2(dataset):
+    original = dataset.batch
+    def batch(step, *args, **kwargs):
+      if step == 2:
+        os.kill(os.getpid(), signal.SIGTERM)
+      return original(step, *args, **kwargs)
+    dataset.batch = batch
+
+  with pytest.raises(Preempted, match="SIGTERM at step 3: checkpoints of the policy, the value "
+                                      "and the anchor saved in"):
+    run("cut", terminate_while_reading_step_2)
+  assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is given back
+  cut = tmp_path / "cut"
+  for sub in ("checkpoints", "value/checkpoints", "anchor"):  # save_every=2, and step 3
+    assert sorted(os.listdir(cut / sub)) == ["2", "3"], sub
+  assert not os.path.exists(cut / "DONE")
+  run("cut")  # the same command again: resumes from step 3
+  for sub in ("checkpoints/4", "value/checkpoints/4", "anchor/4"):
+    whole, resumed = (ckpt_lib.load_params(str(tmp_path / name / sub)) for name in ("whole", "cut"))
+    jax.tree_util.tree_map(np.testing.assert_array_equal, resumed, whole)
+  records = {name: read_metrics(str(tmp_path / name)) for name in ("whole", "cut")}
+  assert [r["step"] for r in records["cut"]] == [0, 1, 2, 3, 4]
+  assert records["cut"][-1]["eval/oracle_reward"] == records["whole"][-1]["eval/oracle_reward"]

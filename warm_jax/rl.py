@@ -43,6 +43,10 @@ training step). The DONE file holds the last eval and Gao et al.'s RL fit
 R(d) = d (a - b log d), d = sqrt(KL), of the eval oracle gain over step 0 (`gao_fits`). Checkpoints: MODEL_DIR/checkpoints/<step> (policy; a params
 dir later stages and win rates load), MODEL_DIR/value/, MODEL_DIR/anchor/ (ema only). A rerun
 resumes from the latest checkpoint: the prompts and sampling keys of step s depend only on s.
+SIGTERM (a preemption) checkpoints the policy, the value and the anchor at the current step and
+raises `trainer.Preempted` (exit 143 from the CLI); the rerun resumes there bit for bit. The
+trainer's fault hook (WARM_JAX_FAULT_KILL_AT_STEP=N, a SIGKILL after step N's save was issued)
+works here too.
 """
 
 from __future__ import annotations
@@ -76,7 +80,9 @@ from warm_jax.reward_sources import combine_member_rewards, parse_reward_source
 from warm_jax.sampling import (Sampler, SamplingConfig, check_left_padded, check_positions,
                                close_unfinished, join_prompt_and_response, response_ended,
                                trained_positions)
-from warm_jax.trainer import NonFiniteError, Trainer, TrainerConfig
+# The loop helpers are the Trainer's own (private to the training loops, shared on purpose).
+from warm_jax.trainer import (NonFiniteError, Preempted, Trainer, TrainerConfig,
+                              _maybe_inject_fault, _SigtermFlag)
 
 Array = jax.Array
 BASELINES = ("value", "leave_one_out", "none")
@@ -285,7 +291,7 @@ class _AnchorCheckpointer:
 
   def __init__(self, directory: str, keep: int | None):
     self.manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=True), item_names=("params",))
+        max_to_keep=keep, create=True), item_handlers={"params": ckpt_lib.standard_handler()})
 
   def save(self, step: int, params: Any) -> None:
     self.manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params)),
@@ -297,6 +303,9 @@ class _AnchorCheckpointer:
 
   def wait(self) -> None:
     self.manager.wait_until_finished()
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
 
   def close(self) -> None:
     self.manager.close()
@@ -565,6 +574,15 @@ def train_policy(*, model_dir: str | None, sft_path: str | None, reward_model: A
   if member_trees and not evaluating:
     logging.warning("DISAGREEMENT_MEMBERS is set but there are no eval prompts / eval oracle: "
                     "the member disagreement is computed at evals only, so not in this run")
+  def save(done: int) -> None:
+    policy_ckpt.save(done, policy.params, policy.opt_state, force=True)
+    if value is not None:
+      value_ckpt.save(done, value.params, value.opt_state, force=True)
+    if anchor_ckpt is not None:
+      anchor_ckpt.save(done, anchor)
+
+  checkpointers = [c for c in (policy_ckpt, value_ckpt, anchor_ckpt) if c]
+  stop = _SigtermFlag()  # a preemption: checkpoint the current step, exit 143 (gin_main)
   error: BaseException | None = None
   try:
     if evaluating and start == 0:  # step 0: the SFT policy, so every eval curve starts there
@@ -613,18 +631,26 @@ def train_policy(*, model_dir: str | None, sft_path: str | None, reward_model: A
         progress.update(done, {key.split("/")[-1]: v for key, v in scalars.items() if key in (
             "rewards/proxy", "rewards/oracle", "rewards/kl_to_sft", "eval/oracle_reward")})
       if done % cfg.save_every == 0 or done == cfg.train_steps:
-        policy_ckpt.save(done, policy.params, policy.opt_state, force=True)
-        if value is not None:
-          value_ckpt.save(done, value.params, value.opt_state, force=True)
-        if anchor_ckpt is not None:
-          anchor_ckpt.save(done, anchor)
+        save(done)
+      _maybe_inject_fault(done)  # the SIGKILL drills' hook (WARM_JAX_FAULT_KILL_AT_STEP)
+      if done < cfg.train_steps and stop.requested(done):
+        for checkpointer in checkpointers:
+          checkpointer.wait()
+        if any(c.latest_step() != done for c in checkpointers):  # not a save step
+          save(done)
+          for checkpointer in checkpointers:
+            checkpointer.wait()
+        raise Preempted(f"SIGTERM at step {done}: checkpoints of the policy"
+                        f"{', the value' if value is not None else ''}"
+                        f"{' and the anchor' if anchor is not None else ''} saved in "
+                        f"{model_dir}; rerun the same command to resume")
   except BaseException as e:
     error = e  # a dead peer: `finish` enters no barrier that would wait for it
     raise
   finally:
-    for checkpointer in (policy_ckpt, value_ckpt, anchor_ckpt):
-      if checkpointer:
-        checkpointer.finish(error)
+    stop.restore()
+    for checkpointer in checkpointers:
+      checkpointer.finish(error)
     writer.close()
   if jax.process_index() == 0:
     from warm_jax.gao_fits import rl_eval_fit
