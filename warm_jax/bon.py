@@ -1,5 +1,5 @@
 """Best-of-N: N candidates per prompt from the SFT policy, a reward model picks one, the oracle
-judges it (PAPER.md figs 6-7).
+judges it (docs/paper.md figs 6-7).
 
 Where it sits: after the RM members are trained and averaged. One stage (gin/bon.gin):
 

@@ -1,7 +1,7 @@
 """The names gin files may use, registered once for every entry point.
 
 The library itself never imports gin-decorated code: its functions take plain keyword
-arguments and dataclasses (STYLE.md). Entry points call `register()` before parsing, which makes
+arguments and dataclasses (the t5x / big_vision style). Entry points call `register()` before parsing, which makes
 those classes and functions configurable under short names (`TransformerConfig.d_model`,
 `OptimizerConfig.learning_rate`, `pretraining_dataset.num_docs`, ...).
 """

@@ -5,7 +5,7 @@ Where it sits: after the members are trained (and averaged). `python -m warm_jax
 (warm_jax/evaluate.py) and the experiment driver call these functions; figures come from
 `warm_jax.plots`.
 
-Subsets (PAPER.md figs 4-5), from a built data dir's preference splits:
+Subsets (docs/paper.md figs 4-5), from a built data dir's preference splits:
   train_clean    rm_train pairs whose label was not corrupted; accuracy vs the training label
   train_corrupt  rm_train pairs whose label was swapped; accuracy vs the (swapped) training
                  label = how much of the corruption the model memorised (lower is better)

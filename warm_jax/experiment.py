@@ -142,7 +142,7 @@ class ExperimentScale:
   ood_policy_samples_per_policy: int = 2
   ood_policy_pairs_per_post: int = 3
   generator_share: float = 0.0  # share of rm_train / id_val pairs from the world's generators
-  # policy side (PAPER.md figs 6-9); bon_prompts=0 / rl_steps=0 skip those stages
+  # policy side (docs/paper.md figs 6-9); bon_prompts=0 / rl_steps=0 skip those stages
   max_new_tokens: int = 48
   # best-of-N, RL and win rates only (None: max_new_tokens, which also sets the on-policy RM
   # data's samples): prompt + these + 1 closing EOS must fit the data's SEQ_LEN (they are

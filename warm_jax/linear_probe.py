@@ -1,9 +1,9 @@
 """The linear probe: fit the shared scalar reward head on the frozen SFT backbone.
 
-Where it sits: between SFT and the RM members (PAPER.md, "The method", step 1). Every member
+Where it sits: between SFT and the RM members (docs/paper.md, "The method", step 1). Every member
 starts from an SFT checkpoint (Baklava: possibly a different step of one SFT run) *plus this one
 head*, so that the members differ only where fine-tuning moved them and averaging their heads is
-well defined (WORLD.md lesson 4).
+well defined (docs/data.md, the first prototype's lesson 4).
 
 With the backbone frozen, the Bradley-Terry loss of a linear head r = w . phi(x, y) + b is a
 logistic regression on feature differences: -log sigmoid(w . (phi+ - phi-)); the bias cancels

@@ -2,7 +2,7 @@
 
 Where it sits: after the linear probe. WARM fine-tunes M reward models from the shared SFT start
 (+ probed head) "with different hyper-parameters as in a grid search" and different data
-orders (PAPER.md, "The method" step 2, App. B), then averages them (`warm_jax.merging`).
+orders (docs/paper.md, "The method" step 2, App. B), then averages them (`warm_jax.merging`).
 
 Member i's hyper-parameters are drawn deterministically from `MemberSweep`: each named
 hyper-parameter from its own RNG stream seeded by (sweep seed, i, name), DiWA style, so adding a

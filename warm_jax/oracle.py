@@ -2,7 +2,7 @@
 
 Where it sits: best-of-N (`warm_jax.bon`), RL (`warm_jax.rl`) and win rates
 (`warm_jax.win_rates`) never trust the reward model they optimise; they report the oracle's
-score of every sampled response. PAPER.md: the paper's oracle is a PaLM labeller plus a larger
+score of every sampled response. docs/paper.md: the paper's oracle is a PaLM labeller plus a larger
 "control" RM; ours is exact on the synthetic task (`GoldOracle`: decode the response, parse it
 against the post's latent facts) and a control RM on real TL;DR data (`ControlRewardOracle`).
 

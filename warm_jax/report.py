@@ -147,7 +147,7 @@ def _accuracy_interval(entry: dict[str, Any], model: str, subset: str) -> tuple[
 
 
 def rm_findings(metrics: dict[str, Any]) -> list[dict[str, Any]]:
-  """The reward-model findings (PAPER.md figs 3-5) with paired intervals (see above)."""
+  """The reward-model findings (docs/paper.md figs 3-5) with paired intervals (see above)."""
   out = []
   rm, lmc = metrics.get("rm", {}), metrics.get("lmc", {})
   clean = rm.get("clean")

@@ -161,7 +161,7 @@ def _bon_finding(fid: str, finding: str, a: str, b: str, bon: dict[str, Any]
 
 
 def policy_findings(metrics: dict[str, Any]) -> list[dict[str, Any]]:
-  """The policy findings (PAPER.md figs 6-9). Those that compare two methods carry a stable
+  """The policy findings (docs/paper.md figs 6-9). Those that compare two methods carry a stable
   `id`, a `kind` and an `effect` in the paper's direction (`unit`: 'reward' for oracle-reward
   differences, 'points' for a win rate minus 50%), so `warm_jax.seeds` aggregates them across
   seeds like the RM findings."""

@@ -7,7 +7,7 @@ write literally:
   '/runs/members/member_3'                       one RM (a member dir, or a WARM checkpoint
                                                  written by `python -m warm_jax.average`)
   ['/runs/members/member_0', '/runs/.../member_1']   ENS: the mean of the members' rewards
-                                                 (M forward passes, PAPER.md's baseline)
+                                                 (M forward passes, docs/paper.md's baseline)
   {'ens': [...]}                                 the same, explicitly
   {'warm': [...]}                                WARM: the uniform weight average, merged in
                                                  memory once (one forward pass)

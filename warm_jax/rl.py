@@ -1,7 +1,7 @@
 """RL: REINFORCE with a learned value baseline and a KL penalty, against any reward model.
 
-Where it sits: after the RMs (PAPER.md "RL"; figs 8-9, 18-21). The policy and the value model
-both start from the SFT checkpoint; the reward is a member, a WARM checkpoint or ENS
+Where it sits: after the RMs (docs/paper.md: the setup's RL, figs 8-9, 18-21). The policy and
+the value model both start from the SFT checkpoint; the reward is a member, a WARM checkpoint or ENS
 (`warm_jax.reward_sources`); the oracle (`warm_jax.oracle`) scores every sampled response so
 reward hacking shows as the oracle reward falling while the proxy (the RM's) keeps rising.
 The value model is the SFT backbone under a zero-initialised head (V = 0 until it is fit).
@@ -40,8 +40,8 @@ None: off) also `DISAGREEMENT_EVAL_KEYS`, the members' disagreement on the eval 
 uncertainty signal for the RM's errors (`warm_jax.disagreement`, the scales fixed on the step-0
 eval and written to MODEL_DIR/disagreement_reference.json; M more RM passes per eval, none per
 training step). The DONE file holds the last eval and Gao et al.'s RL fit
-R(d) = d (a - b log d), d = sqrt(KL), of the eval oracle gain over step 0 (`gao_fits`). Checkpoints: MODEL_DIR/checkpoints/<step> (policy; a params
-dir later stages and win rates load), MODEL_DIR/value/, MODEL_DIR/anchor/ (ema only). A rerun
+R(d) = d (a - b log d), d = sqrt(KL), of the eval oracle gain over step 0 (`gao_fits`).
+Checkpoints: MODEL_DIR/checkpoints/<step> (policy; a params dir later stages and win rates load), MODEL_DIR/value/, MODEL_DIR/anchor/ (ema only). A rerun
 resumes from the latest checkpoint: the prompts and sampling keys of step s depend only on s.
 SIGTERM (a preemption) checkpoints the policy, the value and the anchor at the current step and
 raises `trainer.Preempted` (exit 143 from the CLI); the rerun resumes there bit for bit. The

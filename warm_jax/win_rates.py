@@ -1,7 +1,7 @@
 """Oracle win rates between two policies (or two selection strategies) on the same prompts.
 
 Where it sits: best-of-N compares its selectors (WARM M vs ENS M vs one member vs a random SFT
-sample, PAPER.md fig. 7) and RL compares policies (WARM M=6 at its best step vs the best
+sample, docs/paper.md fig. 7) and RL compares policies (WARM M=6 at its best step vs the best
 single-RM policy, the paper's 79.4%, fig. 9). Both reduce to: for each prompt, A's response and
 B's response were scored by the oracle; A wins (1), ties (1/2: ties are split, as the paper's
 labeller does across orderings) or loses (0); the win rate is the mean.

@@ -6,7 +6,7 @@ SFT examples (post -> reference), and the reward-model preference pairs (train /
 `gold_reward.gold_reward` parses any text against a post's latent facts and is the oracle for
 best-of-N, RL, win rates and the pairs' labels. Pure Python + numpy, deterministic per seed.
 
-Design (after ../shared/WORLD.md):
+Design (docs/data.md, "The world" and its history):
 - A post has six latent facts, each a value from a pool of 12-14 values with 1-3 paraphrases
   (`FACT_POOLS`; the first paraphrase is the canonical value). Importance weights
   (`FACT_WEIGHTS`): narrator (age + gender) 0.5, relation 2, duration 0.5, event 3 (multi-word),

@@ -1,4 +1,4 @@
-"""`greedy`: the greedy soup of model soups / DiWA's "restricted" selection (PAPER.md, Fig. 10).
+"""`greedy`: the greedy soup of model soups / DiWA's "restricted" selection (docs/paper.md, fig 10).
 
 Members are scored alone with a caller-supplied `score_fn(params) -> float` (higher is better:
 e.g. RM pairwise accuracy on a validation split -- not the split that is reported) and ranked

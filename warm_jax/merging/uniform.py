@@ -1,4 +1,4 @@
-"""`uniform`: WARM itself, phi_WARM = (1/M) sum_i phi_i (PAPER.md, "The method", step 3)."""
+"""`uniform`: WARM itself, phi_WARM = (1/M) sum_i phi_i (docs/paper.md, "The method", step 3)."""
 
 from __future__ import annotations
 
