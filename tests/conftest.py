@@ -44,3 +44,9 @@ def run_cli(args, *, timeout=300, check=False, env=None):
 @pytest.fixture
 def repo_root():
   return REPO_ROOT
+
+
+def pytest_configure(config):
+  config.addinivalue_line(
+      "markers", "slow: end-to-end, subprocess, multi-host and other tests over ~2 s on 2 loaded "
+      "cores; `pytest -m 'not slow'` is the quick pass (CI and launch/test.sh run everything)")

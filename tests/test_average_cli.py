@@ -54,6 +54,7 @@ def clean_gin():
   gin.clear_config()
 
 
+@pytest.mark.slow
 def test_flags_and_gin_average_and_report(tmp_path, clean_gin):
   trees, paths = _save_members(tmp_path, 3)
   out = tmp_path / "warm"
@@ -80,6 +81,7 @@ def test_flags_and_gin_average_and_report(tmp_path, clean_gin):
   assert json.loads((out2 / "manifest.json").read_text())["method_params"] == {"lam": 0.25}
 
 
+@pytest.mark.slow
 def test_refusals_exit_nonzero_with_a_message_and_write_nothing(tmp_path, capsys, clean_gin):
   _, paths = _save_members(tmp_path, 2)
   ckpt.save_params(_tree(9, cols=5), str(tmp_path / "other_arch"))
@@ -125,6 +127,7 @@ def _peak_rss(manifest_dir):
   return json.loads((manifest_dir / "manifest.json").read_text())["peak_rss_bytes"]
 
 
+@pytest.mark.slow
 def test_peak_memory_stays_near_one_model_as_members_grow(tmp_path):
   # A ~40 MB model in 4 leaves of 10 MB; M = 2, 4, 8 members.
   rows = 10 * MIB // (4 * 256)
@@ -161,6 +164,7 @@ _KILL_DRIVER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_sigkill_mid_write_leaves_no_output_and_a_rerun_succeeds(tmp_path):
   _, paths = _save_members(tmp_path, 2, leaves=4, rows=4096, cols=256)
   out = tmp_path / "warm"
@@ -198,6 +202,7 @@ _TWO_PROCESS_WRITER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_checkpoint_written_by_two_processes(tmp_path):
   rng = np.random.default_rng(0)
   values = {"kernel": rng.standard_normal((64, 8), np.float32),

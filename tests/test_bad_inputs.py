@@ -424,6 +424,7 @@ def test_the_battery_covers_every_program_and_enough_kinds():
   assert len(CASES) >= 25 and len({case.name for case in CASES}) == len(CASES)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
 def test_bad_input_is_refused_clearly_and_changes_nothing(case, shared, tmp_path, capsys):
   ws = Workspace(shared, tmp_path / "case")

@@ -134,6 +134,7 @@ def test_win_rates_split_ties_and_a_strategy_against_itself_is_one_half():
       plain.high - plain.low, abs=0.06)
 
 
+@pytest.mark.slow
 def test_best_of_n_stage_end_to_end(tmp_path):
   data = make_policy_data_dir(str(tmp_path / "data"))
   cfg = tiny_config(vocab_size=320, max_len=32)

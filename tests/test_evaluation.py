@@ -107,6 +107,7 @@ def test_uniform_averages_are_scored_once_per_set_of_members(setup, monkeypatch)
   evaluator.__dict__.pop("_wa_cache", None)
 
 
+@pytest.mark.slow
 def test_table_members_warm_and_ens_match_direct_computation(setup):
   cfg, members, evaluator, _ = setup
   table = evaluator.table(members, ms=[2, 3])
@@ -168,6 +169,7 @@ def test_real_token_ends_and_trimmed_widths():
   assert trimmed_width(300, 1024) == 512  # quarters of the length: 256, 512, 768, 1024
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch_size", [8, 16])
 def test_scoring_rows_of_mixed_lengths_matches_the_model_on_full_width(batch_size):
   """The scorer sorts rows by length and cuts each batch's trailing padding; rewards and

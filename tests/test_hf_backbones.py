@@ -151,7 +151,10 @@ def test_sharding_divides_state_and_the_table_renders(clean_gin, capsys):
   assert one.total == one.params + one.grads + one.optimizer + one.activations
   assert memory.kv_cache_bytes(config.replace(dtype="bfloat16"), batch_size=2, length=10) == \
       2 * 2 * 2 * 10 * 4 * 16 * 2
-  assert memory.main(["gin/models/gpt2.gin:50257", "gin/models/gemma_2b.gin:256000"]) == 0
+  from warm_jax import configurables, gin_utils  # the program's gin layer (`python -m`)
+  assert memory.command_line(["gin/models/gpt2.gin:50257", "gin/models/gemma_2b.gin:256000"],
+                             register=configurables.register,
+                             parse_gin=gin_utils.parse_gin) == 0
   table = capsys.readouterr().out
   assert "| gpt2 | 124M |" in table and "| gemma_2b | 2,506M |" in table
 

@@ -151,6 +151,7 @@ def test_conversion_streams_one_tensor_at_a_time(tmp_path, monkeypatch):
   assert peak < 1.5 * model_bytes
 
 
+@pytest.mark.slow
 def test_export_from_gin_presets_of_a_model_trained_here(tmp_path, capsys):
   """A model that never came from Hugging Face (params initialised here with the llama_tiny
   preset) exports with --family and gin flags; transformers computes the same logits."""
@@ -208,6 +209,7 @@ def test_export_refuses_value_models_and_biased_reward_heads(llama_dir, tmp_path
   assert config["id2label"] == {"0": "LABEL_0"}
 
 
+@pytest.mark.slow
 def test_the_console_entry_point_runs(llama_dir, tmp_path):
   proc = run_cli(["-m", "warm_jax.convert", "--from", "hf", "--input", str(llama_dir),
                   "--output", str(tmp_path / "ckpt")], check=True)

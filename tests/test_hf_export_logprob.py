@@ -117,6 +117,7 @@ def _warm_jax_rewards(config, params_dir, sp, pairs):
                         response)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_log_prob_readout_rm_scores_raw_text_in_transformers_as_warm_jax(
     data_dir, tmp_path, capsys, family):

@@ -124,6 +124,7 @@ def _warm_jax_rewards(params_dir, ids):
   return scorer.rewards(scorer.place(ckpt.load_params(str(params_dir))), tokens, mask)
 
 
+@pytest.mark.slow
 def test_warm_stage_dir_exports_with_tokenizer_and_card_and_scores_raw_text(run, tmp_path,
                                                                            capsys):
   out = tmp_path / "warm_2_hf"
@@ -165,6 +166,7 @@ def test_warm_stage_dir_exports_with_tokenizer_and_card_and_scores_raw_text(run,
   np.testing.assert_allclose(piped, ours, atol=TOLERANCE, rtol=0)
 
 
+@pytest.mark.slow
 def test_exported_tokenizer_gives_sentencepiece_ids_on_any_text(run, tmp_path):
   """The tokenizer files written for the world's SentencePiece model, loaded by AutoTokenizer:
   the ids of the sentencepiece library (plus EOS) on world text and on random strings of
@@ -214,6 +216,7 @@ def _greedy_parity(capsys, policy_dir, out, family, new=16):
   return ours
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", sorted(PRESETS))
 def test_exported_policy_generates_greedily_as_our_sampler(run, tmp_path, capsys, family):
   """A policy exported from its RL stage dir: model.generate(do_sample=False) continues a
@@ -222,6 +225,7 @@ def test_exported_policy_generates_greedily_as_our_sampler(run, tmp_path, capsys
   assert len(set(map(tuple, ours.tokens.tolist()))) > 1  # not one constant continuation
 
 
+@pytest.mark.slow
 def test_exported_policy_stops_at_eos_where_our_sampler_does(run, tmp_path, capsys):
   """The same with a policy that emits EOS mid-way: its EOS output column is a scaled copy of
   the column of the token it emits most, so greedy decoding reaches EOS within a few steps
@@ -237,6 +241,7 @@ def test_exported_policy_stops_at_eos_where_our_sampler_does(run, tmp_path, caps
   assert ours.ended.any() and (ours.mask.sum(axis=1) < ours.mask.shape[1]).any()
 
 
+@pytest.mark.slow
 def test_imported_reward_model_exported_back_scores_text_as_before(run, tmp_path, capsys):
   """A Hugging Face Llama RM that ships the world's tokenizer: imported, exported back, and
   scored on text by transformers: the same ids and rewards as the original and as warm-jax."""
@@ -272,6 +277,7 @@ def test_imported_reward_model_exported_back_scores_text_as_before(run, tmp_path
   np.testing.assert_allclose(ours, rewards_original, atol=TOLERANCE, rtol=0)
 
 
+@pytest.mark.slow
 def test_tokenizer_refusals_and_an_export_without_tokenizer(run, tmp_path, capsys):
   """A tokenizer of another size, and a log-prob-readout RM with no tokenizer to find its
   response marker, are refused by name (nothing is written); a checkpoint with nothing around
@@ -336,6 +342,7 @@ def _readme_snippets(**paths):
   return out
 
 
+@pytest.mark.slow
 def test_readme_snippets_run_as_written(run, tmp_path, capsys):
   """README's orbax, transformers and TRL blocks, on exports of the fixture's stage dirs: the
   orbax tree is warm-jax's, the transformers rewards equal warm-jax's, and a TRL GRPO step

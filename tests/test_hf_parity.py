@@ -67,6 +67,7 @@ def _max_error(got, want, mask):
 
 @pytest.mark.parametrize("family,overrides", CASES,
                          ids=["gpt2", "llama", "llama3_rope", "gemma"])
+@pytest.mark.slow
 def test_imported_logits_equal_transformers(family, overrides, tmp_path):
   model = build(family, vocab_size=VOCAB, initializer_range=0.1, **overrides)
   tokens, mask = _tokens()

@@ -60,6 +60,7 @@ def _flat(tree, prefix=""):
       yield f"{prefix}{key}", np.asarray(value)
 
 
+@pytest.mark.slow
 def test_imported_llama_runs_sft_rm_members_and_warm_averaging(data_dir, tmp_path):
   hf = build("llama", vocab_size=1024, initializer_range=0.1)
   hf.save_pretrained(tmp_path / "hf")

@@ -44,6 +44,7 @@ def test_sweep_refuses_bad_arguments(args, message):
   assert proc.returncode == 2 and message in proc.stderr
 
 
+@pytest.mark.slow
 def test_sweep_trains_members_as_separate_jobs(tmp_path, tmp_path_factory):
   from reliability_assets import session_assets
   assets = session_assets(tmp_path_factory)

@@ -65,6 +65,7 @@ def test_members_with_one_bucket_seed_share_widths_not_rows():
   assert any((a.global_indices(s, 8) != b.global_indices(s, 8)).any() for s in range(50))
 
 
+@pytest.mark.slow
 def test_the_cut_batch_has_the_full_width_loss():
   cfg = tiny_config(max_len=L, reward_readout="hidden_logprob")
   objective = PreferenceObjective(cfg)

@@ -31,6 +31,7 @@ def test_param_count_matches_config(variant):
   assert sum(x.size for x in jax.tree_util.tree_leaves(params)) == cfg.num_params()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_causal_future_tokens_do_not_change_past_logits(variant):
   cfg = tiny_config(**VARIANTS[variant])
@@ -46,6 +47,7 @@ def test_causal_future_tokens_do_not_change_past_logits(variant):
   assert not np.allclose(a[0, 6:], b[0, 6:])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_reward_read_at_last_real_token_whatever_the_padding(variant):
   cfg = tiny_config(**VARIANTS[variant])
@@ -142,6 +144,7 @@ def test_rope_matches_formula_and_is_relative():
   np.testing.assert_allclose(dots, dots[0], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_bf16_compute_keeps_fp32_params_and_close_logits():
   cfg = tiny_config()
   cfg16 = cfg.replace(dtype="bfloat16")
@@ -194,6 +197,7 @@ def test_logical_axis_names_on_params():
   assert tuple(specs["lm_head"]["kernel"]) == ("embed", "vocab")
 
 
+@pytest.mark.slow
 def test_traced_dropout_rate_matches_the_configured_one():
   # The vmapped RM members pass their own dropout rate as an array.
   cfg = tiny_config(dropout_rate=0.1)
@@ -218,6 +222,7 @@ def _log_softmax(x):
   return x - np.log(np.exp(x).sum(-1, keepdims=True))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_logprob_readout_matches_the_lm_of_the_same_backbone(variant):
   """reward = kernel . h_last + logprob_kernel . [softmin, mean, sum] of the response tokens'
@@ -261,6 +266,7 @@ def test_logprob_readout_matches_the_lm_of_the_same_backbone(variant):
     rm.apply({"params": params}, jnp.asarray(tok), jnp.asarray(mask))
 
 
+@pytest.mark.slow
 def test_logprob_readout_ignores_prompt_tokens_and_padding():
   cfg = tiny_config(reward_readout="hidden_logprob")
   rm = RewardModel(cfg)
@@ -290,6 +296,7 @@ def _lp_params(cfg, seed=0):
   return params
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["gpt2", "llama"])
 def test_logprob_window_gives_the_full_readouts_features(variant):
   """With logprob_window W the LM head runs at W positions per row only; as long as every
@@ -318,6 +325,7 @@ def test_logprob_window_gives_the_full_readouts_features(variant):
   assert np.abs(full[:, -3:]).min() > 0  # every row has log-prob features to compare
 
 
+@pytest.mark.slow
 def test_a_response_longer_than_the_logprob_window_is_refused_or_nan():
   from warm_jax.models.heads import check_response_window
   from warm_jax.objectives import PreferenceObjective

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from conftest import REPO_ROOT
 
@@ -43,6 +44,7 @@ def _run_two_processes(args):
   return outputs
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process(tmp_path):
   outputs = _run_two_processes([*ARGS, f"--gin.MODEL_DIR='{tmp_path / 'two'}'"])
   single = subprocess.run([sys.executable, *ARGS, f"--gin.MODEL_DIR='{tmp_path / 'one'}'"],
@@ -58,6 +60,7 @@ def test_two_processes_match_one_process(tmp_path):
     np.testing.assert_allclose(two[name], one[name], rtol=1e-5, atol=1e-7, err_msg=name)
 
 
+@pytest.mark.slow
 def test_reward_model_training_on_two_processes_matches_one_process(tmp_path,
                                                                     tmp_path_factory):
   """A WARM member (gin/rm.gin: probe init, Bradley-Terry, dropout) trained by two local

@@ -54,6 +54,7 @@ def _records(setup, setting, split):
   return dd.load_records(os.path.join(setup["out"], setting), kind="preferences", split=split)
 
 
+@pytest.mark.slow
 def test_splits_come_from_their_posts_and_policies(setup):
   meta = dd.read_meta(setup["data"])
   posts = {s: {p.post_id for p in op.world_posts(setup["data"], meta=meta, split=s)}
@@ -79,6 +80,7 @@ def test_splits_come_from_their_posts_and_policies(setup):
   assert _tree_digest(setup["data"]) == setup["data_digest"]  # the input was only read
 
 
+@pytest.mark.slow
 def test_labels_are_bradley_terry_on_the_gold_reward(setup):
   posts = dd.load_posts(os.path.join(setup["out"], "clean"))
   gaps, labels = [], []
@@ -130,6 +132,7 @@ def test_bradley_terry_sampling_matches_its_expectation_on_many_pairs():
   assert all(p.length_a != p.length_b for p in forced)
 
 
+@pytest.mark.slow
 def test_corruption_swaps_exactly_a_quarter_of_the_training_labels_only(setup):
   clean, corrupt = _records(setup, "clean", "rm_train"), _records(setup, "corrupt", "rm_train")
   assert [(r["summary_a"], r["summary_b"]) for r in clean] == [
@@ -143,6 +146,7 @@ def test_corruption_swaps_exactly_a_quarter_of_the_training_labels_only(setup):
   assert setup["stats"]["settings"]["corrupt"]["corruption_rate"] == 0.25
 
 
+@pytest.mark.slow
 def test_arrays_hold_response_masks_on_the_summary_and_eos(setup):
   from warm_jax.data.datasets import load_vocabulary, preference_dataset
   out = os.path.join(setup["out"], "corrupt")
@@ -164,6 +168,7 @@ def test_arrays_hold_response_masks_on_the_summary_and_eos(setup):
                        pairs="corrupted")
 
 
+@pytest.mark.slow
 def test_same_seed_same_bytes_and_a_finished_dir_is_returned(setup):
   again = str(setup["base"] / "again")
   _run(setup, again)
@@ -179,6 +184,7 @@ def test_same_seed_same_bytes_and_a_finished_dir_is_returned(setup):
       os.path.join(other, "clean"), kind="preferences", split="rm_train")
 
 
+@pytest.mark.slow
 def test_generator_share_mixes_in_generator_pairs(setup):
   out = str(setup["base"] / "mixed")
   _run(setup, out, generator_share=0.25)
@@ -193,6 +199,7 @@ def test_generator_share_mixes_in_generator_pairs(setup):
   assert not os.path.exists(setup["base"] / "too_many")
 
 
+@pytest.mark.slow
 def test_refusals_name_the_input_and_write_nothing(setup):
   base = setup["base"]
   cases = [
@@ -223,6 +230,7 @@ def test_refusals_name_the_input_and_write_nothing(setup):
     _run(setup, str(base / "refused"), data_dir=corrupt)
 
 
+@pytest.mark.slow
 def test_the_evaluation_reads_id_policy_and_ood_policy_with_post_clusters(setup):
   from warm_jax.evaluate import load_subsets
   subsets = load_subsets(os.path.join(setup["out"], "corrupt"), seq_len=128, vocab_size=1024)

@@ -91,6 +91,7 @@ def _records(out):
 
 
 # -- determinism and format ----------------------------------------------------------------------
+@pytest.mark.slow
 def test_same_seed_same_bytes_other_seed_other_pairs(setup):
   for rel in ("text/preferences.ood.jsonl", "text/policy_samples.jsonl", "text/posts.jsonl",
               "arrays/preferences.ood.npz", "spm.model"):
@@ -103,6 +104,7 @@ def test_same_seed_same_bytes_other_seed_other_pairs(setup):
   assert _records(setup["out"]) != _records(setup["out_seed1"])
 
 
+@pytest.mark.slow
 def test_output_is_a_data_dir_the_existing_loaders_read(setup):
   from warm_jax.data.datasets import load_vocabulary, preference_dataset
   out, stats = setup["out"], setup["stats"]
@@ -132,6 +134,7 @@ def test_output_is_a_data_dir_the_existing_loaders_read(setup):
   assert not [n for n in os.listdir(setup["base"]) if ".tmp-" in n]
 
 
+@pytest.mark.slow
 def test_prompts_encode_like_the_data_builds_prompt_arrays(setup):
   from warm_jax.data.datasets import load_arrays, load_vocabulary
   data = setup["data"]
@@ -149,6 +152,7 @@ def test_prompts_encode_like_the_data_builds_prompt_arrays(setup):
 
 
 # -- labels, statistics, posts ------------------------------------------------------------------
+@pytest.mark.slow
 def test_gold_rewards_labels_and_stats_recomputed_independently(setup):
   out, stats = setup["out"], setup["stats"]
   posts = dd.load_posts(setup["data"])
@@ -189,6 +193,7 @@ def test_gold_rewards_labels_and_stats_recomputed_independently(setup):
         assert r[f"summary_{side}"] in pool[r["post_id"]]
 
 
+@pytest.mark.slow
 def test_bradley_terry_noise_matches_its_expectation_on_many_pairs(setup):
   """build_ood_pairs (the code policy_pairs runs) with a cheap sampler, 3000 pairs: the label
   noise rate is within 4 standard errors of the Bradley-Terry prediction computed from gold
@@ -221,6 +226,7 @@ def test_bradley_terry_noise_matches_its_expectation_on_many_pairs(setup):
   assert [p.summary_a for p in ood[:50]] != [p.summary_a for p in pairs[:50]]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("split", ["ood", "id_val"])
 def test_posts_are_held_out_and_never_rm_train(setup, split):
   data = setup["data"]
@@ -244,6 +250,7 @@ def _refused(setup, match, **overrides):
   assert not os.path.exists(setup["base"] / "refused")
 
 
+@pytest.mark.slow
 def test_refuses_bad_policy_dirs(setup):
   base = setup["base"]
   _refused(setup, "POLICY_DIR is not set", policy_dir=None)
@@ -269,6 +276,7 @@ def test_refuses_bad_policy_dirs(setup):
   _refused(setup, "vocab_size", model_config=dataclasses.replace(TINY, vocab_size=512))
 
 
+@pytest.mark.slow
 def test_refuses_bad_data_and_output_dirs_and_never_touches_inputs(setup):
   base = setup["base"]
   _refused(setup, "DATA_DIR is not set", data_dir=None)
@@ -295,6 +303,7 @@ def test_refuses_bad_data_and_output_dirs_and_never_touches_inputs(setup):
   assert _tree_digest(setup["data"]) == setup["data_digest"]
 
 
+@pytest.mark.slow
 def test_cli_refusal_is_one_clear_line(setup):
   proc = run_cli(["-m", "warm_jax.data.policy_pairs", "--gin_file=gin/models/tiny.gin",
                   "--gin_file=gin/data/policy_pairs.gin", f"--gin.DATA_DIR='{setup['data']}'",
@@ -306,6 +315,7 @@ def test_cli_refusal_is_one_clear_line(setup):
 
 
 # -- the RM evaluation ---------------------------------------------------------------------------
+@pytest.mark.slow
 def test_evaluation_adds_the_ood_policy_subset(setup):
   from warm_jax import evaluate
   from warm_jax.partitioning import Partitioner

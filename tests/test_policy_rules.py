@@ -158,6 +158,7 @@ def test_close_unfinished_appends_eos_only_to_unfinished_responses():
   assert same[0] is tokens and same[1] is mask
 
 
+@pytest.mark.slow
 def test_an_unfinished_response_is_scored_by_one_rule_in_bon_rl_and_win_rates(tmp_path):
   """Row 0 was cut at max_new_tokens, row 1 ended with EOS: every path's RM reward equals an
   independent forward pass over the unpadded prompt + response (+ EOS for row 0)."""

@@ -77,6 +77,7 @@ def _flat_step(model_dir, step, item):
 # ------------------------------------------------------------------------------------------------
 # 1. SIGKILL at random steps
 # ------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_rm_training_killed_at_random_steps_resumes_bit_identical(assets, tmp_path, clean_gin):
   steps = 8
   straight = str(tmp_path / "straight")
@@ -123,6 +124,7 @@ def _looks_complete(path):
   return os.path.isfile(os.path.join(path, "manifest.json"))
 
 
+@pytest.mark.slow
 def test_averager_killed_while_writing_leaves_no_complete_output(tmp_path):
   paths = _save_members(tmp_path, 2)  # 2 x 16 MiB: the write takes a while
   before = tree_file_hashes(*paths)
@@ -195,6 +197,7 @@ _DISK_FULL_TRAIN = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_disk_full_during_a_checkpoint_save_keeps_the_last_good_one(assets, tmp_path, clean_gin):
   members = str(tmp_path / "members")
   model_dir = os.path.join(members, "member_0")
@@ -236,6 +239,7 @@ _DISK_FULL_AVERAGE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_disk_full_while_averaging_writes_nothing(tmp_path):
   paths = _save_members(tmp_path, 2, rows=512, cols=64)
   before = tree_file_hashes(*paths)
@@ -265,6 +269,7 @@ SURVIVOR_BOUND_S = 60
 # leaves that save in flight, its background barriers waiting for the dead process; at step 3
 # the save may be done or, on a loaded machine, still in flight (the flake this pins down: the
 # survivor's cleanup joined the save and was aborted by jax after the heartbeat timeout).
+@pytest.mark.slow
 @pytest.mark.parametrize("kill_at", [1, 3], ids=["save_in_flight", "between_steps"])
 def test_when_one_process_dies_the_other_exits_with_a_clear_error(tmp_path, kill_at):
   with socket.socket() as s:

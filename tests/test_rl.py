@@ -127,6 +127,7 @@ def _run(tmp_path, name, *, steps, rl_config, data, sft, rm, dataset_hook=None):
       write_config=False)
 
 
+@pytest.mark.slow
 def test_tiny_rl_run_writes_metrics_checkpoints_and_warms_up_the_value(tmp_path):
   """Value baseline with warm-up, an ENS reward of two RMs, and WARP's EMA anchor."""
   data = make_policy_data_dir(str(tmp_path / "data"))
@@ -211,6 +212,7 @@ def test_stage_gin_files_bind_their_stage_and_name_missing_inputs(stage, require
     gin.clear_config()
 
 
+@pytest.mark.slow
 def test_policy_learning_rate_warms_up_linearly_over_policy_updates(tmp_path):
   """OptimizerConfig.warmup_steps of the policy's optimiser (gin POLICY_WARMUP_STEPS) counts
   policy updates: after one value-only step, updates 0, 1, 2 use lr * 0/2, 1/2, 2/2; the first
@@ -301,6 +303,7 @@ def test_report_reads_the_step0_eval_and_the_rl_fit(tmp_path):
   assert f"{want['a']:.3f}, {want['b']:.3f}" in table and "| 0.027 |" in table
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_the_current_step_and_the_rerun_resumes_bit_identical(tmp_path):
   """A preemption between save steps: policy, value and anchor are checkpointed at that step,
   Preempted is raised (the CLI's exit 143), and the resumed run ends where an uninterrupted one

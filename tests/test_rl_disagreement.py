@@ -79,6 +79,7 @@ def test_rl_eval_stats_on_a_hand_computed_example_and_their_refusals():
     dis.eval_reference(members[:1], proxy, oracle)
 
 
+@pytest.mark.slow
 def test_tiny_rl_run_logs_the_member_disagreement_at_every_eval(tmp_path):
   from conftest import tiny_config
   from test_bon import PROMPT_LEN, make_policy_data_dir, save_random_model

@@ -45,6 +45,7 @@ def test_aggregate_gives_the_t_interval_and_the_rules_verdicts():
   assert summary["per_seed"]["7"]["verdicts"]["wa_vs_best"] == "x"
 
 
+@pytest.mark.slow
 def test_seeds_cli_runs_each_seed_once_and_resumes(tmp_path, monkeypatch):
   """A stand-in experiment (a script writing metrics.json) checks the driver: every seed run
   with its SEED/WORLD_SEED, a finished seed skipped on the rerun, then the aggregate."""

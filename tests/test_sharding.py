@@ -50,6 +50,7 @@ def test_eight_simulated_devices():
   assert jax.device_count() == 8, "conftest should force 8 host devices"
 
 
+@pytest.mark.slow
 def test_sharded_step_matches_single_device(tmp_path):
   data = _dataset()
   single = _trainer(Partitioner(mesh_shape={"data": 1}, devices=jax.devices()[:1]), tmp_path,
@@ -75,6 +76,7 @@ def test_sharded_step_matches_single_device(tmp_path):
     assert len(leaf.sharding.spec) <= leaf.ndim
 
 
+@pytest.mark.slow
 def test_microbatching_gives_the_full_batch_gradient(tmp_path):
   data = _dataset()
   part = Partitioner(mesh_shape={"data": 2}, devices=jax.devices()[:2])

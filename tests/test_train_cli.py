@@ -23,6 +23,7 @@ def _final_params(model_dir):
   return ckpt.load_params(str(model_dir))
 
 
+@pytest.mark.slow
 def test_tiny_pretraining_run_writes_checkpoints_config_and_metrics(tmp_path):
   out = tmp_path / "pretrain"
   flops_file = tmp_path / "STAGE_FLOPS.json"  # the experiment driver's stage profile
@@ -83,6 +84,7 @@ def test_mesh_larger_than_device_count_is_a_clear_error(tmp_path):
   assert not out.exists()
 
 
+@pytest.mark.slow
 def test_missing_gin_file_and_model_dir(tmp_path):
   proc = run_cli(["-m", "warm_jax.train", "--gin_file=gin/nope.gin"])
   assert proc.returncode == 2 and "gin file gin/nope.gin not found" in proc.stderr
@@ -90,6 +92,7 @@ def test_missing_gin_file_and_model_dir(tmp_path):
   assert proc.returncode == 1 and "MODEL_DIR is not set" in proc.stderr
 
 
+@pytest.mark.slow
 def test_sigkill_and_resume_ends_bitwise_equal_to_an_uninterrupted_run(tmp_path):
   common = BASE + ["--gin.TRAIN_STEPS=12", "--gin.TrainerConfig.save_every=4",
                    "--gin.TrainerConfig.log_every=4", "--gin.TrainerConfig.eval_every=0",

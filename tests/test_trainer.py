@@ -53,6 +53,7 @@ def _trainer(tmp_path, objective=None, **config):
                  config=TrainerConfig(**fields), model_dir=str(tmp_path / "run"), seq_len=SEQ)
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
   # Batches are 4 rows, unshuffled: step index 3 (the 4th step) is the first poisoned one.
   trainer = _trainer(tmp_path, PoisonedObjective(tiny_config()))
@@ -84,6 +85,7 @@ def test_frozen_params_do_not_move(tmp_path):
                             end["decoder"]["layer_1"]["mlp"]["wi"]["kernel"])
 
 
+@pytest.mark.slow
 def test_loop_writes_namespaced_metrics_and_evaluates(tmp_path):
   trainer = _trainer(tmp_path, eval_every=3)
   trainer.train(_data(), eval_dataset=_data(n=10))
@@ -177,6 +179,7 @@ class _TerminatingDataset(ArrayDataset):
     return super().batch(step, global_batch_size, **kw)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_stops_cleanly(tmp_path):
   from warm_jax.trainer import Preempted
   data = _data()
@@ -200,6 +203,7 @@ def _matmul_params(params) -> int:
              if "embed" not in jax.tree_util.keystr(path))
 
 
+@pytest.mark.slow
 def test_training_and_eval_count_their_model_flops(tmp_path):
   """The stage profile's count (warm_jax.flops.COUNTER): steps x the PaLM-convention count of
   one step, computed here from the real param tree; an eval batch counts one forward (1/3);

@@ -134,6 +134,7 @@ def _unflatten(flat):
   return tree
 
 
+@pytest.mark.slow
 def test_vmapped_members_equal_sequential_members(assets, runs):
   root, args = assets
   seq, vmap = runs
@@ -169,6 +170,7 @@ def test_vmapped_members_equal_sequential_members(assets, runs):
         [0.0, member.learning_rate / 2, member.learning_rate, member.learning_rate])
 
 
+@pytest.mark.slow
 def test_member_dirs_have_the_sequential_layout(assets, runs):
   seq, vmap = runs
   for i in MEMBERS:
@@ -205,6 +207,7 @@ class _TerminatingDataset(ArrayDataset):
     return super().batch(step, global_batch_size, **kw)
 
 
+@pytest.mark.slow
 def test_resume_after_preemption_equals_the_straight_run(assets, runs, tmp_path):
   root, args = assets
   _, straight = runs
@@ -265,6 +268,7 @@ def _trainer(tmp_path, *, objective=None, partitioner=None, learning_rates=(1e-3
       learning_rates=learning_rates, dropout_rates=dropout_rates, seq_len=SEQ)
 
 
+@pytest.mark.slow
 def test_nan_guard_names_the_member_and_saves_nothing_non_finite(tmp_path):
   trainer = _trainer(tmp_path, objective=PoisonedObjective(CFG))
   clean = ArrayDataset(_pairs(24), shuffle=False)
@@ -279,6 +283,7 @@ def test_nan_guard_names_the_member_and_saves_nothing_non_finite(tmp_path):
     manager.close()
 
 
+@pytest.mark.slow
 def test_each_member_steps_with_its_own_learning_rate_with_members_over_data(tmp_path):
   # Members spread over the data axis (one member per data shard), same fresh init (as
   # sequential jobs), same data, no dropout: only the peak LR differs, 10x. Adafactor's first
@@ -331,6 +336,7 @@ def test_member_axis_falls_back_to_replication_when_indivisible():
   assert view.batch_divisor == 2
 
 
+@pytest.mark.slow
 def test_bad_member_lists_are_clear_errors(assets, tmp_path):
   _, args = assets
   with pytest.raises(ValueError, match="repeat a member"):
@@ -360,6 +366,7 @@ def test_gin_rm_members_binds_the_vmapped_stage():
     gin.clear_config()
 
 
+@pytest.mark.slow
 def test_variants_equal_the_one_job_lmc_pairs_and_scratch_rms(assets, tmp_path):
   """MEMBER_VARIANTS (the experiment's LMC diversity pairs and Remark 1's from-scratch RMs in
   one program) against `train_reward_model` with the same overrides, one job each; the extra

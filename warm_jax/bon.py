@@ -57,6 +57,7 @@ import numpy as np
 
 from warm_jax import checkpoints as ckpt_lib
 from warm_jax import disagreement as dis
+from warm_jax import run_dir
 from warm_jax import win_rates as wr
 from warm_jax.gao_fits import gao_fit
 from warm_jax.paired_stats import paired_difference
@@ -318,7 +319,7 @@ def best_of_n(*, output_dir: str | None, data_dir: str | None, sft_path: str | N
   for name, value in (("OUTPUT_DIR", output_dir), ("DATA_DIR", data_dir), ("SFT_DIR", sft_path)):
     if not value:
       raise ValueError(f"{name} is not set: pass --gin.{name}=\"'/path'\"")
-  if os.path.exists(os.path.join(output_dir, "DONE")):
+  if run_dir.is_done(output_dir):
     logging.info("best-of-N already done in %s", output_dir)
     with open(os.path.join(output_dir, RESULT_FILE)) as f:
       return json.load(f)
@@ -418,8 +419,7 @@ def best_of_n(*, output_dir: str | None, data_dir: str | None, sft_path: str | N
         plot_disagreement(curves["disagreement"], os.path.join(output_dir, "plots"))
     ckpt_lib.atomic_write_text(os.path.join(output_dir, RESULT_FILE),
                                json.dumps(result, indent=1) + "\n")
-    ckpt_lib.atomic_write_text(os.path.join(output_dir, "DONE"), json.dumps(
-        {"wall_s": result["timing"]["total_s"]}) + "\n")
+    run_dir.write_done(output_dir, {"wall_s": result["timing"]["total_s"]})
   _log_summary(curves)
   return result
 

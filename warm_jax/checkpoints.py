@@ -18,7 +18,6 @@ t5x-style assignment map: how an SFT LM becomes a reward model (backbone copied,
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -31,6 +30,8 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from warm_jax import partitioning
+# The small-file helpers are run_dir's; imported here for the modules that use them as ckpt_lib.*
+from warm_jax.run_dir import atomic_write_text, read_json  # noqa: F401
 
 PARAMS_ITEM = "params"
 OPT_STATE_ITEM = "opt_state"
@@ -450,20 +451,3 @@ def check_finite_leaf(source_name: str, path: str, value: Any) -> None:
     raise CheckpointError(
         f"{source_name} leaf {path} has {bad} non-finite (NaN/inf) values: the checkpoint comes "
         "from a diverged run; use an earlier checkpoint of that run, or retrain it")
-
-
-def atomic_write_text(path: str, text: str) -> None:
-  """Writes a small text file via a temporary file and rename (never a half-written file)."""
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    f.write(text)
-  os.replace(tmp, path)
-
-
-def read_json(path: str) -> Any:
-  """A small JSON file a stage wrote (its stats, results, STAGE_FLOPS.json), or None if there is
-  none (the stage did not run, or wrote nothing)."""
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)

@@ -1,12 +1,16 @@
 """The names gin files may use, registered once for every entry point.
 
 The library itself never imports gin-decorated code: its functions take plain keyword
-arguments and dataclasses (the t5x / big_vision style). Entry points call `register()` before parsing, which makes
-those classes and functions configurable under short names (`TransformerConfig.d_model`,
-`OptimizerConfig.learning_rate`, `pretraining_dataset.num_docs`, ...).
+arguments and dataclasses (the t5x / big_vision style). Entry points call `register()` before
+parsing, which makes those classes and functions configurable under short names
+(`TransformerConfig.d_model`, `OptimizerConfig.learning_rate`, `pretraining_dataset.num_docs`,
+...). It is the top of the import graph with the command lines (`gin_utils`, each `main`):
+nothing below imports it or them.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import gin
 
@@ -19,12 +23,12 @@ def register() -> None:
     return
   from warm_jax import objectives, optimizers, partitioning, trainer
   from warm_jax.data import lm_data, vocab
-  from warm_jax.data import build as data_build, datasets, preferences, tokenizer
+  from warm_jax.data import builder as data_build, datasets, preferences, tokenizer
   from warm_jax.models import config as model_config
-  from warm_jax import train as train_lib
+  from warm_jax import training_stage as train_lib
   from warm_jax import bon, rl, sampling, win_rates
   from warm_jax import merging
-  from warm_jax import evaluate, experiment, linear_probe, members
+  from warm_jax import evaluation, linear_probe, members, pipeline
   from warm_jax import vmapped_members
 
   for fn_or_cls in (
@@ -40,8 +44,8 @@ def register() -> None:
       members.train_reward_model,
       vmapped_members.train_reward_members,
       vmapped_members.member_range,
-      evaluate.evaluate_reward_models,
-      experiment.run_experiment,
+      evaluation.evaluate_reward_models,
+      pipeline.run_experiment,
       lm_data.pretraining_dataset,
       vocab.ByteVocabulary,
       train_lib.InitFromCheckpoint,
@@ -62,5 +66,14 @@ def register() -> None:
     gin.external_configurable(fn_or_cls, module=None)
   gin.external_configurable(train_lib.train, name="train")
   gin.external_configurable(merging.average_checkpoints, name="average_checkpoints")
-  gin.external_configurable(train_lib.run_stage, name="run_stage")
+  gin.external_configurable(run_stage, name="run_stage")
   _REGISTERED = True
+
+
+def run_stage(stage: Any = None) -> Any:
+  """What `python -m warm_jax.train` runs: `train` unless a stage file binds another stage,
+  e.g. `run_stage.stage = @linear_probe` (gin/linear_probe.gin) or `@train_reward_model`
+  (gin/rm.gin)."""
+  if stage is None:
+    stage = gin.get_configurable("train")
+  return stage()

@@ -1,9 +1,10 @@
 """The paper's reward-model evaluations: accuracy per subset for members, WARM and ENS, LMC
 curves, accuracy vs M by selection order, and Acc(WA) - Acc(ENS) over member pairs.
 
-Where it sits: after the members are trained (and averaged). `python -m warm_jax.evaluate`
-(warm_jax/evaluate.py) and the experiment driver call these functions; figures come from
-`warm_jax.plots`.
+Where it sits: after the members are trained (and averaged). `evaluate_reward_models` (the
+stage: reads the members, writes OUTPUT_DIR/eval.json and plots) is what
+`python -m warm_jax.evaluate` (the command line, warm_jax/evaluate.py: its docstring lists the
+outputs) runs; figures come from `warm_jax.plots`.
 
 Subsets (docs/paper.md figs 4-5), from a built data dir's preference splits:
   train_clean    rm_train pairs whose label was not corrupted; accuracy vs the training label
@@ -32,12 +33,20 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Sequence
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from warm_jax import checkpoints as ckpt_lib
 from warm_jax import paired_stats
+from warm_jax.models import TransformerConfig
+from warm_jax.partitioning import Partitioner
 from warm_jax.scoring import RewardScorer
 
 SUBSETS = ("train_clean", "train_corrupt", "id_val", "ood")
@@ -367,3 +376,205 @@ def lmc_bump(curve: Sequence[float], line: Sequence[float]) -> float:
 def strip_private(result: dict[str, Any]) -> dict[str, Any]:
   """Drops cached arrays (keys starting with '_') before writing JSON."""
   return {k: v for k, v in result.items() if not k.startswith("_")}
+
+
+# ---------------------------------------------------------------------------------------------
+# The evaluation stage
+# ---------------------------------------------------------------------------------------------
+EVAL_FILE = "eval.json"
+# the selection orders of accuracy vs M (fig. 10); "greedy" is the greedy soup's acceptance order
+VS_M_ORDERS = ("best_to_worst", "worst_to_best", "random", "greedy")
+
+
+def _has_finished_member(path: str) -> bool:
+  return any(re.fullmatch(r"member_(\d+)", name) and os.path.exists(
+      os.path.join(path, name, "DONE")) for name in os.listdir(path))
+
+
+def _members_dirs_below(root: str, depth: int = 2) -> list[str]:
+  """Dirs at most `depth` levels under `root` that hold finished members (shallowest first)."""
+  found, level = [], [root]
+  for _ in range(depth):
+    below = []
+    for path in level:
+      for name in sorted(os.listdir(path)):
+        child = os.path.join(path, name)
+        if os.path.isdir(child):
+          (found if _has_finished_member(child) else below).append(child)
+    level = below
+  return found
+
+
+def finished_members(members_dir: str) -> list[str]:
+  """member_<i> dirs with a DONE marker, by index."""
+  if not os.path.isdir(members_dir):
+    raise FileNotFoundError(f"members dir {members_dir} does not exist: train members first "
+                            "(gin/rm.gin or gin/rm_members.gin)")
+  found = []
+  for name in os.listdir(members_dir):
+    m = re.fullmatch(r"member_(\d+)", name)
+    if m and os.path.exists(os.path.join(members_dir, name, "DONE")):
+      found.append((int(m.group(1)), os.path.join(members_dir, name)))
+  if not found:
+    below = _members_dirs_below(members_dir)  # the run's root or members/: members/clean
+    hint = (f"MEMBERS_DIR holding them is below: {', '.join(below)}; pass one of those" if below
+            else "train the members first (gin/rm.gin), or point MEMBERS_DIR at their dir")
+    raise FileNotFoundError(f"no finished member (member_<i>/DONE) in {members_dir}: {hint}")
+  return [path for _, path in sorted(found)]
+
+
+def _post_groups(data_dir: str, split: str, pair_index: np.ndarray) -> np.ndarray:
+  """[n] integer id of each pair's post (the cluster of the paired statistics), from the
+  split's records (`pair_index` is the record line of each array row)."""
+  from warm_jax.data import data_dir as data_dir_lib
+  records = data_dir_lib.load_records(data_dir, kind="preferences", split=split)
+  ids: dict[str, int] = {}
+  posts = np.array([ids.setdefault(r["post_id"], len(ids)) for r in records], np.int64)
+  return posts[np.asarray(pair_index, np.int64)]
+
+
+def load_subsets(data_dir: str, *, seq_len: int | None, vocab_size: int | None,
+                 policy_pairs_dir: str | None = None,
+                 max_pairs: int | None = None) -> dict[str, PairSet]:
+  """The evaluation subsets of DATA_DIR (with id_policy / ood_policy when it is an on-policy
+  RM data dir), plus `ood_policy` from a policy-pairs dir if given; each pair knows its post."""
+  from warm_jax.data import data_dir as data_dir_lib
+  from warm_jax.data.datasets import load_arrays
+  meta = data_dir_lib.read_meta(data_dir)
+  available = meta.get("splits", {}).get("preferences", data_dir_lib.SPLITS["preferences"])
+  names = [s for s in ("rm_train", "id_val", "ood", ID_POLICY_SUBSET, POLICY_SUBSET)
+           if s in available]
+  splits = {split: load_arrays(data_dir, kind="preferences", split=split, length=seq_len,
+                               vocab_size=vocab_size) for split in names}
+  groups = {split: _post_groups(data_dir, split, arrays["pair_index"])
+            for split, arrays in splits.items()}
+  if policy_pairs_dir:
+    from warm_jax.data.policy_pairs import SPLIT, load_policy_pairs
+    if POLICY_SUBSET in splits:
+      raise ValueError(f"DATA_DIR {data_dir} already holds the {POLICY_SUBSET} split (an "
+                       "on-policy RM data dir): drop POLICY_PAIRS_DIR")
+    splits[POLICY_SUBSET] = load_policy_pairs(policy_pairs_dir, data_dir=data_dir,
+                                                 seq_len=seq_len, vocab_size=vocab_size)
+    groups[POLICY_SUBSET] = _post_groups(policy_pairs_dir, SPLIT,
+                                            splits[POLICY_SUBSET]["pair_index"])
+  return subsets_from_splits(**splits, groups=groups, max_pairs=max_pairs)
+
+
+def evaluate_reward_models(*, output_dir: str | None, data_dir: str,
+                           model_config: TransformerConfig, members_dir: str | None = None,
+                           member_paths: Sequence[str] = (), ms: Sequence[int] = (2, 6),
+                           lmc_pairs: Mapping[str, Sequence[str]] | None = None,
+                           lmc_lambdas: Sequence[float] = LAMBDAS,
+                           pairs_histogram: bool = True, orders_seed: int = 0,
+                           batch_size: int = 64, seq_len: int | None = None,
+                           vocab_size: int | None = None,
+                           policy_pairs_dir: str | None = None,
+                           max_pairs_per_subset: int | None = None,
+                           vs_m_orders: Sequence[str] = VS_M_ORDERS,
+                           partitioner: Partitioner | None = None) -> dict[str, Any]:
+  """Runs the evaluations and writes OUTPUT_DIR/eval.json and plots (see module docstring).
+
+  lmc_pairs: {name: (params_path_a, params_path_b)}, e.g. the four diversity levels.
+  lmc_lambdas: the interpolation weights of the LMC curves (each interior one costs a pass
+    over every subset): increasing from 0.0 to 1.0.
+  policy_pairs_dir: a `python -m warm_jax.data.policy_pairs` output built from DATA_DIR;
+    adds the subset `ood_policy` to every table, curve and histogram (None: not evaluated).
+  max_pairs_per_subset: evaluate a seeded sample of at most this many pairs per subset (None:
+    all); the sizes used are in eval.json's subset_sizes.
+  vs_m_orders: the selection orders of `vs_m` (each costs up to M - 2 weight averages scored
+    on every subset; 'greedy' also runs the greedy soup, judged on the ranking subset).
+  """
+  if not output_dir:
+    raise ValueError("OUTPUT_DIR is not set: pass --gin.OUTPUT_DIR=\"'/path'\"")
+  unknown = set(vs_m_orders) - set(VS_M_ORDERS)
+  if unknown:  # refused before any checkpoint is loaded or scored
+    raise ValueError(f"VS_M_ORDERS has unknown orders {sorted(unknown)}: choose among "
+                     f"{', '.join(VS_M_ORDERS)}")
+  lmc_lambdas = [float(x) for x in lmc_lambdas]
+  if (len(lmc_lambdas) < 2 or lmc_lambdas[0] != 0.0 or lmc_lambdas[-1] != 1.0
+      or lmc_lambdas != sorted(set(lmc_lambdas))):
+    raise ValueError(f"LMC_LAMBDAS={tuple(lmc_lambdas)}: increasing, from 0.0 to 1.0")
+  if any(int(m) < 1 for m in ms):
+    raise ValueError(f"WARM_MS={tuple(ms)}: every M (members averaged) must be >= 1")
+  t0 = time.time()
+  paths = list(member_paths) or (finished_members(members_dir) if members_dir else [])
+  if not paths and not lmc_pairs:
+    raise ValueError("nothing to evaluate: give MEMBERS_DIR, member_paths or lmc_pairs")
+  if len(set(map(os.path.realpath, paths))) != len(paths):
+    raise ValueError(f"duplicate member paths in {paths}")
+  scorer = RewardScorer(model_config=model_config, partitioner=partitioner or Partitioner(),
+                        batch_size=batch_size)
+  evaluator = Evaluator(scorer=scorer, subsets=load_subsets(
+      data_dir, seq_len=seq_len, vocab_size=vocab_size, policy_pairs_dir=policy_pairs_dir,
+      max_pairs=max_pairs_per_subset))
+  result: dict[str, Any] = {"members": paths,
+                            "subset_sizes": {k: len(v) for k, v in evaluator.subsets.items()}}
+  if policy_pairs_dir:
+    result["policy_pairs_dir"] = os.path.abspath(policy_pairs_dir)
+  if paths:
+    members = [ckpt_lib.load_params(p) for p in paths]
+    for path, params in zip(paths, members):  # another architecture or NaN: refuse by name
+      scorer.check_params(params, name=path)
+    names = [os.path.basename(os.path.normpath(p)) for p in paths]
+    table = evaluator.table(members, ms, member_names=names)
+    member_rewards = table.pop("_member_rewards")
+    result["table"] = table
+    member_acc = [table["rows"][n] for n in names]
+    ranked = rank_members(member_acc)
+    rng = np.random.default_rng(orders_seed)
+    orders = {"best_to_worst": ranked, "worst_to_best": ranked[::-1],
+              "random": [int(i) for i in rng.permutation(len(members))]}
+    orders = {k: v for k, v in orders.items() if k in vs_m_orders}
+    if len(members) > 1:
+      if "greedy" in vs_m_orders:
+        from warm_jax.merging import greedy_selection
+        ranking_only = {RANKING_SUBSET: evaluator.subsets[RANKING_SUBSET]}
+        greedy = greedy_selection(  # a soup is judged on the ranking subset only
+            num_members=len(members), load_member=lambda i: members[i],
+            score_fn=lambda p: accuracies(score_subsets(scorer, p, ranking_only),
+                                             ranking_only)[RANKING_SUBSET])
+        orders["greedy"] = [step["member"] for step in greedy["steps"] if step["accepted"]]
+      result["vs_m"] = evaluator.accuracy_vs_m(members, member_rewards, orders)
+      if pairs_histogram:
+        result["wa_minus_ens"] = evaluator.wa_minus_ens_over_pairs(members, member_rewards)
+  if lmc_pairs:
+    # an endpoint that is one of the members evaluated above reuses its rewards
+    scored = {os.path.realpath(p): r for p, r in zip(paths, member_rewards)} if paths else {}
+    curves = {name: evaluator.lmc_curve(ckpt_lib.load_params(a), ckpt_lib.load_params(b),
+                                        lambdas=lmc_lambdas,
+                                        rewards_a=scored.get(os.path.realpath(a)),
+                                        rewards_b=scored.get(os.path.realpath(b)))
+              for name, (a, b) in lmc_pairs.items()}
+    result["lmc_bump_differences"] = evaluator.bump_differences(curves)
+    result["lmc"] = {name: strip_private(curve) for name, curve in curves.items()}
+  result["wall_s"] = round(time.time() - t0, 2)
+  write_outputs(output_dir, result)
+  logging.info("evaluation written to %s (%.1fs)", output_dir, result["wall_s"])
+  return result
+
+
+def write_outputs(output_dir: str, result: dict[str, Any]) -> None:
+  """OUTPUT_DIR/eval.json and OUTPUT_DIR/plots/*.png of one evaluation."""
+  from warm_jax import plots  # matplotlib, only for the stage's outputs
+  plot_dir = os.path.join(output_dir, "plots")
+  os.makedirs(plot_dir, exist_ok=True)
+  if "table" in result:
+    plots.plot_accuracy_table(result["table"]["rows"], os.path.join(plot_dir, "accuracy.png"),
+                              title="Pairwise accuracy: members, WARM M, ENS M")
+  for subset in ("id_val", ID_POLICY_SUBSET, "ood", POLICY_SUBSET):
+    if "vs_m" in result and subset in next(iter(result["vs_m"].values()))["wa"][0]:
+      plots.plot_accuracy_vs_m(result["vs_m"], subset,
+                               os.path.join(plot_dir, f"accuracy_vs_m_{subset}.png"))
+  if "wa_minus_ens" in result:
+    plots.plot_wa_minus_ens(result["wa_minus_ens"]["diff"],
+                            os.path.join(plot_dir, "wa_minus_ens.png"),
+                            title="Acc(WA) - Acc(ENS) over member pairs")
+  if "lmc" in result:
+    subsets = next(iter(result["lmc"].values()))["wa"]
+    for subset in subsets:
+      plots.plot_lmc(result["lmc"], subset, os.path.join(plot_dir, f"lmc_{subset}.png"))
+    for name, curve in result["lmc"].items():
+      plots.plot_lmc_subsets(curve, os.path.join(plot_dir, f"lmc_pair_{name}.png"),
+                             title=f"WA vs ENS along {name.replace('_', ' ')}")
+  ckpt_lib.atomic_write_text(os.path.join(output_dir, EVAL_FILE),
+                             json.dumps(result, indent=1, sort_keys=True) + "\n")

@@ -27,6 +27,7 @@ import gin
 from gin import config as gin_config
 
 from warm_jax.cli_errors import print_error
+from warm_jax.run_dir import write_operative_config  # noqa: F401 (the gin layer's name for it)
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -107,15 +108,6 @@ def parse_gin(files: Sequence[str], bindings: Sequence[str],
     raise GinConfigError(
         f"--gin.{unknown[0]} sets a macro that no configuration uses (typo?). Macros in use: "
         f"{', '.join(sorted(referenced)) or 'none'}")
-
-
-def write_operative_config(model_dir: str) -> str:
-  """Writes MODEL_DIR/config.gin (atomically) and returns its text."""
-  from warm_jax.checkpoints import atomic_write_text
-  text = gin.operative_config_str()
-  os.makedirs(model_dir, exist_ok=True)
-  atomic_write_text(os.path.join(model_dir, "config.gin"), text)
-  return text
 
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what schedulers expect from a terminated job

@@ -36,6 +36,7 @@ from warm_jax.objectives import PreferenceObjective
 from warm_jax.optimizers import OptimizerConfig
 from warm_jax.partitioning import Partitioner
 from warm_jax.trainer import TrainerConfig
+from warm_jax.training_stage import train
 
 HPARAMS_FILE = "hparams.json"
 
@@ -211,7 +212,6 @@ def train_member(*, member: MemberHParams, output_dir: str, sft_dir: str,
   one hyper-parameter). probe_dir=None starts from a fresh head *and a fresh decoder* with
   `trainer_config.seed`: the from-scratch RMs of Remark 1 (no pre-training).
   """
-  from warm_jax.train import train  # deferred: train.py imports the stage modules lazily
   sft_path = sft_checkpoint_path(sft_dir, member.sft_step) if probe_dir else None
   write_hparams(output_dir, member, {"sft_path": sft_path, "probe_dir": probe_dir})
   model_cfg, opt_cfg, trainer_cfg = member_configs(

@@ -17,6 +17,7 @@ from typing import Any
 
 from warm_jax import report_policy
 from warm_jax.checkpoints import atomic_write_text, read_json
+from warm_jax.verdicts import MARGIN, verdict  # noqa: F401 (report.verdict: the seeds' name)
 
 SUBSETS = ("train_clean", "train_corrupt", "id_val", "id_policy", "ood", "ood_policy")
 DIVERSITY_ORDER = ("checkpoints_of_one_run", "two_data_orders", "two_learning_rates",
@@ -83,19 +84,13 @@ def _memorisation_along_training(plan: Any, setting: str) -> dict[str, Any] | No
 
 # -- findings ---------------------------------------------------------------------------------
 # Each finding: a stable id, the paper's claim, our rule, the numbers, an effect (in accuracy
-# points as a fraction) with its 95% interval, and a verdict from the rule's kind:
-#   positive   the effect should be > 0: reproduced when the interval excludes 0 above it
-#   negative   the effect should be < 0: reproduced when the interval excludes 0 below it
-#   not_below  "on or above" / "~": reproduced when the interval lies above -MARGIN (a
-#              non-inferiority test: not worse by more than MARGIN), not reproduced when it
-#              lies below 0, inconclusive otherwise
-#   threshold  the value should reach `threshold`: reproduced when the interval does
-# A single run's interval is the paired, post-clustered one of the evaluation; the seeds
-# sweep (`warm_jax.seeds`) applies the same rule to the interval over seeds.
+# points as a fraction) with its 95% interval, and a verdict from the rule's kind
+# (`warm_jax.verdicts`). A single run's interval is the paired, post-clustered one of the
+# evaluation; the seeds sweep (`warm_jax.seeds`) applies the same rule to the interval over
+# seeds.
 HELD_OUT = ("id_val", "id_policy", "ood", "ood_policy")
 MEMBERS_INFORMATIVE = 0.80  # members' accuracy on the policy's own samples at T = 0.9
 MEMORISATION = 0.60  # members' accuracy against the swapped labels of corrupted pairs
-MARGIN = 0.02  # the not_below findings' non-inferiority margin (2 accuracy points)
 
 
 def _fmt(x: float) -> str:
@@ -109,26 +104,6 @@ def _pm(stats: dict[str, float]) -> str:
 def standard_error(accuracy: float, n: int) -> float:
   """Binomial standard error of an accuracy measured on n pairs."""
   return (max(accuracy * (1 - accuracy), 1e-4) / max(n, 1)) ** 0.5
-
-
-def verdict(kind: str, low: float, high: float, *, threshold: float = 0.0) -> str:
-  """The verdict of a finding of this kind (see above) from its 95% interval."""
-  import math
-  if not (math.isfinite(low) and math.isfinite(high)):
-    return "inconclusive (no interval)"
-  if kind == "negative":
-    kind, low, high = "positive", -high, -low
-  if kind == "positive":
-    return "reproduced" if low > 0 else ("opposite" if high < 0 else "inconclusive")
-  if kind == "not_below":
-    if high < 0:
-      return "not reproduced"
-    return "reproduced" if low >= -MARGIN else "inconclusive"
-  if kind == "threshold":
-    if low >= threshold:
-      return "reproduced"
-    return "not reproduced" if high < threshold else "inconclusive"
-  raise ValueError(f"unknown finding kind {kind!r}")
 
 
 def _finding(fid: str, finding: str, rule: str, numbers: str, kind: str, effect: float,

@@ -13,6 +13,7 @@ import os
 from typing import Any
 
 from warm_jax.checkpoints import read_json
+from warm_jax.verdicts import verdict
 from warm_jax.win_rates import FINAL_SUFFIX
 
 RL_CURVE_KEYS = ("rewards/proxy", "rewards/oracle", "rewards/kl_to_sft", "generation/length",
@@ -135,7 +136,6 @@ def _bon_finding(fid: str, finding: str, a: str, b: str, bon: dict[str, Any]
   """A best-of-N comparison a - b at the largest N: the paired per-prompt interval and its
   verdict (`report.verdict`, kind 'positive'); an older bon.json without paired differences
   falls back to the difference of the all-subsets means against one standard error."""
-  from warm_jax.report import verdict
   sel, n_max = bon["selectors"], bon["n"][-1]
   va, vb = sel[a]["oracle_all_subsets"][-1], sel[b]["oracle_all_subsets"][-1]
   wr = bon.get("win_rates_at_n_max", {}).get(f"{a}_vs_{b}")
@@ -413,7 +413,8 @@ def rl_disagreement_md(rl: dict[str, Any]) -> list[str]:
            "AUROC first | AUROC final | Spearman first | Spearman final |",
            "|---|---|---|---|---|---|---|"]
   for name, ev in runs.items():
-    d, a = ev["eval/disagreement"], ev.get("eval/disagreement_auroc") or [None] * len(d)
+    d = ev["eval/disagreement"]
+    a = ev.get("eval/disagreement_auroc") or [None] * len(d)
     rho = ev.get("eval/disagreement_spearman") or [None] * len(d)
     lines.append(f"| {name} | {fmt(d[0], 3)} ({ev['step'][0]}) | {fmt(d[-1], 3)} "
                  f"({ev['step'][-1]}) | {fmt(a[0])} | {fmt(a[-1])} | {fmt(rho[0])} | "

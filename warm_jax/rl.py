@@ -70,6 +70,7 @@ from warm_jax import checkpoints as ckpt_lib
 from warm_jax import disagreement as dis
 from warm_jax import flops as flops_lib
 from warm_jax import policy_objective as po
+from warm_jax import run_dir
 from warm_jax.data.batching import ArrayDataset
 from warm_jax.metrics_writer import MetricsWriter, Progress
 from warm_jax.models import LanguageModel, RewardModel, TransformerConfig, ValueModel
@@ -362,8 +363,7 @@ def train_policy(*, model_dir: str | None, sft_path: str | None, reward_model: A
   if oracle is None:
     raise ValueError("no oracle: set DATA_DIR (gold reward) or pass an oracle")
   if write_config and jax.process_index() == 0:
-    from warm_jax.gin_utils import write_operative_config
-    write_operative_config(model_dir)
+    run_dir.write_operative_config(model_dir)
   prompt_len = dataset.features["prompt_tokens"].shape[1]
   seq_len = prompt_len + sampling.max_new_tokens
   limit, limit_source = trained_positions(
@@ -656,9 +656,9 @@ def train_policy(*, model_dir: str | None, sft_path: str | None, reward_model: A
     from warm_jax.gao_fits import rl_eval_fit
     from warm_jax.metrics_writer import read_metrics
     fit = rl_eval_fit(read_metrics(model_dir)) if evaluating else None
-    ckpt_lib.atomic_write_text(os.path.join(model_dir, "DONE"), json.dumps({
+    run_dir.write_done(model_dir, {
         "step": cfg.train_steps, "train_steps": cfg.train_steps,
-        "wall_s": round(time.time() - t_start, 2), **last_eval, "gao_fit": fit}) + "\n")
+        "wall_s": round(time.time() - t_start, 2), **last_eval, "gao_fit": fit})
   return last_eval
 
 

@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -73,6 +72,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from warm_jax import checkpoints as ckpt_lib
 from warm_jax import flops as flops_lib
 from warm_jax import members as members_lib
+from warm_jax import run_dir
 from warm_jax.data.batching import ArrayDataset
 from warm_jax.linear_probe import ProbedRewardModelInit
 from warm_jax.metrics_writer import MetricsWriter, Progress
@@ -541,7 +541,6 @@ def train_reward_members(*, members_dir: str | None = None,
 
   Returns the final stacked state ([members, ...] leaves, in the order of member_indices).
   """
-  from warm_jax.train import DONE_MARKER  # deferred, as in members.train_reward_model
   if not members_dir:
     raise ValueError("MEMBERS_DIR is not set: pass --gin.MEMBERS_DIR=\"'/path'\"")
   indices = [int(i) for i in member_indices]
@@ -575,9 +574,8 @@ def train_reward_members(*, members_dir: str | None = None,
     members_lib.write_hparams(out, member, {"sft_path": sft_path,
                                             "probe_dir": None if fresh else probe_dir})
   if jax.process_index() == 0:
-    from warm_jax.gin_utils import write_operative_config
     for out in dirs:
-      write_operative_config(out)
+      run_dir.write_operative_config(out)
   trainer = VmappedMembersTrainer(
       objective=PreferenceObjective(model_config), optimizer=optimizer,
       partitioner=partitioner or Partitioner(),
@@ -598,7 +596,7 @@ def train_reward_members(*, members_dir: str | None = None,
   if jax.process_index() == 0:
     wall = round(time.time() - t0, 2)
     for out in dirs:
-      ckpt_lib.atomic_write_text(os.path.join(out, DONE_MARKER), json.dumps({
+      run_dir.write_done(out, {
           "step": int(state.step), "train_steps": trainer_config.train_steps,
-          "num_params": trainer.num_params, "wall_s": wall}) + "\n")
+          "num_params": trainer.num_params, "wall_s": wall})
   return state

@@ -62,6 +62,7 @@ def vocab(built):
 # ---------------------------------------------------------------------------------------------
 # What the build writes
 # ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_build_writes_text_tokenizer_arrays_meta_config_and_stats(built):
   for kind, splits in dd.SPLITS.items():
     for split in splits:
@@ -103,6 +104,7 @@ def test_build_writes_text_tokenizer_arrays_meta_config_and_stats(built):
   assert stats["length_label_corr"]["rm_train"] == pytest.approx(np.corrcoef(gap, a_preferred)[0, 1])
 
 
+@pytest.mark.slow
 def test_posts_file_restores_the_world_posts_for_the_gold_reward(built):
   from warm_jax.data import world
   from warm_jax.data.gold_reward import gold_reward
@@ -118,6 +120,7 @@ def test_posts_file_restores_the_world_posts_for_the_gold_reward(built):
 # ---------------------------------------------------------------------------------------------
 # The arrays, through the TF-free loaders
 # ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_sft_loss_mask_covers_exactly_the_summary_and_eos(built, vocab):
   ds = datasets.sft_dataset(data_dir=built, split="train", shuffle=False, seq_len=SEQ_LEN,
                             vocab_size=1024)
@@ -134,6 +137,7 @@ def test_sft_loss_mask_covers_exactly_the_summary_and_eos(built, vocab):
     assert ds.features["tokens"].dtype == np.int32
 
 
+@pytest.mark.slow
 def test_lm_windows_are_the_documents_joined_by_eos(built, vocab):
   ds = datasets.lm_dataset(data_dir=built, split="train", shuffle=False)
   stream = []
@@ -145,6 +149,7 @@ def test_lm_windows_are_the_documents_joined_by_eos(built, vocab):
   assert ds.features["mask"].all() and ds.features["loss_mask"].all()
 
 
+@pytest.mark.slow
 def test_prompts_are_left_padded_for_decoding(built, vocab):
   ds = datasets.prompt_dataset(data_dir=built, split="train", shuffle=False,
                                prompt_len=PROMPT_LEN)
@@ -159,6 +164,7 @@ def test_prompts_are_left_padded_for_decoding(built, vocab):
     assert vocab.decode(prompt).endswith("TL;DR:")
 
 
+@pytest.mark.slow
 def test_preference_rows_and_metadata_match_the_records(built, vocab):
   ds = datasets.preference_dataset(data_dir=built, split="rm_train", shuffle=False,
                                    seq_len=SEQ_LEN)
@@ -189,6 +195,7 @@ def test_preference_rows_and_metadata_match_the_records(built, vocab):
   assert set(only.features) == {"chosen_tokens", "corrupted"}
 
 
+@pytest.mark.slow
 def test_array_dataset_batches_are_a_function_of_seed_and_step(built):
   a = datasets.sft_dataset(data_dir=built, seed=3)
   b = datasets.sft_dataset(data_dir=built, seed=3)
@@ -205,6 +212,7 @@ def test_array_dataset_batches_are_a_function_of_seed_and_step(built):
 # ---------------------------------------------------------------------------------------------
 # seqio tasks and converters
 # ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_seqio_tasks_and_converters_give_the_model_shapes(built):
   import seqio
   from warm_jax.data import converters, synthetic_tasks
@@ -279,6 +287,7 @@ def test_over_long_prompts_are_truncated_from_the_left_keeping_the_summary():
 # ---------------------------------------------------------------------------------------------
 # Reruns, determinism, atomicity
 # ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_rebuild_is_identical_refused_without_overwrite_and_short_seq_keeps_summaries(
     built, tmp_path, capsys):
   out = str(tmp_path / "again")
@@ -365,6 +374,7 @@ def test_missing_output_dir_flag_and_a_foreign_output_dir(tmp_path, capsys):
 # ---------------------------------------------------------------------------------------------
 # Bad data dirs
 # ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_corrupt_jsonl_line_names_the_file_and_the_line(built, tmp_path):
   copy = str(tmp_path / "copy")
   shutil.copytree(built, copy)
@@ -387,6 +397,7 @@ def test_corrupt_jsonl_line_names_the_file_and_the_line(built, tmp_path):
     dd.load_records(copy, kind="preferences", split="rm_train")
 
 
+@pytest.mark.slow
 def test_missing_incomplete_or_mismatched_data_dirs_say_what_to_do(built, tmp_path):
   with pytest.raises(dd.DataDirError, match="DATA_DIR is not set: build the data with "
                                             "`python -m warm_jax.data.build"):
@@ -419,6 +430,7 @@ def _comparison(i, split, choice):
           "choice": choice, "worker": f"w{i}", "batch": "batch3", "split": split}
 
 
+@pytest.mark.slow
 def test_task_macros_build_the_real_tldr_comparisons_and_posts(tmp_path):
   from warm_jax.data import tldr
   manual = tmp_path / "manual"

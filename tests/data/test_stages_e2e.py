@@ -30,6 +30,7 @@ def _records(model_dir):
   return [json.loads(line) for line in (model_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_pretrain_then_sft_from_it(data_dir, tmp_path):
   pretrain = tmp_path / "pretrain"
   run_cli(COMMON + ["--gin_file=gin/pretrain.gin", f"--gin.DATA_DIR='{data_dir}'",
@@ -61,6 +62,7 @@ def test_pretrain_then_sft_from_it(data_dir, tmp_path):
   assert np.isfinite(sft_eval["eval/loss"])
 
 
+@pytest.mark.slow
 def test_a_missing_data_dir_says_to_run_the_build(tmp_path):
   proc = run_cli(COMMON + ["--gin_file=gin/pretrain.gin", f"--gin.MODEL_DIR='{tmp_path / 'm'}'",
                            f"--gin.DATA_DIR='{tmp_path / 'nope'}'", "--gin.TRAIN_STEPS=1"])

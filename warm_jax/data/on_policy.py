@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 import logging
 import os
 import shutil
@@ -64,6 +63,8 @@ from typing import Any
 
 import numpy as np
 
+from warm_jax import run_dir
+from warm_jax.data import builder
 from warm_jax.data import data_dir as data_dir_lib
 from warm_jax.data import policy_pairs
 from warm_jax.data import preferences as prefs
@@ -71,7 +72,7 @@ from warm_jax.data import world
 from warm_jax.data.gold_reward import count_words
 
 KIND = "on_policy_rm_data"
-DONE_FILE = "DONE"
+DONE_FILE = run_dir.DONE
 SAMPLES_FILE = "policy_samples.jsonl"
 SAMPLED_SPLITS = ("rm_train", "id_val", "id_policy", "ood_policy")
 SPLITS = ("rm_train", "id_val", "ood", "id_policy", "ood_policy")
@@ -394,17 +395,16 @@ def build_on_policy_data(*, output_dir: str | None, data_dir: str | None, model_
     seconds["total"] = round(time.perf_counter() - t_start, 2)
     stats["samples"] = sample_stats(samples)
     stats["build_seconds"] = seconds
-    policy_pairs._write_json(os.path.join(tmp_dir, data_dir_lib.META_FILE), {
+    run_dir.write_json(os.path.join(tmp_dir, data_dir_lib.META_FILE), {
         "format_version": data_dir_lib.FORMAT_VERSION, "kind": KIND, "request": request,
         "settings": {k: {"dir": k, "corruption_rate": v} for k, v in settings.items()}})
-    policy_pairs._write_json(os.path.join(tmp_dir, data_dir_lib.STATS_FILE), stats)
+    run_dir.write_json(os.path.join(tmp_dir, data_dir_lib.STATS_FILE), stats)
     if write_operative_gin:
       import gin
       with open(os.path.join(tmp_dir, data_dir_lib.CONFIG_FILE), "w", encoding="utf-8") as f:
         f.write(gin.operative_config_str())
-    policy_pairs._write_json(os.path.join(tmp_dir, DONE_FILE), {"wall_s": seconds["total"]})
-    from warm_jax.data.build import install_dir
-    install_dir(tmp_dir, output_dir)
+    run_dir.write_json(os.path.join(tmp_dir, DONE_FILE), {"wall_s": seconds["total"]})
+    run_dir.install_dir(tmp_dir, output_dir)
   except BaseException:
     shutil.rmtree(tmp_dir, ignore_errors=True)
     raise
@@ -429,7 +429,6 @@ def _write_setting(path: str, *, data_dir: str, meta: Mapping[str, Any],
   data_dir_lib.write_jsonl(data_dir_lib.text_path(path, data_dir_lib.POSTS_NAME),
                            [data_dir_lib.post_record(p) for p in posts])
   arrays_meta, token_stats, split_stats_out = {}, {}, {}
-  from warm_jax.data.build import token_stats as token_stats_of
   for split in SPLITS:
     name = data_dir_lib.dataset_name("preferences", split)
     data_dir_lib.write_jsonl(data_dir_lib.text_path(path, name),
@@ -439,10 +438,10 @@ def _write_setting(path: str, *, data_dir: str, meta: Mapping[str, Any],
                                                    split=split)
     arrays_meta[name] = {k: {"shape": list(v.shape), "dtype": str(v.dtype)}
                          for k, v in arrays.items()}
-    token_stats[name] = token_stats_of("preferences", arrays)
+    token_stats[name] = builder.token_stats("preferences", arrays)
     split_stats_out[split] = split_stats(pairs[split], temperature=temperature)
   world_config = dict(meta["world_config"], corruption_rate=corruption_rate)
-  policy_pairs._write_json(os.path.join(path, data_dir_lib.META_FILE), {
+  run_dir.write_json(os.path.join(path, data_dir_lib.META_FILE), {
       "format_version": data_dir_lib.FORMAT_VERSION, "kind": KIND,
       "vocab_size": meta["vocab_size"], "seq_len": seq_len, "prompt_len": prompt_len,
       "spm_model": data_dir_lib.SPM_MODEL_FILE, "generators": list(generators),
@@ -455,7 +454,7 @@ def _write_setting(path: str, *, data_dir: str, meta: Mapping[str, Any],
   stats = {"format_version": data_dir_lib.FORMAT_VERSION, "kind": KIND,
            "corruption_rate": corruption_rate, "splits": split_stats_out,
            "tokens": token_stats}
-  policy_pairs._write_json(os.path.join(path, data_dir_lib.STATS_FILE), stats)
+  run_dir.write_json(os.path.join(path, data_dir_lib.STATS_FILE), stats)
   return stats
 
 

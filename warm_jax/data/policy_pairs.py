@@ -47,7 +47,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import os
 import re
 import shutil
@@ -59,6 +58,8 @@ from typing import Any
 
 import numpy as np
 
+from warm_jax import run_dir
+from warm_jax.data import builder
 from warm_jax.data import data_dir as data_dir_lib
 from warm_jax.data import preferences as prefs
 from warm_jax.data import world
@@ -67,7 +68,7 @@ from warm_jax.data.gold_reward import count_words, gold_reward
 KIND = "policy_pairs"
 SPLIT = "ood"  # the on-disk split name (the one the preference loaders accept for OOD pairs)
 SUBSET_NAME = prefs.POLICY_PAIRS_SPLIT  # what the RM evaluation calls it: 'ood_policy'
-DONE_FILE = "DONE"
+DONE_FILE = run_dir.DONE
 SAMPLES_NAME = "policy_samples"
 POSTS_SPLITS = ("ood", "id_val")
 PROGRESS_EVERY_BATCHES = 4  # a progress line every this many sampling calls
@@ -182,11 +183,6 @@ def _file_digest(path: str) -> str:
 
 def _real(path: str) -> str:
   return os.path.realpath(os.path.abspath(path))
-
-
-def _inside(path: str, parent: str) -> bool:
-  path, parent = _real(path), _real(parent)
-  return path == parent or path.startswith(parent.rstrip(os.sep) + os.sep)
 
 
 def check_data_dir(data_dir: str | None) -> dict[str, Any]:
@@ -329,18 +325,6 @@ def held_out_posts(data_dir: str, *, meta: Mapping[str, Any], posts_split: str
 # ---------------------------------------------------------------------------------------------
 # Statistics
 # ---------------------------------------------------------------------------------------------
-def _finite_or_none(value: Any) -> Any:
-  if isinstance(value, dict):
-    return {k: _finite_or_none(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [_finite_or_none(v) for v in value]
-  if isinstance(value, (float, np.floating)):
-    return float(value) if math.isfinite(value) else None
-  if isinstance(value, np.integer):
-    return int(value)
-  return value
-
-
 def _is_policy(generator: str) -> bool:
   return generator == prefs.POLICY_GENERATOR
 
@@ -400,12 +384,6 @@ def _data_dir_reference(data_dir: str) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 # Writing
 # ---------------------------------------------------------------------------------------------
-def _write_json(path: str, value: Any) -> None:
-  with open(path, "w", encoding="utf-8") as f:
-    json.dump(_finite_or_none(value), f, indent=1, allow_nan=False)
-    f.write("\n")
-
-
 def export_preference_arrays(tmp_dir: str, *, generators: Sequence[str], seq_len: int,
                              prompt_len: int, split: str = SPLIT) -> dict[str, np.ndarray]:
   """arrays/preferences.<split>.npz from text/preferences.<split>.jsonl of `tmp_dir` (which
@@ -440,7 +418,7 @@ def check_output_dir(output_dir: str | None, *, inputs: Mapping[str, str], kind:
     raise error("OUTPUT_DIR is not set: pass --gin.OUTPUT_DIR=\"'/path'\" (a new dir; the "
                 "inputs are never modified)")
   for name, other in inputs.items():
-    if _inside(output_dir, other) or _inside(other, output_dir):
+    if run_dir.overlaps(output_dir, other):
       raise error(f"OUTPUT_DIR {output_dir} overlaps {name} {other}: write the {what} to a "
                   "dir of its own")
   if not os.path.lexists(output_dir):
@@ -457,7 +435,7 @@ def check_output_dir(output_dir: str | None, *, inputs: Mapping[str, str], kind:
   if not meta or meta.get("kind") != kind:
     raise error(f"OUTPUT_DIR {output_dir} exists, is not empty and is not a {what} dir: "
                 "choose another path (nothing was written)")
-  wanted = json.loads(json.dumps(_finite_or_none(dict(request))))  # as stored in meta.json
+  wanted = json.loads(json.dumps(run_dir.finite_or_none(dict(request))))  # as stored in meta.json
   done = os.path.isfile(os.path.join(output_dir, DONE_FILE))
   if done and meta.get("request") == wanted and not overwrite:
     logging.info("%s already built in %s for this request: nothing to do", what, output_dir)
@@ -596,7 +574,6 @@ def build_policy_pairs(*, output_dir: str | None, data_dir: str | None,
     arrays = export_preference_arrays(tmp_dir, generators=generators, seq_len=seq_len,
                                       prompt_len=prompt_len)
     seconds["arrays"] = time.perf_counter() - t
-    from warm_jax.data.build import token_stats
     out_meta = {
         "format_version": data_dir_lib.FORMAT_VERSION, "kind": KIND,
         "vocab_size": meta["vocab_size"], "seq_len": seq_len, "prompt_len": prompt_len,
@@ -614,7 +591,7 @@ def build_policy_pairs(*, output_dir: str | None, data_dir: str | None,
         "arrays": {split_name: {k: {"shape": list(v.shape), "dtype": str(v.dtype)}
                                 for k, v in arrays.items()}},
     }
-    _write_json(os.path.join(tmp_dir, data_dir_lib.META_FILE), out_meta)
+    run_dir.write_json(os.path.join(tmp_dir, data_dir_lib.META_FILE), out_meta)
     if write_operative_gin:
       import gin
       with open(os.path.join(tmp_dir, data_dir_lib.CONFIG_FILE), "w", encoding="utf-8") as f:
@@ -628,17 +605,16 @@ def build_policy_pairs(*, output_dir: str | None, data_dir: str | None,
                   SAMPLES_NAME: len(samples)},
         **statistics,
         "data_dir_reference": _data_dir_reference(data_dir),
-        "tokens": {split_name: token_stats("preferences", arrays)},
+        "tokens": {split_name: builder.token_stats("preferences", arrays)},
         "sampled_tokens_per_s": (float(sampler.last_lengths.sum()) / seconds["sample"]
                                  if seconds.get("sample") else None),
         "build_seconds": {k: round(v, 2) for k, v in seconds.items()},
     }
-    stats = _finite_or_none(stats)
-    _write_json(os.path.join(tmp_dir, data_dir_lib.STATS_FILE), stats)
-    _write_json(os.path.join(tmp_dir, DONE_FILE), {"num_pairs": len(pairs),
+    stats = run_dir.finite_or_none(stats)
+    run_dir.write_json(os.path.join(tmp_dir, data_dir_lib.STATS_FILE), stats)
+    run_dir.write_json(os.path.join(tmp_dir, DONE_FILE), {"num_pairs": len(pairs),
                                                    "wall_s": round(seconds["total"], 2)})
-    from warm_jax.data.build import install_dir  # the data build's atomic install
-    install_dir(tmp_dir, output_dir)
+    run_dir.install_dir(tmp_dir, output_dir)
   except BaseException:
     shutil.rmtree(tmp_dir, ignore_errors=True)
     raise
@@ -684,11 +660,11 @@ def load_policy_pairs(path: str, *, data_dir: str, seq_len: int | None = None,
   return arrays
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  from warm_jax.gin_utils import function_main
-  return function_main(build_policy_pairs, sys.argv[1:] if argv is None else argv, doc=__doc__,
-                       example="--gin_file=gin/models/small.gin --gin_file=gin/data/policy_pairs.gin")
-
-
 if __name__ == "__main__":
-  sys.exit(main())
+  # `python -m warm_jax.data.policy_pairs`. The gin front end is imported only here, where this
+  # file runs as the program: the library (`load_policy_pairs`, which the RM evaluation reads)
+  # never imports the gin layer.
+  from warm_jax.gin_utils import function_main
+  sys.exit(function_main(build_policy_pairs, sys.argv[1:], doc=__doc__,
+                         example="--gin_file=gin/models/small.gin "
+                                 "--gin_file=gin/data/policy_pairs.gin"))

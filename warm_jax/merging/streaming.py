@@ -41,6 +41,7 @@ import jax
 import numpy as np
 
 from warm_jax import checkpoints as ckpt_lib
+from warm_jax import run_dir
 from warm_jax.merging import checks, memory
 from warm_jax.merging import output as output_lib
 from warm_jax.merging.reader import (DEFAULT_BAND_BYTES, CheckpointReader, ContentHasher,
@@ -176,11 +177,6 @@ def _now() -> str:
   return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def _overlap(a: str, b: str) -> bool:
-  a, b = os.path.realpath(a), os.path.realpath(b)
-  return a == b or a.startswith(b + os.sep) or b.startswith(a + os.sep)
-
-
 def _check_paths(inputs: Sequence[str], init: str | None, output: str, overwrite: bool
                  ) -> tuple[list[_Source], _Source | None]:
   if os.path.lexists(output) and not overwrite:
@@ -206,7 +202,8 @@ def _check_paths(inputs: Sequence[str], init: str | None, output: str, overwrite
           "it); remove the duplicate")
     seen[real] = source.label
     # The path as given too: a member's run dir (not only its params) is the member's.
-    if _overlap(output, os.fspath(source.reader.path)) or _overlap(output, source.label):
+    if (run_dir.overlaps(output, os.fspath(source.reader.path))
+        or run_dir.overlaps(output, source.label)):
       raise checks.MergeInputError(
           f"output {output} overlaps checkpoint {source.label} ({source.reader.path}): the "
           "averager never writes into or over its inputs; pick another output path")

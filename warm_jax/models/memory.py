@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from warm_jax.models.config import TransformerConfig
 
@@ -183,19 +183,20 @@ def markdown_table(presets: Sequence[tuple[str, TransformerConfig]], *, batch_si
   return "\n".join(rows)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def command_line(argv: Sequence[str], *, register: Callable[[], None],
+                 parse_gin: Callable[..., None]) -> int:
+  """`python -m warm_jax.models.memory PRESET.gin:VOCAB ...`: prints the table. The gin layer's
+  `register` and `parse_gin` come from the caller (this module is library code)."""
   import argparse
 
   import gin
 
-  from warm_jax import configurables
-  from warm_jax.gin_utils import parse_gin
   parser = argparse.ArgumentParser(prog="python -m warm_jax.models.memory")
   parser.add_argument("presets", nargs="+", help="gin/models/NAME.gin:VOCAB_SIZE")
   parser.add_argument("--batch_size", type=int, default=8)
   parser.add_argument("--seq_len", type=int, default=1024)
   args = parser.parse_args(argv)
-  configurables.register()
+  register()
   presets = []
   for item in args.presets:
     path, _, vocab = item.rpartition(":")
@@ -208,5 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   return 0
 
 
-if __name__ == "__main__":
-  sys.exit(main())
+if __name__ == "__main__":  # the program: only here is the gin layer imported
+  from warm_jax import configurables
+  from warm_jax.gin_utils import parse_gin as _parse_gin
+  sys.exit(command_line(sys.argv[1:], register=configurables.register, parse_gin=_parse_gin))

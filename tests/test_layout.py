@@ -1,0 +1,114 @@
+"""The package's import graph: no cycles, and library code never imports the gin layer.
+
+The graph is read from the source (every `import` / `from ... import`, inside functions too),
+not from what Python happens to have imported. One thing is left out on purpose: the body of an
+`if __name__ == "__main__":` block, which runs only when that file is the program
+(`python -m warm_jax.X`) and never when another module imports it.
+"""
+
+import ast
+import os
+
+from conftest import REPO_ROOT
+
+PACKAGE = os.path.join(REPO_ROOT, "warm_jax")
+# The gin layer and the command lines: they may import anything; nothing else imports them.
+GIN_LAYER = {"warm_jax.configurables", "warm_jax.gin_utils", "warm_jax.train",
+             "warm_jax.evaluate", "warm_jax.experiment", "warm_jax.average", "warm_jax.convert",
+             "warm_jax.seeds", "warm_jax.data.build", "warm_jax.data.on_policy"}
+
+
+def _modules() -> dict[str, str]:
+  found = {}
+  for directory, _, files in os.walk(PACKAGE):
+    for name in files:
+      if name.endswith(".py"):
+        path = os.path.join(directory, name)
+        module = os.path.relpath(path, REPO_ROOT)[:-3].replace(os.sep, ".")
+        found[module.removesuffix(".__init__")] = path
+  return found
+
+
+def _is_main_block(node: ast.AST) -> bool:
+  test = getattr(node, "test", None)
+  return (isinstance(node, ast.If) and isinstance(test, ast.Compare)
+          and isinstance(test.left, ast.Name) and test.left.id == "__name__"
+          and any(isinstance(c, ast.Constant) and c.value == "__main__"
+                  for c in test.comparators))
+
+
+def _imports(path: str, module: str, modules: dict[str, str]) -> set[str]:
+  """The package modules `module` imports anywhere but in its `__main__` block: `from X import
+  Y` counts X.Y when that is a module, else X."""
+  package = module if path.endswith("__init__.py") else module.rpartition(".")[0]
+  out, stack = set(), [ast.parse(open(path).read())]
+  while stack:
+    node = stack.pop()
+    if _is_main_block(node):
+      continue
+    stack.extend(ast.iter_child_nodes(node))
+    if isinstance(node, ast.Import):
+      out.update(a.name for a in node.names)
+    elif isinstance(node, ast.ImportFrom):
+      base = node.module or ""
+      if node.level:
+        parts = package.split(".")[:len(package.split(".")) - node.level + 1]
+        base = ".".join(parts + ([base] if base else []))
+      for alias in node.names:
+        out.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base)
+  return {m for m in out if m in modules and m != module}
+
+
+def _graph() -> dict[str, set[str]]:
+  modules = _modules()
+  return {m: _imports(path, m, modules) for m, path in modules.items()}
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+  """Strongly connected components of more than one module (Tarjan)."""
+  index, low, on_stack, stack, found, counter = {}, {}, set(), [], [], [0]
+
+  def visit(v):
+    index[v] = low[v] = counter[0]
+    counter[0] += 1
+    stack.append(v)
+    on_stack.add(v)
+    for w in sorted(graph[v]):
+      if w not in index:
+        visit(w)
+        low[v] = min(low[v], low[w])
+      elif w in on_stack:
+        low[v] = min(low[v], index[w])
+    if low[v] == index[v]:
+      component = []
+      while True:
+        w = stack.pop()
+        on_stack.discard(w)
+        component.append(w)
+        if w == v:
+          break
+      if len(component) > 1:
+        found.append(sorted(component))
+
+  for v in sorted(graph):
+    if v not in index:
+      visit(v)
+  return found
+
+
+def test_the_cycle_finder_finds_a_known_cycle_and_none_in_a_chain():
+  assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+  assert _cycles({"a": {"b"}, "b": {"c"}, "c": set()}) == []
+
+
+def test_the_package_has_no_import_cycle():
+  graph = _graph()
+  assert "warm_jax.pipeline.run" in graph and graph["warm_jax.train"], "the graph was not read"
+  assert _cycles(graph) == []
+
+
+def test_library_code_never_imports_the_gin_layer():
+  graph = _graph()
+  offenders = {m: sorted(graph[m] & GIN_LAYER) for m in graph
+               if m not in GIN_LAYER and graph[m] & GIN_LAYER}
+  assert offenders == {}
