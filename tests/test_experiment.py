@@ -172,6 +172,50 @@ def test_rerun_skips_finished_stages_and_rebuilds_the_same_report(tiny_run):
   assert again["flops"] == metrics["flops"]  # kept in the skipped stages' STAGE_DONE
 
 
+@pytest.mark.slow
+def test_the_experiment_killed_at_a_random_moment_reruns_to_the_same_metrics(tiny_run, tmp_path):
+  """The whole-pipeline kill drill at the suite's size (launch/drills/pipeline_sigkill.py is the
+  full one, with kills anywhere in a run): a copy of the finished tiny run loses its policy-side
+  stages (best-of-N, RL, win rates: RL resumes from its checkpoints), is rerun and SIGKILLed at
+  a random moment of that rerun, then rerun to the end. No stage dir looks complete but is not,
+  and metrics.json equals the uninterrupted run's in everything but time and load."""
+  import shutil
+  import signal
+  import subprocess
+  import time
+
+  import numpy as np
+  sys.path.insert(0, os.path.join(REPO_ROOT, "launch", "drills"))
+  import pipeline_sigkill as drill
+  out, metrics, _ = tiny_run
+  run = str(tmp_path / "run")
+  shutil.copytree(out, run, symlinks=True)
+  for name in ("bon", "rl", "win_rates", "plots", "metrics.json", "report.md"):
+    path = os.path.join(run, name)
+    shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+  seed = int.from_bytes(os.urandom(4), "little")
+  delay = float(np.random.default_rng(seed).uniform(2.0, 25.0))
+  command = [sys.executable, "-m", "warm_jax.experiment", TINY_GIN, f"--output_dir={run}"]
+  env = dict(os.environ, XLA_FLAGS="")
+  proc = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL, start_new_session=True)
+  try:
+    proc.wait(timeout=delay)
+  except subprocess.TimeoutExpired:
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+  time.sleep(0.1)
+  reference = drill.stage_dirs(out)
+  for name, path in drill.stage_dirs(run).items():  # every STAGE_DONE stage is whole
+    assert drill.top_level(reference[name]) <= drill.top_level(path), (name, seed, delay)
+  again = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                         timeout=600)
+  assert again.returncode == 0, (seed, delay, again.stderr[-3000:])
+  got = json.load(open(os.path.join(run, "metrics.json")))
+  assert drill.differences(drill.results_only(metrics, out), drill.results_only(got, run)) == [], \
+      (seed, delay)
+
+
 def test_a_failing_stage_stops_the_driver_with_its_log_and_no_done_marker(tmp_path):
   from warm_jax import experiment
   stage = experiment.Stage("boom", [sys.executable, "-c", "import sys; sys.exit(3)"],
