@@ -64,22 +64,13 @@ from warm_jax.pipeline import (DIVERSITY_SOURCES, ENSEMBLE_KINDS, RL_TEMPERATURE
 
 def main(argv: Sequence[str] | None = None) -> int:
   from warm_jax.gin_utils import gin_main
-  argv = list(sys.argv[1:] if argv is None else argv)
-  rest, output = [], None
-  for arg in argv:
-    if arg.startswith("--output_dir="):
-      output = arg.split("=", 1)[1]
-    elif arg == "--dry_run":
-      rest.append("--gin.run_experiment.dry_run=True")
-    else:
-      rest.append(arg)
-  if output is not None:
-    rest.append(f"--gin.OUTPUT_DIR={output!r}")
   logging.getLogger().setLevel("INFO")
   try:
-    return gin_main(rest, entry="run_experiment", doc=__doc__,
+    return gin_main(argv, entry="run_experiment", doc=__doc__,
                     example="--gin_file=gin/experiments/warm_synthetic_tldr.gin "
-                            "--output_dir=runs/demo")
+                            "--output_dir=runs/demo",
+                    flags={"--output_dir": "OUTPUT_DIR = {value!r}",
+                           "--dry_run": "run_experiment.dry_run = True"})
   except StageFailed as e:  # one class: the library lives in warm_jax.pipeline, imported once
     print_error(str(e).splitlines()[0])
     return 1

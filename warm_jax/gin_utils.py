@@ -20,7 +20,7 @@ import os
 import re
 import sys
 import tokenize
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import gin
@@ -127,15 +127,55 @@ def function_main(fn: Any, argv: Sequence[str] | None, *, doc: str, example: str
   return gin_main(argv, entry=fn.__name__, doc=doc, example=example)
 
 
-def gin_main(argv: Sequence[str] | None, *, entry: str, doc: str, example: str) -> int:
-  """The body of every gin-configured `python -m warm_jax.*` entry point.
+def command_line_flags(rest: Sequence[str], flags: Mapping[str, str]
+                       ) -> tuple[list[str], list[str], bool, bool]:
+  """(gin bindings, the flags given, --multihost, --help) from the arguments that are not gin
+  flags. `flags` maps a program's own flag to the gin binding it stands for: a template with
+  `{value!r}` takes a value (`--flag=V` or `--flag V`), one without is a switch; e.g.
+  {"--output_dir": "OUTPUT_DIR = {value!r}", "--dry_run": "run_experiment.dry_run = True"}.
+  Raises GinConfigError naming an unknown argument and what is expected."""
+  bindings, given, multihost, help_asked = [], [], False, False
+  it = iter(rest)
+  for arg in it:
+    name, sep, value = arg.partition("=")
+    if arg in ("--multihost", "--distributed"):
+      multihost = True
+    elif arg in ("-h", "--help"):
+      help_asked = True
+    elif name in flags:
+      template = flags[name]
+      if "{value" in template:
+        if not sep:
+          value = next(it, None)
+          if value is None:
+            raise GinConfigError(f"{name} needs a value")
+        bindings.append(template.format(value=value))
+      elif sep:
+        raise GinConfigError(f"{name} takes no value")
+      else:
+        bindings.append(template)
+      given.append(name)
+    else:
+      expected = ", ".join(["--gin_file", "--gin.NAME=VALUE", "--gin_bindings",
+                            "--gin_search_paths", *flags])
+      raise GinConfigError(f"unknown argument {arg!r}; expected {expected} or --multihost")
+  return bindings, given, multihost, help_asked
 
-  Parses the gin flags (plus --multihost), calls the configurable `entry`, and turns known,
-  user-fixable failures into one clear message and a non-zero exit: 2 for a bad command line or
-  gin config (nothing was run), 1 for a failure while running (the traceback is logged at
-  DEBUG level: set WARM_JAX_LOGLEVEL=DEBUG) or when another process of a multi-process job
-  died (exiting at once rather than waiting in jax's shutdown barrier), 143 for a preemption
-  (a checkpoint was saved).
+
+def gin_main(argv: Sequence[str] | None, *, entry: str, doc: str, example: str,
+             flags: Mapping[str, str] | None = None, required: Sequence[str] = (),
+             bindings: Sequence[str] = (),
+             on_result: Callable[[Any], None] | None = None) -> int:
+  """The body of every gin-configured `python -m warm_jax.*` entry point (the one gin front
+  end: train, evaluate, experiment, the data build, the stand-alone stage modules).
+
+  Parses the gin flags, --multihost and the program's own `flags` (`command_line_flags`: each
+  one a gin binding; `required` ones must be given; `bindings` are the program's own, applied
+  last), calls the configurable `entry` (then `on_result` with what it returned), and turns known, user-fixable failures into one clear
+  message and a non-zero exit: 2 for a bad command line or gin config (nothing was run), 1 for
+  a failure while running (the traceback is logged at DEBUG level: set WARM_JAX_LOGLEVEL=DEBUG)
+  or when another process of a multi-process job died (exiting at once rather than waiting in
+  jax's shutdown barrier), 143 for a preemption (a checkpoint was saved).
   """
   from warm_jax import configurables
   from warm_jax.checkpoints import CheckpointError
@@ -145,25 +185,24 @@ def gin_main(argv: Sequence[str] | None, *, entry: str, doc: str, example: str) 
   argv = list(sys.argv[1:] if argv is None else argv)
   logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s")
   logging.getLogger().setLevel(os.environ.get("WARM_JAX_LOGLEVEL", "INFO"))
+  program_bindings = list(bindings)
   try:
     files, bindings, paths, rest = split_gin_args(argv)
+    extra, given, distributed, help_asked = command_line_flags(rest, flags or {})
   except GinConfigError as e:
     print_error(str(e))
     return 2
-  distributed = False
-  for arg in rest:
-    if arg in ("--multihost", "--distributed"):
-      distributed = True
-    elif arg in ("-h", "--help"):
-      print(doc)
-      return 0
-    else:
-      print_error(f"unknown argument {arg!r}; expected --gin_file, --gin.NAME=VALUE, "
-                  "--gin_bindings, --gin_search_paths or --multihost")
-      return 2
+  if help_asked:
+    print(doc)
+    return 0
   if not files:
     print_error(f"no --gin_file given (e.g. {example})")
     return 2
+  missing = [flag for flag in required if flag not in given]
+  if missing:
+    print_error(f"no {missing[0]} given")
+    return 2
+  bindings = [*bindings, *extra, *program_bindings]
   maybe_initialize_distributed(enable=distributed or None)
   configurables.register()
   try:
@@ -173,7 +212,7 @@ def gin_main(argv: Sequence[str] | None, *, entry: str, doc: str, example: str) 
     return 2
   try:
     with gin.unlock_config():
-      gin.get_configurable(entry)()
+      result = gin.get_configurable(entry)()
   except Preempted as e:
     print(f"preempted: {e}", file=sys.stderr)
     return PREEMPTED_EXIT_CODE
@@ -193,6 +232,8 @@ def gin_main(argv: Sequence[str] | None, *, entry: str, doc: str, example: str) 
   from warm_jax import flops as flops_lib
   if jax.process_index() == 0:
     flops_lib.write_stage_flops()
+  if on_result is not None:
+    on_result(result)
   return 0
 
 

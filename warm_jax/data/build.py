@@ -27,71 +27,28 @@ import os
 import sys
 from collections.abc import Sequence
 
-from warm_jax.cli_errors import print_error
 # The library half (`warm_jax.data.builder`), importable from here as it always was.
 from warm_jax.data.builder import (REAL_PREFERENCE_TASK, BuildError, build_dataset,  # noqa: F401
                                    install_dir, token_stats, tokenizer_corpus)
 
 
-# ---------------------------------------------------------------------------------------------
-# CLI
-# ---------------------------------------------------------------------------------------------
-def _parse_flags(rest: Sequence[str]) -> tuple[str | None, bool, str | None]:
-  """(output_dir, overwrite, error) from the non-gin arguments."""
-  output_dir, overwrite = None, False
-  it = iter(rest)
-  for arg in it:
-    if arg.startswith("--output_dir="):
-      output_dir = arg.split("=", 1)[1]
-    elif arg == "--output_dir":
-      output_dir = next(it, None)
-    elif arg == "--overwrite":
-      overwrite = True
-    else:
-      return None, False, (f"unknown argument {arg!r}; expected --gin_file, --gin.NAME=VALUE, "
-                           "--gin_bindings, --gin_search_paths, --output_dir or --overwrite")
-  return output_dir, overwrite, None
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-  import gin
-  from warm_jax import configurables
-  from warm_jax.gin_utils import GinConfigError, error_message, parse_gin, split_gin_args
+  from warm_jax.gin_utils import gin_main
 
-  argv = list(sys.argv[1:] if argv is None else argv)
-  if any(a in ("-h", "--help") for a in argv):
-    print(__doc__)
-    return 0
-  logging.basicConfig(level=os.environ.get("WARM_JAX_LOGLEVEL", "INFO"),
-                      format="%(asctime)s %(levelname)s %(message)s")
+  def summary(stats):
+    import gin
+    output_dir = gin.query_parameter("build_dataset.output_dir")
+    print(json.dumps({"output_dir": os.path.abspath(output_dir),
+                      "sizes": stats["sizes"],
+                      "build_seconds": stats["build_seconds"]["total"]}))
+
   logging.getLogger("absl").setLevel(logging.WARNING)  # seqio's per-task INFO chatter
-  try:
-    files, bindings, paths, rest = split_gin_args(argv)
-  except GinConfigError as e:
-    print_error(str(e))
-    return 2
-  output_dir, overwrite, error = _parse_flags(rest)
-  if error or not files or not output_dir:
-    print_error(error or ("no --gin_file given (e.g. --gin_file=gin/data/synthetic_tldr.gin)"
-                          if not files else "no --output_dir given"))
-    return 2
-  configurables.register()
-  try:
-    parse_gin(files, bindings, paths)
-  except GinConfigError as e:
-    print_error(str(e))
-    return 2
-  try:
-    with gin.unlock_config():
-      stats = gin.get_configurable("build_dataset")(
-          output_dir=output_dir, overwrite=overwrite, write_operative_gin=True)
-  except (ValueError, FileNotFoundError) as e:
-    logging.debug("build failed", exc_info=True)
-    print_error(f"{type(e).__name__}: {error_message(e)}")
-    return 1
-  print(json.dumps({"output_dir": os.path.abspath(output_dir), "sizes": stats["sizes"],
-                    "build_seconds": stats["build_seconds"]["total"]}))
-  return 0
+  return gin_main(argv, entry="build_dataset", doc=__doc__,
+                  example="--gin_file=gin/data/synthetic_tldr.gin --output_dir=DIR",
+                  flags={"--output_dir": "build_dataset.output_dir = {value!r}",
+                         "--overwrite": "build_dataset.overwrite = True"},
+                  required=("--output_dir",),
+                  bindings=["build_dataset.write_operative_gin = True"], on_result=summary)
 
 
 if __name__ == "__main__":
