@@ -51,7 +51,7 @@ def run_experiment(*, output_dir: str | None, scale: str = "default",
   unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(ExperimentScale)})
   if unknown:
     raise ValueError(f"unknown experiment scale field(s) {unknown} in SCALE={scale!r} or "
-                     f"OVERRIDES; the fields are those of warm_jax.experiment.ExperimentScale")
+                     f"OVERRIDES; the fields are those of warm_jax.pipeline.ExperimentScale")
   preset = ExperimentScale(**{k: tuple(v) if isinstance(v, list) else v
                               for k, v in fields.items()})
   plan = ExperimentPlan(output_dir=output_dir, scale=preset, seed=seed, world_seed=world_seed,
