@@ -210,8 +210,7 @@ def test_the_experiment_killed_at_a_random_moment_reruns_to_the_same_metrics(tin
   reference = drill.stage_dirs(out)
   for name, path in drill.stage_dirs(run).items():  # every STAGE_DONE stage is whole
     assert drill.top_level(reference[name]) <= drill.top_level(path), (name, seed, delay)
-  again = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                         timeout=600)
+  again = run_cli(command[1:], timeout=600, env={"XLA_FLAGS": ""})
   assert again.returncode == 0, (seed, delay, again.stderr[-3000:])
   got = json.load(open(os.path.join(run, "metrics.json")))
   assert drill.differences(drill.results_only(metrics, out), drill.results_only(got, run)) == [], \

@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from warm_jax import checkpoints as ckpt_lib
-from warm_jax import paired_stats
+from warm_jax import paired_stats, run_dir
 from warm_jax.models import TransformerConfig
 from warm_jax.partitioning import Partitioner
 from warm_jax.scoring import RewardScorer
@@ -387,8 +387,8 @@ VS_M_ORDERS = ("best_to_worst", "worst_to_best", "random", "greedy")
 
 
 def _has_finished_member(path: str) -> bool:
-  return any(re.fullmatch(r"member_(\d+)", name) and os.path.exists(
-      os.path.join(path, name, "DONE")) for name in os.listdir(path))
+  return any(re.fullmatch(r"member_(\d+)", name) and run_dir.is_done(os.path.join(path, name))
+             for name in os.listdir(path))
 
 
 def _members_dirs_below(root: str, depth: int = 2) -> list[str]:
@@ -413,7 +413,7 @@ def finished_members(members_dir: str) -> list[str]:
   found = []
   for name in os.listdir(members_dir):
     m = re.fullmatch(r"member_(\d+)", name)
-    if m and os.path.exists(os.path.join(members_dir, name, "DONE")):
+    if m and run_dir.is_done(os.path.join(members_dir, name)):
       found.append((int(m.group(1)), os.path.join(members_dir, name)))
   if not found:
     below = _members_dirs_below(members_dir)  # the run's root or members/: members/clean

@@ -185,9 +185,8 @@ def gin_main(argv: Sequence[str] | None, *, entry: str, doc: str, example: str,
   argv = list(sys.argv[1:] if argv is None else argv)
   logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s")
   logging.getLogger().setLevel(os.environ.get("WARM_JAX_LOGLEVEL", "INFO"))
-  program_bindings = list(bindings)
   try:
-    files, bindings, paths, rest = split_gin_args(argv)
+    files, user_bindings, paths, rest = split_gin_args(argv)
     extra, given, distributed, help_asked = command_line_flags(rest, flags or {})
   except GinConfigError as e:
     print_error(str(e))
@@ -202,11 +201,10 @@ def gin_main(argv: Sequence[str] | None, *, entry: str, doc: str, example: str,
   if missing:
     print_error(f"no {missing[0]} given")
     return 2
-  bindings = [*bindings, *extra, *program_bindings]
   maybe_initialize_distributed(enable=distributed or None)
   configurables.register()
   try:
-    parse_gin(files, bindings, paths)
+    parse_gin(files, [*user_bindings, *extra, *bindings], paths)
   except GinConfigError as e:
     print_error(str(e))
     return 2

@@ -30,6 +30,7 @@ import jax
 import numpy as np
 
 from warm_jax import checkpoints as ckpt_lib
+from warm_jax import run_dir
 from warm_jax.data.batching import ArrayDataset
 from warm_jax.models import RewardModel, TransformerConfig
 from warm_jax.models.heads import LOGPROB_FEATURES
@@ -104,8 +105,7 @@ def linear_probe(*, sft_path: str, output_dir: str, model_config: TransformerCon
   """Fits the head on `train_data` pairs with the SFT backbone frozen; writes OUTPUT (atomic)."""
   if not output_dir:
     raise ValueError("output_dir is not set: pass --gin.MODEL_DIR=\"'/path'\"")
-  done = os.path.join(output_dir, "DONE")
-  if os.path.exists(done):
+  if run_dir.is_done(output_dir):
     logging.info("linear probe already done in %s", output_dir)
     with open(os.path.join(output_dir, "probe.json")) as f:
       return json.load(f)
@@ -132,7 +132,7 @@ def linear_probe(*, sft_path: str, output_dir: str, model_config: TransformerCon
     ckpt_lib.save_params(params, os.path.join(output_dir, PARAMS_SUBDIR), force=True)
     ckpt_lib.atomic_write_text(os.path.join(output_dir, "probe.json"),
                                json.dumps(report, indent=2) + "\n")
-    ckpt_lib.atomic_write_text(done, json.dumps({"wall_s": report["wall_s"]}) + "\n")
+    run_dir.write_done(output_dir, {"wall_s": report["wall_s"]})
   logging.info("linear probe: %s", report)
   return report
 

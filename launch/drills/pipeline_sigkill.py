@@ -39,6 +39,7 @@ import time
 import numpy as np
 
 import common
+from warm_jax.pipeline.presets import STAGE_DONE
 
 TINY = "gin/experiments/warm_synthetic_tldr_tiny.gin"
 # metrics.json entries that measure time or load, not results
@@ -75,7 +76,7 @@ def stage_dirs(out: str) -> dict[str, str]:
   """{stage name: its dir} for every stage dir holding the driver's STAGE_DONE marker."""
   found = {}
   for root, _, files in os.walk(out):
-    if "STAGE_DONE" in files:
+    if STAGE_DONE in files:
       found[os.path.relpath(root, out)] = root
   return found
 

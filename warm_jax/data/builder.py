@@ -39,8 +39,6 @@ REAL_TASK_SPLITS: Mapping[str, Mapping[str, str]] = {
 }
 GENERATORS = (*world.GENERATORS, prefs.POLICY_GENERATOR)
 
-install_dir = run_dir.install_dir  # the atomic install of a finished tmp dir
-
 
 class BuildError(ValueError):
   """The output dir cannot be (re)built as asked; nothing was written."""

@@ -235,16 +235,16 @@ def check_policy_dir(policy_dir: str | None, *, data_dir: str) -> str:
   except ckpt_lib.CheckpointError as e:
     raise PolicyPairsError(f"POLICY_DIR {policy_dir}: {e}") from None
   if (os.path.isdir(os.path.join(policy_dir, "checkpoints"))
-      and not os.path.exists(os.path.join(policy_dir, "DONE"))):
+      and not run_dir.is_done(policy_dir)):
     logging.warning("POLICY_DIR %s has no DONE marker: sampling its latest checkpoint (%s) of "
                     "an unfinished run", policy_dir, params_path)
   # The run dir holding config.gin: POLICY_DIR itself, or the run of a
   # RUN/checkpoints/<step>/params path.
-  run_dir = policy_dir
+  policy_run = policy_dir
   m = re.fullmatch(r"(.*)/checkpoints/\d+/params/?", _real(params_path))
-  if not os.path.isfile(os.path.join(run_dir, "config.gin")) and m:
-    run_dir = m.group(1)
-  trained_on = _config_gin_data_dir(run_dir)
+  if not os.path.isfile(os.path.join(policy_run, "config.gin")) and m:
+    policy_run = m.group(1)
+  trained_on = _config_gin_data_dir(policy_run)
   spm = os.path.join(data_dir, data_dir_lib.SPM_MODEL_FILE)
   if trained_on is None:
     logging.warning("POLICY_DIR %s has no config.gin naming its DATA_DIR: cannot check that it "
