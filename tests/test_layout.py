@@ -112,3 +112,26 @@ def test_library_code_never_imports_the_gin_layer():
   offenders = {m: sorted(graph[m] & GIN_LAYER) for m in graph
                if m not in GIN_LAYER and graph[m] & GIN_LAYER}
   assert offenders == {}
+
+
+MAX_MODULE_LINES = 600
+
+
+def test_no_module_is_over_600_lines():
+  """Issue 15's readability rule: a module over 600 lines holds more than one concern; split it
+  (the RL loop into config / rollout / evaluation / state / loop was the last one)."""
+  long = {m: n for m, path in _modules().items()
+          if (n := sum(1 for _ in open(path))) > MAX_MODULE_LINES}
+  assert not long, f"modules over {MAX_MODULE_LINES} lines: {long}"
+
+
+def test_every_training_program_runs_on_the_one_training_loop():
+  """The trainer, the vmapped members and RL call `training_loop.run_training_loop`, and none
+  of them keeps a loop of its own (its SIGTERM handling, fault hook or checkpoint wait)."""
+  graph = _graph()
+  for module in ("warm_jax.trainer", "warm_jax.vmapped_members", "warm_jax.rl.loop"):
+    assert "warm_jax.training_loop" in graph[module], module
+  own = [m for m, path in _modules().items() if m != "warm_jax.training_loop"
+         and any(name in open(path).read()
+                 for name in ("signal.SIGTERM", "SigtermFlag(", "maybe_inject_fault("))]
+  assert not own, f"modules handling SIGTERM / the fault hook outside the loop: {own}"

@@ -13,19 +13,17 @@ and loss; the partitioner the mesh; the trainer does the rest:
   3. Step. One jitted function with in/out shardings and the state donated: microbatches
      accumulated with `lax.scan`, gradient clipping and Adafactor inside the optax chain,
      dropout keys folded from (seed, step).
-  4. Loop. Checks loss and grad norm are finite (raising before anything non-finite can be
-     saved), logs train/*, perf/* (tokens/s, MFU) and eval/* to JSONL + TensorBoard, shows
-     progress, saves every K steps, and on SIGTERM saves a checkpoint and stops cleanly.
+  4. Loop. `training_loop.run_training_loop`, the loop every training program shares, with
+     this trainer's step, its checkpointer and two hooks: `TrainMetricsHook` (checks loss and
+     grad norm are finite, raising before anything non-finite can be saved; logs train/* and
+     perf/* (tokens/s, MFU) to JSONL + TensorBoard; shows progress) and `EvalHook` (eval/*).
+     It saves every K steps, and on SIGTERM saves a checkpoint and stops cleanly.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import math
-import os
-import signal
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -43,16 +41,12 @@ from warm_jax.metrics_writer import MetricsWriter, Progress
 from warm_jax.objectives import normalise_metrics
 from warm_jax.optimizers import OptimizerConfig, make_optimizer
 from warm_jax.partitioning import Partitioner, opt_state_shardings
+# The loop and its errors live in training_loop; these names are also the trainer's API.
+from warm_jax.training_loop import (FAULT_ENV, EvalHook, NonFiniteError, Preempted,  # noqa: F401
+                                    StepOutput, TrainCheckpoints, TrainMetricsHook,
+                                    non_finite_error, run_training_loop)
 
 Array = jax.Array
-
-
-class NonFiniteError(FloatingPointError):
-  """Loss or gradient norm became NaN/inf; the last good checkpoint is kept."""
-
-
-class Preempted(RuntimeError):
-  """SIGTERM received: a checkpoint was saved at the current step; rerun to resume."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -294,75 +288,42 @@ class Trainer:
       on_start(start)
 
     writer = MetricsWriter(self.model_dir, resume_step=start)
-    progress = Progress(name=cfg.name, total_steps=cfg.train_steps, start_step=start)
     peak, peak_how = flops_lib.peak_flops_reference(
         peak_flops_per_device=cfg.peak_flops_per_device)
-    tokens_per_step = self.objective.tokens_per_example(self.seq_len) * cfg.batch_size
     logging.info("%s: %d params; %s; peak %.3g FLOP/s (%s)", cfg.name, self.num_params,
                  self.partitioner.explain(), peak, peak_how)
 
-    stop = _SigtermFlag()
-    window: list[dict[str, float]] = []
-    t_window, steps_window, flops_window = None, 0, 0.0
-    error: BaseException | None = None
-    try:
-      for step in range(start, cfg.train_steps):
-        batch = self.shard_batch(dataset.batch(step, cfg.batch_size))
-        state, metrics = self.train_step(state, batch)
-        done = step + 1
-        # Read back (a device sync) only when needed: before anything is saved or logged.
-        if (done % cfg.check_finite_every == 0 or done % cfg.log_every == 0
-            or done == cfg.train_steps or checkpointer.manager.should_save(done)):
-          metrics = jax.device_get(metrics)
-          _check_finite(metrics, done, checkpointer, self.model_dir)
-          window.append(metrics)
-        if t_window is None:  # the first step compiled; rates count from its end
-          jax.block_until_ready(state)
-          t_window, steps_window, flops_window = time.perf_counter(), 0, 0.0
-        else:
-          steps_window += 1
-          flops_window += self.train_step_flops(batch)
-        if (done % cfg.log_every == 0 or done == cfg.train_steps) and window:
-          elapsed = time.perf_counter() - t_window
-          scalars = _window_means(window)
-          if steps_window and elapsed > 0:
-            scalars["perf/steps_per_s"] = steps_window / elapsed
-            scalars["perf/tokens_per_s"] = steps_window * tokens_per_step / elapsed
-            scalars["perf/mfu"] = flops_window / elapsed / peak
-          writer.write(done, scalars)
-          progress.update(done, {k.split("/")[-1]: v for k, v in scalars.items()
-                                 if k in ("train/loss", "train/grad_norm", "perf/tokens_per_s",
-                                          "perf/mfu")})
-          window, t_window, steps_window, flops_window = [], time.perf_counter(), 0, 0.0
-        if cfg.eval_every and done % cfg.eval_every == 0 and done != cfg.train_steps:
-          for prefix, data in eval_sets(eval_dataset, extra_eval_datasets):
-            writer.write(done, {f"{prefix}/{k}": v for k, v in
-                                self.evaluate(state.params, data).items()})
-        checkpointer.save(done, state.params, state.opt_state,
-                          force=done == cfg.train_steps)
-        _maybe_inject_fault(done)
-        if stop.requested(done):
-          checkpointer.wait()
-          if checkpointer.latest_step() != done:  # this step may have just been saved
-            checkpointer.save(done, state.params, state.opt_state, force=True)
-            checkpointer.wait()
-          raise Preempted(f"SIGTERM at step {done}: checkpoint saved in "
-                          f"{checkpointer.directory}; rerun the same command to resume")
+    def check_finite(per_member: list[dict[str, Any]], done: int) -> None:
+      error = non_finite_error(per_member[0], done, checkpointer, self.model_dir)
+      if error is not None:
+        raise error
+
+    def evaluate(state: TrainState, step: int) -> None:
       for prefix, data in eval_sets(eval_dataset, extra_eval_datasets):
-        writer.write(int(state.step), {f"{prefix}/{k}": v for k, v in
-                                       self.evaluate(state.params, data).items()})
-      checkpointer.wait()
-      if start < cfg.train_steps and checkpointer.latest_step() != cfg.train_steps:
-        checkpointer.save(cfg.train_steps, state.params, state.opt_state, force=True)
-        checkpointer.wait()
-    except BaseException as e:
-      error = e  # a dead peer: `finish` enters no barrier that would wait for it
-      raise
-    finally:
-      stop.restore()
-      checkpointer.finish(error)
-      writer.close()
-    return state
+        writer.write(step, {f"{prefix}/{k}": v for k, v in
+                            self.evaluate(state.params, data).items()})
+
+    return run_training_loop(
+        state=state, start=start, train_steps=cfg.train_steps, step=self._loop_step(dataset),
+        checkpoints=TrainCheckpoints(checkpointer),
+        hooks=[TrainMetricsHook(
+                   log_every=cfg.log_every, check_finite_every=cfg.check_finite_every,
+                   writers=[writer],
+                   progress=Progress(name=cfg.name, total_steps=cfg.train_steps,
+                                     start_step=start),
+                   tokens_per_step=self.objective.tokens_per_example(self.seq_len)
+                   * cfg.batch_size, peak_flops=peak, check_finite=check_finite),
+               EvalHook(every=cfg.eval_every, evaluate=evaluate)],
+        preempted=lambda done: (f"SIGTERM at step {done}: checkpoint saved in "
+                                f"{checkpointer.directory}; rerun the same command to resume"))
+
+  def _loop_step(self, dataset: ArrayDataset) -> Callable[[TrainState, int], Any]:
+    """The loop's step: batch `step` of `dataset`, sharded, and one optimizer step."""
+    def step(state: TrainState, index: int) -> tuple[TrainState, StepOutput]:
+      batch = self.shard_batch(dataset.batch(index, self.config.batch_size))
+      state, metrics = self.train_step(state, batch)
+      return state, StepOutput(metrics=metrics, flops=self.train_step_flops(batch))
+    return step
 
 
 # -------------------------------------------------------------------------------------------------
@@ -433,67 +394,3 @@ def eval_sets(eval_dataset: ArrayDataset | None,
   return out
 
 
-def _window_means(window: list[dict[str, Any]]) -> dict[str, float]:
-  """Means of the per-step metrics since the last log line, namespaced train/*."""
-  out = {}
-  weight = sum(float(m["weight"]) for m in window)
-  for key in window[-1]:
-    if key == "weight":
-      out["train/weight"] = weight / len(window)
-    elif key in ("grad_norm", "param_norm", "learning_rate"):
-      out[f"train/{key}"] = float(np.mean([float(m[key]) for m in window]))
-    else:  # a summed metric: total over the window / total weight
-      out[f"train/{key}"] = sum(float(m[key]) for m in window) / max(weight, 1e-9)
-  return out
-
-
-def _check_finite(metrics: dict[str, Any], step: int, checkpointer, model_dir: str) -> None:
-  loss, grad_norm = float(metrics["loss"]), float(metrics["grad_norm"])
-  if math.isfinite(loss) and math.isfinite(grad_norm):
-    return
-  checkpointer.wait()
-  last = checkpointer.latest_step()
-  kept = (f"the last good checkpoint is step {last} in {checkpointer.directory}"
-          if last is not None else "no checkpoint had been written yet")
-  raise NonFiniteError(
-      f"non-finite training at step {step} of {model_dir}: loss sum={loss}, "
-      f"grad_norm={grad_norm}, learning_rate={float(metrics['learning_rate']):.3g}. Nothing "
-      f"non-finite was saved; {kept}. Lower the learning rate, enable gradient clipping, or "
-      f"check the data for that step, then rerun (it resumes from the last good checkpoint).")
-
-
-FAULT_ENV = "WARM_JAX_FAULT_KILL_AT_STEP"
-
-
-def _maybe_inject_fault(step: int) -> None:
-  """Reliability drills: SIGKILL this process right after step N's save was issued (the async
-  write may still be in flight), when WARM_JAX_FAULT_KILL_AT_STEP=N is set."""
-  target = os.environ.get(FAULT_ENV)
-  if target is not None and int(target) == step:
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
-class _SigtermFlag:
-  """Turns SIGTERM into a flag the loop polls (multi-host: any process's flag stops all)."""
-
-  def __init__(self):
-    self._flag = False
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handler)
-    except ValueError:  # not the main thread
-      self._previous = None
-
-  def _handler(self, signum, frame):
-    del signum, frame
-    self._flag = True
-
-  def requested(self, step: int) -> bool:
-    del step
-    if jax.process_count() == 1:
-      return self._flag
-    from jax.experimental import multihost_utils
-    return bool(np.any(multihost_utils.process_allgather(np.array(self._flag))))
-
-  def restore(self):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)

@@ -46,7 +46,8 @@ the mesh axes the members take are removed from the other rules (the per-member 
 split over fsdp only). A member count the members' mesh axes do not divide falls back to
 replicating the member axis (listed by `Partitioner.explain`), as for any indivisible dim.
 
-The loop gives Trainer.train's guarantees: it resumes from the latest step that every member has
+The loop is `training_loop.run_training_loop`, Trainer.train's own, so it gives the same
+guarantees: it resumes from the latest step that every member has
 a checkpoint for, checks loss and gradient norm of every member before anything is saved (a
 non-finite member stops the program, naming the member), checkpoints every member on SIGTERM,
 writes a progress line and per-member metrics, and reads values back from the devices no more
@@ -80,10 +81,10 @@ from warm_jax.models import TransformerConfig
 from warm_jax.objectives import PreferenceObjective, normalise_metrics
 from warm_jax.optimizers import OptimizerConfig, make_optimizer
 from warm_jax.partitioning import Partitioner
-# The loop helpers are the Trainer's own (private to the training loops, shared on purpose).
-from warm_jax.trainer import (NonFiniteError, Preempted, Trainer, TrainerConfig, TrainState,
-                              _check_finite, _maybe_inject_fault, _SigtermFlag, _window_means,
-                              eval_sets, optimizer_step, sum_grads)
+from warm_jax.trainer import (Trainer, TrainerConfig, TrainState, eval_sets, optimizer_step,
+                              sum_grads)
+from warm_jax.training_loop import (CheckpointSet, EvalHook, NonFiniteError, StepOutput,
+                                    TrainMetricsHook, non_finite_error, run_training_loop)
 
 Array = jax.Array
 MEMBERS_AXIS = "members"
@@ -357,9 +358,7 @@ class VmappedMembersTrainer:
                                                 async_save=cfg.async_checkpoints)
                      for d in self.member_dirs]
     writers: list[MetricsWriter] = []
-    stop = None
-    error: BaseException | None = None
-    try:
+    try:  # the setup; the loop's own guard takes over from run_training_loop
       # -- resume order: (a) the latest step every member has, (b) init_params, (c) fresh ----
       kept = [set(c.all_steps()) for c in checkpointers]
       common = set.intersection(*kept)
@@ -384,7 +383,6 @@ class VmappedMembersTrainer:
       start = int(latest or 0)
 
       writers = [MetricsWriter(d, resume_step=start) for d in self.member_dirs]
-      progress = Progress(name=cfg.name, total_steps=cfg.train_steps, start_step=start)
       peak, peak_how = flops_lib.peak_flops_reference(
           peak_flops_per_device=cfg.peak_flops_per_device)
       tokens_per_step = self.objective.tokens_per_example(self.seq_len) * cfg.batch_size
@@ -392,98 +390,40 @@ class VmappedMembersTrainer:
                    cfg.name, m, self.num_params, self.member_axes, self.partitioner.explain(),
                    peak, peak_how)
 
-      # Every member has the same save policy; ask it once per step, of a member that is not
-      # ahead (the others would answer False for the steps they already hold).
-      policy = checkpointers[int(np.argmin(ahead))].manager
+      checkpoints = _MemberCheckpoints(checkpointers, ahead, self)
 
-      def save(step: int, state: TrainState, *, force: bool, scheduled: bool = False) -> None:
-        if not (force or scheduled):
-          return
-        # Members that already hold `step` (ahead, or saved just before a forced save) skip it.
-        due = [i for i, c in enumerate(checkpointers)
-               if step > max(ahead[i], c.latest_step() if c.latest_step() is not None else -1)]
-        if not due:
-          return
-        with self.partitioner.mesh_context():
-          pairs = self._unstack_state(state)
-        for i in due:
-          checkpointers[i].save(step, *pairs[i], force=force)
+      def check_finite(per_member: list[dict[str, Any]], done: int) -> None:
+        self._check_finite(per_member, done, checkpointers)
 
-      stop = _SigtermFlag()
-      windows: list[list[dict[str, float]]] = [[] for _ in range(m)]
-      t_window, steps_window, flops_window = None, 0, 0.0
-      for step in range(start, cfg.train_steps):
-        batch = self.stack_batches([d.batch(step, cfg.batch_size, process_index=0,
+      def evaluate(state: TrainState, step: int) -> None:
+        self._write_eval(writers, step, state.params, eval_dataset, extra_eval_datasets)
+
+      def step(state: TrainState, index: int) -> tuple[TrainState, StepOutput]:
+        batch = self.stack_batches([d.batch(index, cfg.batch_size, process_index=0,
                                             process_count=1) for d in datasets])
         state, metrics = self.train_step(state, batch)
-        done = step + 1
-        scheduled = policy.should_save(done)
-        # Read back (a device sync) only when needed: before anything is saved or logged.
-        if (done % cfg.check_finite_every == 0 or done % cfg.log_every == 0
-            or done == cfg.train_steps or scheduled):
-          host = jax.device_get(metrics)
-          per_member = [{k: v[i] for k, v in host.items()} for i in range(m)]
-          self._check_finite(per_member, done, checkpointers)
-          for window, metrics_i in zip(windows, per_member):
-            window.append(metrics_i)
-        if t_window is None:  # the first step compiled; rates count from its end
-          jax.block_until_ready(state)
-          t_window, steps_window, flops_window = time.perf_counter(), 0, 0.0
-        else:
-          steps_window += 1
-          flops_window += self.train_step_flops(batch)
-        if (done % cfg.log_every == 0 or done == cfg.train_steps) and windows[0]:
-          elapsed = time.perf_counter() - t_window
-          rows = [_window_means(w) for w in windows]
-          for writer, scalars in zip(writers, rows):
-            if steps_window and elapsed > 0:
-              # The member's own throughput (comparable with a sequential job's); MFU is the
-              # whole program's, since the members share the devices.
-              scalars["perf/steps_per_s"] = steps_window / elapsed
-              scalars["perf/tokens_per_s"] = steps_window * tokens_per_step / elapsed
-              scalars["perf/mfu"] = flops_window / elapsed / peak
-            scalars["perf/members"] = m
-            writer.write(done, scalars)
-          shown = {"loss": float(np.mean([r["train/loss"] for r in rows])),
-                   "loss_min": min(r["train/loss"] for r in rows),
-                   "loss_max": max(r["train/loss"] for r in rows)}
-          if "perf/tokens_per_s" in rows[0]:
-            shown["tokens_per_s"] = rows[0]["perf/tokens_per_s"] * m
-            shown["mfu"] = rows[0]["perf/mfu"]
-          progress.update(done, shown)
-          windows, t_window, steps_window, flops_window = ([[] for _ in range(m)],
-                                                           time.perf_counter(), 0, 0.0)
-        if cfg.eval_every and done % cfg.eval_every == 0 and done != cfg.train_steps:
-          self._write_eval(writers, done, state.params, eval_dataset, extra_eval_datasets)
-        save(done, state, force=done == cfg.train_steps, scheduled=scheduled)
-        _maybe_inject_fault(done)
-        if stop.requested(done):
-          save(done, state, force=True)
-          for c in checkpointers:
-            c.wait()
-          raise Preempted(f"SIGTERM at step {done}: checkpoints of {m} members saved in "
-                          f"{os.path.dirname(self.member_dirs[0].rstrip('/'))}; rerun the same "
-                          "command to resume")
-      self._write_eval(writers, int(state.step), state.params, eval_dataset,
-                       extra_eval_datasets)
-      for c in checkpointers:
-        c.wait()
-      if start < cfg.train_steps and any(c.latest_step() != cfg.train_steps
-                                         for c in checkpointers):
-        save(cfg.train_steps, state, force=True)
-        for c in checkpointers:
-          c.wait()
+        return state, StepOutput(metrics=metrics, flops=self.train_step_flops(batch))
     except BaseException as e:
-      error = e  # a dead peer: `finish` enters no barrier that would wait for it
-      raise
-    finally:
-      if stop is not None:
-        stop.restore()
       for c in checkpointers:
-        c.finish(error)
+        c.finish(e)
       for w in writers:
         w.close()
-    return state
+      raise
+    return run_training_loop(
+        state=state, start=start, train_steps=cfg.train_steps, step=step,
+        checkpoints=checkpoints,
+        hooks=[TrainMetricsHook(
+                   log_every=cfg.log_every, check_finite_every=cfg.check_finite_every,
+                   writers=writers,
+                   progress=Progress(name=cfg.name, total_steps=cfg.train_steps,
+                                     start_step=start),
+                   tokens_per_step=tokens_per_step, peak_flops=peak,
+                   check_finite=check_finite, members=m),
+               EvalHook(every=cfg.eval_every, evaluate=evaluate)],
+        preempted=lambda done: (
+            f"SIGTERM at step {done}: checkpoints of {m} members saved in "
+            f"{os.path.dirname(self.member_dirs[0].rstrip('/'))}; rerun the same command to "
+            "resume"))
 
   def _write_eval(self, writers, step: int, params: Any, dataset: ArrayDataset | None,
                   extra: Mapping[str, ArrayDataset] | None) -> None:
@@ -501,16 +441,59 @@ class VmappedMembersTrainer:
     for c in checkpointers:
       c.wait()
     i = bad[0]
-    try:
-      _check_finite(per_member[i], step, checkpointers[i], self.member_dirs[i])
-    except NonFiniteError as e:
-      also = (f" Also non-finite: {', '.join(self.member_names[j] for j in bad[1:])}."
-              if len(bad) > 1 else "")
-      raise NonFiniteError(
-          f"{self.member_names[i]} (learning_rate={self.learning_rates[i]:g}, "
-          f"dropout_rate={self.dropout_rates[i]:g}) of {self.num_members} vmapped members: {e}"
-          f"{also} All members stop with it; rerun after the fix resumes every member from "
-          "their latest common checkpoint.") from None
+    error = non_finite_error(per_member[i], step, checkpointers[i], self.member_dirs[i])
+    also = (f" Also non-finite: {', '.join(self.member_names[j] for j in bad[1:])}."
+            if len(bad) > 1 else "")
+    raise NonFiniteError(
+        f"{self.member_names[i]} (learning_rate={self.learning_rates[i]:g}, "
+        f"dropout_rate={self.dropout_rates[i]:g}) of {self.num_members} vmapped members: "
+        f"{error}{also} All members stop with it; rerun after the fix resumes every member "
+        "from their latest common checkpoint.")
+
+
+class _MemberCheckpoints(CheckpointSet):
+  """Every member's `TrainCheckpointer`, saved together from the stacked state.
+
+  A member saved beyond the common resume step (killed between members' saves) keeps those
+  checkpoints: recomputing the same steps does not save them again (`ahead`). Every member has
+  the same schedule; it is asked of a member that is not ahead (the others would answer False
+  for the steps they already hold)."""
+
+  def __init__(self, checkpointers: list[ckpt_lib.TrainCheckpointer], ahead: list[int],
+               trainer: VmappedMembersTrainer):
+    self.checkpointers, self.ahead, self.trainer = checkpointers, ahead, trainer
+    self.policy = checkpointers[int(np.argmin(ahead))].manager
+
+  def _behind(self, step: int) -> list[int]:
+    """The members that do not hold `step` yet."""
+    return [i for i, c in enumerate(self.checkpointers)
+            if step > max(self.ahead[i], c.latest_step() if c.latest_step() is not None
+                          else -1)]
+
+  def due(self, step: int) -> bool:
+    return self.policy.should_save(step)
+
+  def save(self, step: int, state: TrainState, *, force: bool, due: bool) -> None:
+    if not (force or due):
+      return
+    behind = self._behind(step)
+    if not behind:
+      return
+    with self.trainer.partitioner.mesh_context():
+      pairs = self.trainer._unstack_state(state)
+    for i in behind:
+      self.checkpointers[i].save(step, *pairs[i], force=force)
+
+  def holds(self, step: int) -> bool:
+    return not self._behind(step)
+
+  def wait(self) -> None:
+    for c in self.checkpointers:
+      c.wait()
+
+  def finish(self, error: BaseException | None) -> None:
+    for c in self.checkpointers:
+      c.finish(error)
 
 
 def _fresh_init(trainer: Trainer) -> Any:

@@ -66,7 +66,7 @@ import numpy as np
 from warm_jax import run_dir
 from warm_jax.data import builder
 from warm_jax.data import data_dir as data_dir_lib
-from warm_jax.data import policy_pairs
+from warm_jax.data import policy_samples
 from warm_jax.data import preferences as prefs
 from warm_jax.data import world
 from warm_jax.data.gold_reward import count_words
@@ -287,7 +287,7 @@ def build_on_policy_data(*, output_dir: str | None, data_dir: str | None, model_
     raise OnPolicyDataError(f"CORRUPT_TRAIN_POSTS={corrupt_train_posts}: None or >= 1")
   if longer_is_better_rate is not None and not 0.0 <= longer_is_better_rate <= 1.0:
     raise OnPolicyDataError(f"LONGER_IS_BETTER_RATE={longer_is_better_rate}: None or in [0, 1]")
-  meta = policy_pairs.check_data_dir(data_dir)
+  meta = policy_samples.check_data_dir(data_dir)
   if meta["world_config"].get("corruption_rate", 0.0):
     raise OnPolicyDataError(f"DATA_DIR {data_dir} was built with corrupted labels "
                             f"(CORRUPTION_RATE={meta['world_config']['corruption_rate']}): "
@@ -300,7 +300,7 @@ def build_on_policy_data(*, output_dir: str | None, data_dir: str | None, model_
   if prompt_len + max_new_tokens > model_config.max_len:
     raise OnPolicyDataError(f"PROMPT_LEN {prompt_len} + MAX_NEW_TOKENS {max_new_tokens} exceeds "
                             f"the model's max_len {model_config.max_len}: lower MAX_NEW_TOKENS")
-  params_paths = {source.path: policy_pairs.check_policy_dir(source.path, data_dir=data_dir)
+  params_paths = {source.path: policy_samples.check_policy_dir(source.path, data_dir=data_dir)
                   for group in sources.values() for source in group}
   request = {
       "data_dir": os.path.realpath(data_dir),
@@ -315,7 +315,7 @@ def build_on_policy_data(*, output_dir: str | None, data_dir: str | None, model_
   }
   inputs = {"DATA_DIR": data_dir, **{f"policy {s.name}'s dir": s.path
                                       for group in sources.values() for s in group}}
-  finished = policy_pairs.check_output_dir(
+  finished = policy_samples.check_output_dir(
       output_dir, inputs=inputs, kind=KIND, what="on-policy RM data", request=request,
       overwrite=overwrite, error=OnPolicyDataError)
   if finished is not None:
@@ -329,9 +329,9 @@ def build_on_policy_data(*, output_dir: str | None, data_dir: str | None, model_
     path = params_paths[source.path]
     if path not in cache:
       params = ckpt_lib.load_params(path)
-      policy_pairs.check_policy_params(params, model_config=model_config, params_path=path)
+      policy_samples.check_policy_params(params, model_config=model_config, params_path=path)
       cache[path] = params
-    return policy_pairs.ModelPolicySampler(
+    return policy_samples.ModelPolicySampler(
         params=cache[path], model_config=model_config, vocabulary=vocabulary,
         prompt_len=prompt_len, max_new_tokens=max_new_tokens, partitioner=partitioner,
         batch_size=batch_size, max_positions=min(seq_len, model_config.max_len))
@@ -433,7 +433,7 @@ def _write_setting(path: str, *, data_dir: str, meta: Mapping[str, Any],
     name = data_dir_lib.dataset_name("preferences", split)
     data_dir_lib.write_jsonl(data_dir_lib.text_path(path, name),
                              [data_dir_lib.pair_record(p) for p in pairs[split]])
-    arrays = policy_pairs.export_preference_arrays(path, generators=generators,
+    arrays = policy_samples.export_preference_arrays(path, generators=generators,
                                                    seq_len=seq_len, prompt_len=prompt_len,
                                                    split=split)
     arrays_meta[name] = {k: {"shape": list(v.shape), "dtype": str(v.dtype)}
@@ -448,7 +448,7 @@ def _write_setting(path: str, *, data_dir: str, meta: Mapping[str, Any],
       "tasks": {"preferences": meta["tasks"]["preferences"]},
       "splits": {"preferences": list(SPLITS)}, "world_config": world_config,
       "source": {"data_dir": os.path.realpath(data_dir),
-                 "spm_sha256": policy_pairs._file_digest(
+                 "spm_sha256": policy_samples.file_digest(
                      os.path.join(data_dir, data_dir_lib.SPM_MODEL_FILE))},
       "request": dict(request), "arrays": arrays_meta})
   stats = {"format_version": data_dir_lib.FORMAT_VERSION, "kind": KIND,
