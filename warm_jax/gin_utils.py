@@ -180,7 +180,7 @@ def gin_main(argv: Sequence[str] | None, *, entry: str, doc: str, example: str,
   from warm_jax import configurables
   from warm_jax.checkpoints import CheckpointError
   from warm_jax.partitioning import is_peer_failure, maybe_initialize_distributed
-  from warm_jax.trainer import NonFiniteError, Preempted
+  from warm_jax.training_loop import NonFiniteError, Preempted
 
   argv = list(sys.argv[1:] if argv is None else argv)
   logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s")

@@ -28,6 +28,14 @@ Array = jax.Array
 Batch = dict[str, Array]
 
 
+
+def forward(module: nn.Module, params: Any, rng: Array | None, *inputs: Any, **kwargs: Any
+            ) -> Any:
+  """The forward pass of every objective's loss: `module.apply` in training mode (dropout
+  from `rng`) or, with rng None, deterministic (evaluation)."""
+  return module.apply({"params": params}, *inputs, deterministic=rng is None,
+                      rngs=None if rng is None else {"dropout": rng}, **kwargs)
+
 @dataclasses.dataclass(frozen=True)
 class LanguageModelObjective:
   """Next-token prediction on `tokens`, counting only positions where `loss_mask` is 1.
@@ -55,9 +63,7 @@ class LanguageModelObjective:
 
   def loss(self, params: Any, batch: Batch, rng: Array | None
            ) -> tuple[Array, dict[str, Array]]:
-    logits = self.module.apply({"params": params}, batch["tokens"], batch["mask"],
-                               deterministic=rng is None,
-                               rngs=None if rng is None else {"dropout": rng})
+    logits = forward(self.module, params, rng, batch["tokens"], batch["mask"])
     loss_mask = batch["loss_mask"] * batch["mask"]
     loss_sum, weight, correct = losses.next_token_cross_entropy(
         logits, batch["tokens"], loss_mask, z_loss=self.z_loss)
@@ -146,9 +152,8 @@ class PreferenceObjective:
     response_mask = (jnp.concatenate([batch["chosen_response_mask"],
                                       batch["rejected_response_mask"]], axis=0)
                      if self.model_config.reads_logprobs else None)
-    r = self.module.apply({"params": params}, tokens, mask, response_mask,
-                          deterministic=rng is None, dropout_rate=dropout_rate,
-                          rngs=None if rng is None else {"dropout": rng})
+    r = forward(self.module, params, rng, tokens, mask, response_mask,
+                dropout_rate=dropout_rate)
     return r[:n], r[n:]
 
   def _sums(self, r_chosen: Array, r_rejected: Array, weights: Array

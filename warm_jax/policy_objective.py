@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from warm_jax.models import LanguageModel, TransformerConfig, ValueModel
+from warm_jax.objectives import forward
 
 Array = jax.Array
 Batch = dict[str, Array]
@@ -170,9 +171,7 @@ class PolicyGradientObjective:
 
   def loss(self, params: Any, batch: Batch, rng: Array | None
            ) -> tuple[Array, dict[str, Array]]:
-    logits = self.module.apply({"params": params}, batch["tokens"], batch["mask"],
-                               deterministic=rng is None,
-                               rngs=None if rng is None else {"dropout": rng})
+    logits = forward(self.module, params, rng, batch["tokens"], batch["mask"])
     log_probs, entropy = token_log_probs(logits, batch["tokens"], temperature=self.temperature)
     mask = batch["response_mask"].astype(jnp.float32)
     loss, metrics = policy_gradient_sums(
@@ -225,9 +224,7 @@ class ValueRegressionObjective:
 
   def loss(self, params: Any, batch: Batch, rng: Array | None
            ) -> tuple[Array, dict[str, Array]]:
-    values = self.module.apply({"params": params}, batch["tokens"], batch["mask"],
-                               deterministic=rng is None,
-                               rngs=None if rng is None else {"dropout": rng})
+    values = forward(self.module, params, rng, batch["tokens"], batch["mask"])
     mask = batch["response_mask"].astype(jnp.float32)
     error = (state_values(values) - batch["returns"]) * mask
     loss = 0.5 * jnp.sum(jnp.square(error))

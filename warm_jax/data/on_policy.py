@@ -142,20 +142,11 @@ def parse_sources(spec: Any, *, macro: str) -> tuple[PolicySource, ...]:
 def world_posts(data_dir: str, *, meta: Mapping[str, Any], split: str) -> list[world.Post]:
   """The posts of the world's split ('rm_train', 'id_val' or 'ood') in the world's order,
   read from DATA_DIR/text/posts.jsonl."""
-  config = prefs.WorldConfig(**meta["world_config"])
-  start, n = config.post_ranges()[split]
-  if n == 0:
+  posts = policy_samples.world_posts(data_dir, meta=meta, split=split)
+  if not posts:
     raise OnPolicyDataError(f"DATA_DIR {data_dir}'s world has no {split} posts: use a data "
                             "build with RM-train, validation and OOD posts")
-  ids = [p.post_id for p in world.generate_posts(seed=config.seed, n=n, start=start)]
-  posts = data_dir_lib.load_posts(data_dir)
-  missing = [i for i in ids if i not in posts]
-  if missing:
-    raise data_dir_lib.DataDirError(
-        f"{data_dir}/text/posts.jsonl lacks post {missing[0]} of the {split} split its "
-        "meta.json's world_config defines: the data dir comes from another version of the "
-        "world; rebuild it")
-  return [posts[i] for i in ids]
+  return posts
 
 
 # ---------------------------------------------------------------------------------------------

@@ -66,7 +66,8 @@ from warm_jax.data.gold_reward import count_words, gold_reward
 from warm_jax.data.policy_samples import (KIND, SPLIT, ModelPolicySampler,  # noqa: F401
                                           PolicyPairsError, check_data_dir, check_output_dir,
                                           check_policy_dir, check_policy_params, encode_prompts,
-                                          export_preference_arrays, file_digest, real_path)
+                                          export_preference_arrays, file_digest, real_path,
+                                          world_posts)
 
 SUBSET_NAME = prefs.POLICY_PAIRS_SPLIT  # what the RM evaluation calls it: 'ood_policy'
 DONE_FILE = run_dir.DONE
@@ -86,27 +87,18 @@ def held_out_posts(data_dir: str, *, meta: Mapping[str, Any], posts_split: str
   if posts_split not in POSTS_SPLITS:
     raise PolicyPairsError(f"POSTS_SPLIT={posts_split!r}: use one of {POSTS_SPLITS} (held-out "
                            "posts; the RM-train posts are never used)")
-  config = prefs.WorldConfig(**meta["world_config"])
-  start, n = config.post_ranges()[posts_split]
-  if n == 0:
+  posts = world_posts(data_dir, meta=meta, split=posts_split)
+  if not posts:
     raise PolicyPairsError(f"DATA_DIR's world has no {posts_split} posts (WorldConfig "
                            f"{'n_ood_posts' if posts_split == 'ood' else 'n_val_posts'}=0): "
                            "use a data build with held-out posts or another POSTS_SPLIT")
-  ids = [p.post_id for p in world.generate_posts(seed=config.seed, n=n, start=start)]
-  posts = data_dir_lib.load_posts(data_dir)
-  missing = [i for i in ids if i not in posts]
-  if missing:
-    raise data_dir_lib.DataDirError(
-        f"{data_dir}/text/posts.jsonl lacks post {missing[0]} of the {posts_split} split its "
-        "meta.json's world_config defines: the data dir comes from another version of the "
-        "world; rebuild it")
   rm_train_posts = {r["post_id"] for r in data_dir_lib.load_records(
       data_dir, kind="preferences", split="rm_train")}
-  overlap = sorted(rm_train_posts & set(ids))
+  overlap = sorted(rm_train_posts & {p.post_id for p in posts})
   if overlap:
     raise data_dir_lib.DataDirError(f"{data_dir}: {len(overlap)} {posts_split} posts (first "
                                     f"{overlap[0]}) are RM-train posts: rebuild the data dir")
-  return [posts[i] for i in ids]
+  return posts
 
 
 # ---------------------------------------------------------------------------------------------

@@ -245,6 +245,24 @@ def check_policy_params(params: Any, *, model_config: Any, params_path: str) -> 
           f"{tuple(expected[name].shape)}: the policy has another architecture{hint}")
 
 
+def world_posts(data_dir: str, *, meta: Mapping[str, Any], split: str) -> list[Any]:
+  """The posts of the world's `split` ('rm_train', 'id_val' or 'ood') in the world's order,
+  read from DATA_DIR/text/posts.jsonl ([] when the world has none in that split)."""
+  from warm_jax.data import preferences as prefs
+  from warm_jax.data import world
+  config = prefs.WorldConfig(**meta["world_config"])
+  start, n = config.post_ranges()[split]
+  ids = [p.post_id for p in world.generate_posts(seed=config.seed, n=n, start=start)]
+  posts = data_dir_lib.load_posts(data_dir) if ids else {}
+  missing = [i for i in ids if i not in posts]
+  if missing:
+    raise data_dir_lib.DataDirError(
+        f"{data_dir}/text/posts.jsonl lacks post {missing[0]} of the {split} split its "
+        "meta.json's world_config defines: the data dir comes from another version of the "
+        "world; rebuild it")
+  return [posts[i] for i in ids]
+
+
 # ---------------------------------------------------------------------------------------------
 # Writing
 # ---------------------------------------------------------------------------------------------
