@@ -58,9 +58,9 @@ def make_members(*, workdir: str, config, num_members: int, noise: float = 0.01,
   reuses members already written for the same config. Returns (orbax dirs, HF dirs,
   parameter count)."""
   import jax
-  from warm_jax import checkpoints as ckpt_lib
+  from warm_jax.core import checkpoints as ckpt_lib
   from warm_jax.models import RewardModel
-  from warm_jax.scoring import unboxed_init
+  from warm_jax.rm.scoring import unboxed_init
 
   stamp = os.path.join(workdir, "members.json")
   compress = ckpt_lib.COMPRESS_CHECKPOINTS if compress is None else compress
@@ -107,7 +107,7 @@ def mergekit_config(hf_dirs: list[str]) -> str:
 def outputs_max_diff(*, ours_dir: str, mergekit_dir: str, config) -> tuple[float, list[str]]:
   """(max |ours - mergekit| over every tensor, tensors missing from mergekit's output)."""
   from safetensors.numpy import load_file
-  from warm_jax import checkpoints as ckpt_lib
+  from warm_jax.core import checkpoints as ckpt_lib
 
   from bench import hf_convert
   ours = hf_convert.rm_params_to_gpt2_state_dict(ckpt_lib.load_params(ours_dir),

@@ -61,7 +61,7 @@ def single_device_partitioner():
   """One device, everything replicated: a 2-core host is one XLA:CPU device that already uses
   every core (simulated devices would only split the same cores)."""
   import jax
-  from warm_jax.partitioning import Partitioner
+  from warm_jax.core.partitioning import Partitioner
   return Partitioner(mesh_shape={"data": 1}, devices=jax.devices()[:1])
 
 

@@ -1,6 +1,6 @@
 """Benchmark 6: decoding tokens/s with the KV cache vs recomputing the sequence, batch 1..32.
 
-Where it sits: best-of-N and RL sample from the policy with `warm_jax.sampling` (a jitted
+Where it sits: best-of-N and RL sample from the policy with `warm_jax.policy.sampling` (a jitted
 `lax.while_loop` over a `KVCache`); `SamplingConfig(use_cache=False)` is the reference that
 recomputes the whole (fixed-size, masked) sequence every step. This runs both, in one process,
 through `sampling.benchmark_decoding` (random init params, random full-length prompts, EOS off
@@ -26,7 +26,7 @@ def measure(*, preset: str, batches=(1, 2, 4, 8, 16, 32), prompt_len: int = PROM
             vocab_size: int = common.VOCAB_SIZE, model_overrides: dict | None = None
             ) -> list[dict]:
   """One row per batch size: tokens/s with and without the cache (same params, same run)."""
-  from warm_jax.sampling import benchmark_decoding
+  from warm_jax.policy.sampling import benchmark_decoding
   config = common.preset_config(preset, vocab_size=vocab_size, **{
       "max_len": max(prompt_len + max_new_tokens, common.preset_fields(preset)["max_len"]),
       **(model_overrides or {})})

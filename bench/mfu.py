@@ -57,9 +57,9 @@ def measure_train_step(*, preset: str, kind: str, batch_size: int, seq_len: int,
   """
   import jax
   import numpy as np
-  from warm_jax.objectives import LanguageModelObjective, PreferenceObjective
-  from warm_jax.optimizers import OptimizerConfig
-  from warm_jax.trainer import Trainer, TrainerConfig
+  from warm_jax.core.objectives import LanguageModelObjective, PreferenceObjective
+  from warm_jax.core.optimizers import OptimizerConfig
+  from warm_jax.core.trainer import Trainer, TrainerConfig
 
   config = common.preset_config(preset, vocab_size=vocab_size, **{
       "max_len": max(seq_len, common.preset_fields(preset)["max_len"]),
@@ -102,7 +102,7 @@ def measure_train_step(*, preset: str, kind: str, batch_size: int, seq_len: int,
 
 def matmul_reference(dtype: str, *, size: int = 2048, repeats: int = 3) -> float:
   """FLOP/s of a [size]^3 matmul in `dtype` on the first device (best of `repeats`)."""
-  from warm_jax import flops
+  from warm_jax.core import flops
   return flops.measure_matmul_flops(size=size, dtype=dtype, repeats=repeats)
 
 

@@ -64,7 +64,7 @@ def _tokens(batch_size: int, seq_len: int, steps: int) -> int:
 def initial_params(config, seed: int = 0):
   """Our RewardModel's init (host numpy), the starting point of both sides."""
   from warm_jax.models import RewardModel
-  from warm_jax.scoring import unboxed_init
+  from warm_jax.rm.scoring import unboxed_init
   return unboxed_init(RewardModel(config), seed)
 
 
@@ -72,9 +72,9 @@ def measure_ours(*, config, pairs: dict[str, np.ndarray], batch_size: int, warmu
                  steps: int, init_params, partitioner=None) -> SideResult:
   """Our jitted RM train step on `pairs`, batch s = rows [s*B, (s+1)*B) (cycling)."""
   import jax
-  from warm_jax.objectives import PreferenceObjective
-  from warm_jax.optimizers import OptimizerConfig
-  from warm_jax.trainer import Trainer, TrainerConfig
+  from warm_jax.core.objectives import PreferenceObjective
+  from warm_jax.core.optimizers import OptimizerConfig
+  from warm_jax.core.trainer import Trainer, TrainerConfig
 
   total = warmup_steps + steps
   seq_len = pairs["chosen_tokens"].shape[1]

@@ -2,7 +2,7 @@
 
 Where it sits: the member sweep runs either as one job per member (`gin/rm.gin`,
 `members.train_reward_model`) or as one program with a leading member axis
-(`gin/rm_members.gin`, `warm_jax.vmapped_members`). Both do the same arithmetic (tested in
+(`gin/rm_members.gin`, `warm_jax.rm.vmapped_members`). Both do the same arithmetic (tested in
 tests/test_vmapped_members.py); this measures what each costs on the same device, for
 M = 2, 6, 10:
 
@@ -77,11 +77,11 @@ def measure(*, preset: str, num_members: int, batch_size: int, seq_len: int, ste
   (model_overrides: TransformerConfig fields replacing the preset's, e.g. for a smoke run)."""
   import jax
   from warm_jax.models import RewardModel
-  from warm_jax.objectives import PreferenceObjective
-  from warm_jax.optimizers import OptimizerConfig
-  from warm_jax.scoring import unboxed_init
-  from warm_jax.trainer import Trainer, TrainerConfig
-  from warm_jax.vmapped_members import VmappedMembersTrainer
+  from warm_jax.core.objectives import PreferenceObjective
+  from warm_jax.core.optimizers import OptimizerConfig
+  from warm_jax.rm.scoring import unboxed_init
+  from warm_jax.core.trainer import Trainer, TrainerConfig
+  from warm_jax.rm.vmapped_members import VmappedMembersTrainer
 
   m = num_members
   config = common.preset_config(preset, vocab_size=vocab_size, **{

@@ -1,6 +1,6 @@
 """Benchmark 5: WARM vs ENS at inference -- reward scoring for best-of-N at N = 16.
 
-Where it sits: best-of-N (`warm_jax/bon.py`) scores every candidate with each selector through
+Where it sits: best-of-N (`warm_jax/policy/bon.py`) scores every candidate with each selector through
 `RewardScorer` and `reward_sources.score_with_source`. WARM M is one averaged RM (merged once,
 `merging.merge_params`), so a candidate costs one forward pass whatever M; ENS M averages M
 RMs' rewards, M forward passes. This measures, in one run and with one compiled scorer, the
@@ -62,7 +62,7 @@ def make_members(*, config, num_members: int, noise: float, seed: int = 0) -> li
   """M reward models: one init plus independent Gaussian perturbations (host numpy)."""
   import jax
   from warm_jax.models import RewardModel
-  from warm_jax.scoring import unboxed_init
+  from warm_jax.rm.scoring import unboxed_init
   init = unboxed_init(RewardModel(config), seed)
   members = []
   for i in range(num_members):
@@ -80,10 +80,10 @@ def measure(*, preset: str, members_list=(2, 6, 10), num_prompts: int = 16, n: i
             noise: float = 0.002) -> list[ScoringResult]:
   """WARM M and ENS M scoring of num_prompts x n candidates, for each M (one scorer)."""
   import jax
-  from warm_jax import bon
+  from warm_jax.policy import bon
   from warm_jax.merging import merge_params
-  from warm_jax.reward_sources import score_with_source
-  from warm_jax.scoring import RewardScorer
+  from warm_jax.policy.reward_sources import score_with_source
+  from warm_jax.rm.scoring import RewardScorer
 
   seq_len = prompt_len + response_len
   config = common.preset_config(preset, vocab_size=vocab_size, **{

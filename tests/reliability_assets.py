@@ -23,10 +23,10 @@ class Assets:
   """Paths of the shared inputs; `rm_args(members_dir)` is a member's training command."""
 
   def __init__(self, root: str):
-    from warm_jax import checkpoints as ckpt
+    from warm_jax.core import checkpoints as ckpt
     from warm_jax.data import build, preferences
     from warm_jax.models import LanguageModel, RewardModel
-    from warm_jax.scoring import unboxed_init
+    from warm_jax.rm.scoring import unboxed_init
     self.root = root
     self.data_dir = os.path.join(root, "data")
     build.build_dataset(output_dir=self.data_dir, seq_len=SEQ_LEN, prompt_len=SEQ_LEN // 2,

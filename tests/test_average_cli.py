@@ -17,7 +17,7 @@ import pytest
 
 from conftest import REPO_ROOT, run_cli
 from warm_jax import average
-from warm_jax import checkpoints as ckpt
+from warm_jax.core import checkpoints as ckpt
 from warm_jax.cli_errors import print_error
 from warm_jax import merging
 

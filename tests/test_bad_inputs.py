@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 
 from reliability_assets import SEQ_LEN, SFT_STEP, session_assets, tree_file_hashes
-from warm_jax import average, checkpoints as ckpt, evaluate, experiment, train
+from warm_jax import average, evaluate, experiment, train
+from warm_jax.core import checkpoints as ckpt
 from warm_jax.data import build
 
 MAINS = {"train": train.main, "average": average.main, "evaluate": evaluate.main,
@@ -391,7 +392,7 @@ class Shared:
 
   def __init__(self, assets, root):
     from warm_jax.models import RewardModel
-    from warm_jax.scoring import unboxed_init
+    from warm_jax.rm.scoring import unboxed_init
     self.assets, self.root = assets, str(root)
     # Two finished reward-model members (fresh inits: the cases test refusals, not accuracy).
     self.members_dir = os.path.join(self.root, "members")

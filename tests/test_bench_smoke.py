@@ -21,9 +21,9 @@ if REPO_ROOT not in sys.path:
 
 from bench import (averager, common, decoding, hf_convert, mfu, rm_vs_trl,  # noqa: E402
                    vmapped_members, warm_vs_ens)
-from warm_jax import checkpoints as ckpt  # noqa: E402
+from warm_jax.core import checkpoints as ckpt  # noqa: F401
 from warm_jax.models import RewardModel  # noqa: E402
-from warm_jax.scoring import unboxed_init  # noqa: E402
+from warm_jax.rm.scoring import unboxed_init  # noqa: F401
 
 VOCAB = 64
 SMALL = dict(num_layers=1, d_model=32, num_heads=2, mlp_dim=64, max_len=32)
@@ -168,8 +168,8 @@ def test_mfu_is_model_flops_over_the_same_run_matmul():
 # 3-6. Members, averager, WARM vs ENS, decoding
 # -------------------------------------------------------------------------------------------------
 def test_vmapped_members_benchmark_runs_both_sides(monkeypatch):
-  from warm_jax.trainer import Trainer
-  from warm_jax.vmapped_members import VmappedMembersTrainer
+  from warm_jax.core.trainer import Trainer
+  from warm_jax.rm.vmapped_members import VmappedMembersTrainer
   calls = {"sequential": [], "vmapped": []}
   for cls, side in ((Trainer, "sequential"), (VmappedMembersTrainer, "vmapped")):
     def counted(self, state, batch, _step=cls.train_step, _side=side):
@@ -208,7 +208,7 @@ def test_averager_benchmark_our_side(tmp_path):
 
 
 def test_warm_vs_ens_scores_every_candidate_once_per_forward(monkeypatch):
-  from warm_jax.scoring import RewardScorer
+  from warm_jax.rm.scoring import RewardScorer
   scored = []  # (which params tree, rows) per scoring call
   original = RewardScorer.rewards
   def counted(self, params, tokens, *args, **kwargs):

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from warm_jax import bon, checkpoints as ckpt_lib, win_rates as wr
+from warm_jax.policy import bon, win_rates as wr
+from warm_jax.core import checkpoints as ckpt_lib
 from warm_jax.models import LanguageModel, RewardModel
 
 PROMPT_LEN = 20
@@ -141,7 +142,7 @@ def test_best_of_n_stage_end_to_end(tmp_path):
   sft = save_random_model(LanguageModel(cfg), str(tmp_path / "sft"), 0)
   members = [save_random_model(RewardModel(cfg), str(tmp_path / f"rm_{i}"), i + 1)
              for i in range(2)]
-  from warm_jax.sampling import SamplingConfig
+  from warm_jax.policy.sampling import SamplingConfig
   result = bon.best_of_n(
       output_dir=str(tmp_path / "bon"), data_dir=data, sft_path=sft, model_config=cfg,
       reward_models={"rm_0": members[0], "rm_1": members[1], "ens_2": members,
@@ -195,7 +196,7 @@ def test_best_of_n_stage_end_to_end(tmp_path):
 
 
 def test_reward_source_specs_and_the_ensemble_objectives_against_numpy():
-  from warm_jax.reward_sources import combine_member_rewards, parse_reward_source
+  from warm_jax.policy.reward_sources import combine_member_rewards, parse_reward_source
   rng = np.random.default_rng(4)
   rewards = rng.normal(size=(5, 30))
   for xp in (np, jnp):
@@ -261,7 +262,7 @@ def test_bon_gao_fit_and_paired_differences_match_brute_force():
 def test_disagreement_auroc_ranks_and_correlations_against_brute_force():
   """AUROC = the fraction of (wrong, right) pairs where the wrong one has the higher
   disagreement, ties counted 1/2, enumerated pair by pair; Spearman = Pearson of mid-ranks."""
-  from warm_jax import disagreement as dis
+  from warm_jax.policy import disagreement as dis
   rng = np.random.default_rng(6)
   for trial in range(20):
     scores = rng.integers(0, 4, 30).astype(float)  # many ties
@@ -291,7 +292,7 @@ def test_disagreement_curves_of_the_chosen_candidates_match_numpy():
   """Per selector and N: the disagreement of its choice (std over members of the members'
   rewards standardised over the whole pool), the regret (best oracle of the first N minus the
   choice's) and 'wrong' (below the median oracle of the first N), recomputed loop by loop."""
-  from warm_jax import disagreement as dis
+  from warm_jax.policy import disagreement as dis
   rng = np.random.default_rng(7)
   prompts, pool, ns = 30, 8, [1, 2, 4, 8]
   oracle = rng.normal(size=(prompts, pool))
@@ -342,7 +343,7 @@ def test_disagreement_curves_of_the_chosen_candidates_match_numpy():
 def test_disagreement_members_are_checked_before_anything_runs():
   """DISAGREEMENT_MEMBERS: keys must be selectors, values >= 2 distinct paths; a selector with
   several paths defaults to its own members; REWARD_MODELS' order is kept."""
-  from warm_jax.reward_sources import parse_reward_sources
+  from warm_jax.policy.reward_sources import parse_reward_sources
   sources = parse_reward_sources({"m0": "/m/0", "warm_2": "/avg/warm_2",
                                   "ens_2": ["/m/0", "/m/1"], "w": {"warm": ["/m/0", "/m/1"]}})
   got = bon._disagreement_members(sources, {"warm_2": ["/m/0", "/m/1"], "m0": ["/m/0", "/m/1"]})
@@ -388,7 +389,7 @@ def test_disagreement_is_skipped_with_a_reason_when_members_were_not_scored(capl
 def test_report_table_of_member_disagreement(tmp_path):
   """collect_bon keeps curves.disagreement; report.md shows per selector the numbers at N_max,
   AUROC for every N > 1 ('-' where undefined) and the skipped selectors with their reason."""
-  from warm_jax import report_policy
+  from warm_jax.pipeline import report_policy
   disagreement = {"n": [1, 2, 4], "selectors": {"warm_2": {
       "m": 2, "members": ["/m/0", "/m/1"], "pool_mean_disagreement": 0.4,
       "mean_disagreement": [0.4, 0.45, 0.5], "mean_regret": [0.0, 0.3, 0.6],

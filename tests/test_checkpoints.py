@@ -6,13 +6,13 @@ import orbax.checkpoint as ocp
 import pytest
 
 from conftest import tiny_config
-from warm_jax import checkpoints as ckpt
+from warm_jax.core import checkpoints as ckpt
 from warm_jax.models import RewardModel
-from warm_jax.objectives import LanguageModelObjective
-from warm_jax.optimizers import OptimizerConfig
-from warm_jax.partitioning import Partitioner
+from warm_jax.core.objectives import LanguageModelObjective
+from warm_jax.core.optimizers import OptimizerConfig
+from warm_jax.core.partitioning import Partitioner
 from warm_jax.train import InitFromCheckpoint
-from warm_jax.trainer import Trainer, TrainerConfig
+from warm_jax.core.trainer import Trainer, TrainerConfig
 
 SEQ = 8
 

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from warm_jax import evaluation as ev
+from warm_jax.rm import evaluation as ev
 from warm_jax.models import RewardModel
-from warm_jax.partitioning import Partitioner
-from warm_jax.scoring import RewardScorer, unboxed_init
+from warm_jax.core.partitioning import Partitioner
+from warm_jax.rm.scoring import RewardScorer, unboxed_init
 
 SEQ = 10
 
@@ -160,7 +160,7 @@ def test_accuracy_vs_m_and_pairs(setup):
 
 
 def test_real_token_ends_and_trimmed_widths():
-  from warm_jax.scoring import real_token_ends, trimmed_width
+  from warm_jax.rm.scoring import real_token_ends, trimmed_width
   mask = np.array([[1, 1, 0, 0], [1, 1, 1, 1], [0, 0, 0, 0], [0, 1, 1, 0]])
   assert real_token_ends(mask).tolist() == [2, 4, 0, 3]
   assert [trimmed_width(e, 128) for e in (0, 1, 32, 33, 96, 97, 128)] == [32, 32, 32, 64, 96,
@@ -203,7 +203,7 @@ def test_unknown_vs_m_order_is_refused_before_anything_is_read(tmp_path):
 
 
 def test_distinct_rows_is_an_exact_factorisation():
-  from warm_jax.scoring import distinct_rows
+  from warm_jax.rm.scoring import distinct_rows
   rng = np.random.default_rng(1)
   base = rng.integers(0, 4, (6, 5)).astype(np.int32)
   picks = rng.integers(0, 6, 40)
@@ -247,7 +247,7 @@ def test_scoring_counts_one_forward_pass_per_scored_row_at_the_batch_width():
   """The stage profile's count of RewardScorer: every compiled call scores batch_size rows
   (padding included) at its trimmed width; a forward pass without the LM head per token,
   counted here from the real params' non-embedding decoder leaves."""
-  from warm_jax import flops as flops_lib
+  from warm_jax.core import flops as flops_lib
   cfg = tiny_config(max_len=16)
   params = unboxed_init(RewardModel(cfg), 0)
   scorer = RewardScorer(model_config=cfg, partitioner=Partitioner(), batch_size=8)

@@ -348,7 +348,7 @@ def _rl_run(oracle, proxy, kl):
 
 
 def test_policy_findings_follow_their_rules_on_hand_made_numbers():
-  from warm_jax.report_policy import policy_findings
+  from warm_jax.pipeline.report_policy import policy_findings
   rate = lambda r, lo, hi: {"rate": r, "low": lo, "high": hi, "n": 100}
   metrics = {
       "rm": {"clean": {"best_member": "member_1"}},
@@ -485,7 +485,7 @@ def test_diversity_ablation_fixes_all_but_one_source(tmp_path, capsys, monkeypat
 
 def test_diversity_ablation_members_are_distinct_and_a_short_pool_is_refused(
     tmp_path, capsys, monkeypatch):
-  from warm_jax.members import MemberSweep, draw_member
+  from warm_jax.rm.members import MemberSweep, draw_member
   # cycled pools: M members take M distinct values; independent draws repeat one of 3 in 3 here
   cycled = MemberSweep(learning_rates=(1e-4, 2e-4, 4e-4), dropout_rates=(0.1,),
                        vary_data_order=False, cycle_pools=True)
@@ -607,7 +607,7 @@ def test_stage_flops_files_reach_stage_done_and_the_profile(tmp_path):
 
 
 def test_profile_table_shows_shares_flops_mfu_and_the_slowest_stages():
-  from warm_jax import report
+  from warm_jax.pipeline import report
   metrics = {"timings": {"data/clean": 10, "pretrain": 100, "members/clean": 250,
                          "average/warm_2": 2, "rl/warm_2": 40, "stages_sum": 402, "total": 380},
              "cpu_s": {"data/clean": 12, "pretrain": 150, "members/clean": 240,

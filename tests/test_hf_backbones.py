@@ -91,12 +91,12 @@ def test_presets_are_what_the_converter_builds_from_config_json(clean_gin):
 ], ids=["gpt2_like", "gemma_like"])
 @pytest.mark.parametrize("head", ["lm", "reward"])
 def test_parameter_and_optimizer_bytes_equal_eval_shape(config, head):
-  from warm_jax.optimizers import OptimizerConfig, make_optimizer
+  from warm_jax.core.optimizers import OptimizerConfig, make_optimizer
   module = (LanguageModel if head == "lm" else RewardModel)(config)
   tokens = jnp.ones((1, 4), jnp.int32)
   params = nn.unbox(jax.eval_shape(lambda: module.init(jax.random.key(0), tokens, tokens))
                     ["params"])
-  from warm_jax.checkpoints import flatten_params
+  from warm_jax.core.checkpoints import flatten_params
   assert {k: tuple(v.shape) for k, v in flatten_params(params).items()} == \
       memory.param_shapes(config, head=head)
 

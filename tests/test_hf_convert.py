@@ -20,7 +20,7 @@ from safetensors.numpy import load_file, save_file  # noqa: E402
 from conftest import run_cli  # noqa: E402
 from hf_tiny_models import build, hf_logits  # noqa: E402
 from warm_jax import convert  # noqa: E402
-from warm_jax.checkpoints import load_params, save_params  # noqa: E402
+from warm_jax.core.checkpoints import load_params, save_params  # noqa: F401
 from warm_jax.hf import importer  # noqa: E402
 from warm_jax.hf.safetensors_io import SafetensorsReader  # noqa: E402
 from warm_jax.models import LanguageModel, TransformerConfig  # noqa: E402

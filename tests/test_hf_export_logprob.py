@@ -26,15 +26,15 @@ import transformers  # noqa: E402
 from test_hf_export_text import (PRESETS, TOLERANCE, VOCAB, _model_dir,  # noqa: E402
                                  _readme_snippets, _texts)
 from warm_jax import average, convert  # noqa: E402
-from warm_jax import checkpoints as ckpt  # noqa: E402
+from warm_jax.core import checkpoints as ckpt  # noqa: F401
 from warm_jax.data import world  # noqa: E402
 from warm_jax.data.tokenizer import TokenizerConfig, train_sentencepiece  # noqa: E402
 from warm_jax.hf import modeling_warm_reward  # noqa: E402
 from warm_jax.models import RewardModel, TransformerConfig  # noqa: E402
 from warm_jax.models.heads import init_inputs  # noqa: E402
-from warm_jax.partitioning import Partitioner  # noqa: E402
-from warm_jax.sampling import candidate_sequences  # noqa: E402
-from warm_jax.scoring import RewardScorer  # noqa: E402
+from warm_jax.core.partitioning import Partitioner  # noqa: F401
+from warm_jax.policy.sampling import candidate_sequences  # noqa: F401
+from warm_jax.rm.scoring import RewardScorer  # noqa: F401
 
 TAU = 0.5  # not TransformerConfig's default 0.25: the export must take it from config.gin
 WINDOW = 64

@@ -30,14 +30,14 @@ import transformers  # noqa: E402
 
 from hf_tiny_models import build  # noqa: E402
 from warm_jax import average, convert  # noqa: E402
-from warm_jax import checkpoints as ckpt  # noqa: E402
+from warm_jax.core import checkpoints as ckpt  # noqa: F401
 from warm_jax.data import world  # noqa: E402
 from warm_jax.data.tokenizer import TokenizerConfig, train_sentencepiece  # noqa: E402
 from warm_jax.hf import tokenizer as hf_tokenizer  # noqa: E402
 from warm_jax.models import LanguageModel, RewardModel, TransformerConfig  # noqa: E402
-from warm_jax.partitioning import Partitioner  # noqa: E402
-from warm_jax.sampling import Sampler, SamplingConfig  # noqa: E402
-from warm_jax.scoring import RewardScorer  # noqa: E402
+from warm_jax.core.partitioning import Partitioner  # noqa: F401
+from warm_jax.policy.sampling import Sampler, SamplingConfig  # noqa: F401
+from warm_jax.rm.scoring import RewardScorer  # noqa: F401
 
 VOCAB = 512
 TOLERANCE = 1e-5

@@ -22,7 +22,7 @@ import transformers  # noqa: E402
 
 from hf_tiny_models import FAMILIES, build, hf_logits  # noqa: E402
 from warm_jax import convert  # noqa: E402
-from warm_jax.checkpoints import load_params  # noqa: E402
+from warm_jax.core.checkpoints import load_params  # noqa: F401
 from warm_jax.hf import importer  # noqa: E402
 from warm_jax.models import LanguageModel, RewardModel  # noqa: E402
 

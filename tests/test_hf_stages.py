@@ -24,7 +24,7 @@ import transformers  # noqa: E402
 import gin  # noqa: E402
 from hf_tiny_models import build, hf_logits  # noqa: E402
 from warm_jax import average, convert, train  # noqa: E402
-from warm_jax.checkpoints import load_params  # noqa: E402
+from warm_jax.core.checkpoints import load_params  # noqa: F401
 from warm_jax.data import datasets  # noqa: E402
 from warm_jax.hf import importer  # noqa: E402
 from warm_jax.models import RewardModel  # noqa: E402

@@ -9,13 +9,15 @@ not from what Python happens to have imported. One thing is left out on purpose:
 import ast
 import os
 
-from conftest import REPO_ROOT
+import pytest
+from conftest import REPO_ROOT, run_cli
 
 PACKAGE = os.path.join(REPO_ROOT, "warm_jax")
 # The gin layer and the command lines: they may import anything; nothing else imports them.
 GIN_LAYER = {"warm_jax.configurables", "warm_jax.gin_utils", "warm_jax.train",
              "warm_jax.evaluate", "warm_jax.experiment", "warm_jax.average", "warm_jax.convert",
-             "warm_jax.seeds", "warm_jax.data.build", "warm_jax.data.on_policy"}
+             "warm_jax.seeds", "warm_jax.data.build", "warm_jax.data.on_policy",
+             "warm_jax.data.policy_pairs"}
 
 
 def _modules() -> dict[str, str]:
@@ -129,9 +131,78 @@ def test_every_training_program_runs_on_the_one_training_loop():
   """The trainer, the vmapped members and RL call `training_loop.run_training_loop`, and none
   of them keeps a loop of its own (its SIGTERM handling, fault hook or checkpoint wait)."""
   graph = _graph()
-  for module in ("warm_jax.trainer", "warm_jax.vmapped_members", "warm_jax.rl.loop"):
-    assert "warm_jax.training_loop" in graph[module], module
-  own = [m for m, path in _modules().items() if m != "warm_jax.training_loop"
+  for module in ("warm_jax.core.trainer", "warm_jax.rm.vmapped_members",
+                 "warm_jax.policy.rl.loop"):
+    assert "warm_jax.core.training_loop" in graph[module], module
+  own = [m for m, path in _modules().items() if m != "warm_jax.core.training_loop"
          and any(name in open(path).read()
                  for name in ("signal.SIGTERM", "SigtermFlag(", "maybe_inject_fault("))]
   assert not own, f"modules handling SIGTERM / the fault hook outside the loop: {own}"
+
+
+# The layers, bottom up: a module may import its own layer and the ones below, never above.
+LAYERS = (("warm_jax._moved", "warm_jax.core", "warm_jax.models", "warm_jax.data"),
+          ("warm_jax.rm", "warm_jax.merging", "warm_jax.policy", "warm_jax.hf"),
+          ("warm_jax.pipeline",))
+
+
+def _layer(module: str) -> int | None:
+  for level, prefixes in enumerate(LAYERS):
+    if any(module == p or module.startswith(p + ".") for p in prefixes):
+      return level
+  return None
+
+
+def test_the_layout_layers_import_downwards_only():
+  """`core`, `models`, `data` (the foundation) never import a stage package (`rm`, `merging`,
+  `policy`, `hf`), and no stage package imports `pipeline`; the command lines and the gin layer
+  are above everything (test_library_code_never_imports_the_gin_layer)."""
+  graph = _graph()
+  up = sorted((m, d) for m, deps in graph.items() if m not in GIN_LAYER
+              for d in deps if _layer(m) is not None and _layer(d) is not None
+              and _layer(d) > _layer(m))
+  assert not up, f"imports pointing up a layer: {up}"
+  assert _layer("warm_jax.core.trainer") == 0 and _layer("warm_jax.policy.rl.loop") == 1
+  assert _layer("warm_jax.pipeline.plan") == 2 and _layer("warm_jax.train") is None
+
+
+def test_every_library_module_sits_in_a_layer():
+  """Nothing but the command lines, the gin layer and the package root sits at the top of
+  warm_jax/: the library is in core/, models/, data/, rm/, merging/, policy/, hf/, pipeline/."""
+  loose = sorted(m for m in _modules() if m not in GIN_LAYER and _layer(m) is None
+                 and m not in ("warm_jax", "warm_jax.cli_errors"))
+  assert not loose, f"modules outside the layout's packages: {loose}"
+
+
+def test_old_flat_import_paths_are_aliases_of_the_moved_modules():
+  """Code written against the flat layout (`warm_jax.trainer`, `from warm_jax import rl`,
+  `warm_jax.rl.config`) gets the moved module itself, not a copy."""
+  import importlib
+
+  import warm_jax
+  from warm_jax import _moved
+  for old, new in _moved.MOVED.items():
+    assert importlib.import_module(old) is importlib.import_module(new), old
+  from warm_jax import rl as old_rl  # noqa: F401  (the attribute form)
+  assert importlib.import_module("warm_jax.rl.config") is importlib.import_module(
+      "warm_jax.policy.rl.config")
+  assert warm_jax.trainer is importlib.import_module("warm_jax.core.trainer")
+
+
+# Every program a user or an existing run's commands.sh calls, with a phrase of its help text.
+PROGRAMS = {
+    "warm_jax.train": "gin", "warm_jax.evaluate": "gin", "warm_jax.experiment": "gin",
+    "warm_jax.average": "--inputs", "warm_jax.convert": "hf", "warm_jax.seeds": "seed",
+    "warm_jax.data.build": "gin", "warm_jax.data.on_policy": "policy samples",
+    "warm_jax.data.policy_pairs": "policy",
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("program", sorted(PROGRAMS))
+def test_every_documented_program_still_runs_from_its_old_path(program):
+  """The layout moved the library, not the programs: `python -m <program> --help` works for
+  every command line the README, the docs and old runs' commands.sh name."""
+  proc = run_cli(["-m", program, "--help"], timeout=120)
+  assert proc.returncode == 0, f"{program}: {proc.returncode}\n{proc.stderr[-2000:]}"
+  assert PROGRAMS[program].lower() in (proc.stdout + proc.stderr).lower(), proc.stdout[:500]

@@ -11,8 +11,8 @@ import pytest
 from conftest import tiny_config
 from warm_jax.data.batching import ArrayDataset
 from warm_jax.models import RewardModel
-from warm_jax.objectives import PreferenceObjective
-from warm_jax.scoring import unboxed_init
+from warm_jax.core.objectives import PreferenceObjective
+from warm_jax.rm.scoring import unboxed_init
 
 L = 24
 

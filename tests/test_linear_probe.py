@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import optimize
 
-from warm_jax.linear_probe import fit_bradley_terry_head
+from warm_jax.rm.linear_probe import fit_bradley_terry_head
 
 
 def test_newton_fit_matches_scipy_and_recovers_the_direction():

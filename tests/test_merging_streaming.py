@@ -10,7 +10,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from warm_jax import checkpoints as ckpt
+from warm_jax.core import checkpoints as ckpt
 from warm_jax import merging
 
 ROWS = 48

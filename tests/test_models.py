@@ -328,7 +328,7 @@ def test_logprob_window_gives_the_full_readouts_features(variant):
 @pytest.mark.slow
 def test_a_response_longer_than_the_logprob_window_is_refused_or_nan():
   from warm_jax.models.heads import check_response_window
-  from warm_jax.objectives import PreferenceObjective
+  from warm_jax.core.objectives import PreferenceObjective
   cfg = tiny_config(reward_readout="hidden_logprob", logprob_window=4)
   params = _lp_params(cfg)
   tok = np.full((2, 10), 5, np.int32)

@@ -52,7 +52,7 @@ def test_two_processes_match_one_process(tmp_path):
                           timeout=240)
   assert single.returncode == 0, single.stderr[-3000:]
   assert "step 4/4" in outputs[0] and "step 4/4" not in outputs[1]  # only process 0 reports
-  from warm_jax import checkpoints as ckpt
+  from warm_jax.core import checkpoints as ckpt
   two = ckpt.flatten_params(ckpt.load_params(str(tmp_path / "two")))
   one = ckpt.flatten_params(ckpt.load_params(str(tmp_path / "one")))
   assert two.keys() == one.keys()
@@ -67,7 +67,7 @@ def test_reward_model_training_on_two_processes_matches_one_process(tmp_path,
   processes through jax.distributed (2 devices each, the data axis across them) ends with the
   same params as one process on 4 devices."""
   from reliability_assets import session_assets
-  from warm_jax import checkpoints as ckpt
+  from warm_jax.core import checkpoints as ckpt
   assets = session_assets(tmp_path_factory)
   args = ["-m", "warm_jax.train", *assets.rm_args(str(tmp_path / "two"), steps=4,
                                                   save_every=4, batch_size=8)]

@@ -1,4 +1,4 @@
-"""The on-policy RM data (`warm_jax.data.on_policy`): splits of policy-sample comparisons,
+"""The on-policy RM data (`warm_jax.policy.on_policy`): splits of policy-sample comparisons,
 labels from the gold reward (checked against an independent Bradley-Terry computation),
 corruption of training labels only and exact, response masks, determinism, refusals, and the
 evaluation's id_policy / ood_policy subsets read from it.
@@ -18,7 +18,7 @@ import pytest
 
 from test_policy_pairs import TINY, TINY_WORLD, _save_run_dir, _tree_digest
 from warm_jax.data import data_dir as dd
-from warm_jax.data import on_policy as op
+from warm_jax.policy import on_policy as op
 from warm_jax.data import preferences as prefs
 from warm_jax.data.gold_reward import count_words, gold_reward
 from warm_jax.models import LanguageModel, RewardModel

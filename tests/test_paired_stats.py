@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from warm_jax import paired_stats as ps
+from warm_jax.core import paired_stats as ps
 
 
 def test_clustered_se_matches_a_bootstrap_over_posts():

@@ -1,4 +1,4 @@
-"""Policy-sample OOD pairs (`warm_jax.data.policy_pairs`): determinism, the data dir format the
+"""Policy-sample OOD pairs (`warm_jax.policy.policy_pairs`): determinism, the data dir format the
 existing loaders read, labels from the gold reward, held-out posts, refusals, and the
 `ood_policy` subset of the RM evaluation.
 
@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from warm_jax import checkpoints as ckpt_lib
+from warm_jax.core import checkpoints as ckpt_lib
 from warm_jax.data import data_dir as dd
-from warm_jax.data import policy_pairs as pp
+from warm_jax.policy import policy_pairs as pp
 from warm_jax.data import preferences as prefs
 from warm_jax.data import world
 from warm_jax.data.gold_reward import count_words, gold_reward
@@ -318,7 +318,7 @@ def test_cli_refusal_is_one_clear_line(setup):
 @pytest.mark.slow
 def test_evaluation_adds_the_ood_policy_subset(setup):
   from warm_jax import evaluate
-  from warm_jax.partitioning import Partitioner
+  from warm_jax.core.partitioning import Partitioner
   base = setup["base"]
   members = [str(base / f"rm_{i}") for i in range(2)]
   for i, path in enumerate(members):

@@ -12,17 +12,17 @@ import pytest
 
 from conftest import tiny_config
 from test_bon import PROMPT_LEN, make_policy_data_dir, random_params, save_random_model
-from warm_jax import bon, rl, win_rates
+from warm_jax.policy import bon, rl, win_rates
 from warm_jax.data import data_dir as dd
 from warm_jax.data.datasets import prompt_dataset
 from warm_jax.data.vocab import EOS_ID, PAD_ID
 from warm_jax.models import LanguageModel, RewardModel
-from warm_jax.optimizers import OptimizerConfig
-from warm_jax.partitioning import Partitioner
-from warm_jax.sampling import (Sampler, SamplingConfig, candidate_sequences, check_positions,
-                               close_unfinished, trained_positions)
-from warm_jax.scoring import RewardScorer
-from warm_jax.trainer import TrainerConfig
+from warm_jax.core.optimizers import OptimizerConfig
+from warm_jax.core.partitioning import Partitioner
+from warm_jax.policy.sampling import (Sampler, SamplingConfig, candidate_sequences,
+                                      check_positions, close_unfinished, trained_positions)
+from warm_jax.rm.scoring import RewardScorer
+from warm_jax.core.trainer import TrainerConfig
 
 
 def _mask(lengths, width):
@@ -194,8 +194,8 @@ def test_an_unfinished_response_is_scored_by_one_rule_in_bon_rl_and_win_rates(tm
       config=rl.RLConfig(baseline="none"), partitioner=Partitioner(), eos_id=EOS_ID)
   # Win rates (and best-of-N) judged by a control RM.
   path = str(tmp_path / "control")
-  from warm_jax import checkpoints as ckpt_lib
-  from warm_jax.oracle import ControlRewardOracle
+  from warm_jax.core import checkpoints as ckpt_lib
+  from warm_jax.policy.oracle import ControlRewardOracle
   ckpt_lib.save_params(rm_params, path)
   oracle = ControlRewardOracle(scorer=scorer, params_path=path, eos_id=EOS_ID)
   got_win = oracle.score(prompt_tokens=prompt, prompt_mask=prompt_mask,

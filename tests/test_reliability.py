@@ -27,9 +27,9 @@ import pytest
 
 from conftest import REPO_ROOT, run_cli
 from reliability_assets import session_assets, tree_file_hashes
-from warm_jax import checkpoints as ckpt
+from warm_jax.core import checkpoints as ckpt
 from warm_jax import train
-from warm_jax.trainer import FAULT_ENV
+from warm_jax.core.trainer import FAULT_ENV
 
 TRAIN = ["-m", "warm_jax.train"]
 

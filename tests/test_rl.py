@@ -11,15 +11,15 @@ import pytest
 
 from conftest import tiny_config
 from test_bon import PROMPT_LEN, make_policy_data_dir, save_random_model
-from warm_jax import checkpoints as ckpt_lib
-from warm_jax import policy_objective as po
-from warm_jax import rl, win_rates
+from warm_jax.core import checkpoints as ckpt_lib
+from warm_jax.policy import objective as po
+from warm_jax.policy import rl, win_rates
 from warm_jax.data.datasets import prompt_dataset
-from warm_jax.metrics_writer import read_metrics
+from warm_jax.core.metrics_writer import read_metrics
 from warm_jax.models import LanguageModel, RewardModel
-from warm_jax.optimizers import OptimizerConfig
-from warm_jax.sampling import SamplingConfig
-from warm_jax.trainer import TrainerConfig
+from warm_jax.core.optimizers import OptimizerConfig
+from warm_jax.policy.sampling import SamplingConfig
+from warm_jax.core.trainer import TrainerConfig
 
 ARMS = 5
 
@@ -134,7 +134,7 @@ def test_tiny_rl_run_writes_metrics_checkpoints_and_warms_up_the_value(tmp_path)
   cfg = tiny_config(vocab_size=320, max_len=32, num_layers=1)
   sft = save_random_model(LanguageModel(cfg), str(tmp_path / "sft"), 0)
   rms = [save_random_model(RewardModel(cfg), str(tmp_path / f"rm_{i}"), i + 1) for i in (0, 1)]
-  from warm_jax import flops as flops_lib
+  from warm_jax.core import flops as flops_lib
   flops_lib.COUNTER.reset()
   last = _run(tmp_path, "rl", steps=3, data=data, sft=sft, rm=rms, rl_config=rl.RLConfig(
       value_warmup_steps=1, anchor="ema", anchor_ema_rate=0.5))
@@ -237,7 +237,7 @@ def test_policy_learning_rate_warms_up_linearly_over_policy_updates(tmp_path):
 
 
 def test_gao_fits_recover_known_curves_and_match_an_independent_least_squares():
-  from warm_jax.gao_fits import gao_fit, rl_eval_fit
+  from warm_jax.policy.gao_fits import gao_fit, rl_eval_fit
   kl = np.array([0.0, 0.3, 1.0, 2.0, 4.0, 7.0, 12.0])
   d = np.sqrt(kl)
   # Noiseless curves: (a, b) recovered, and the peak where a dense grid of the curve tops out.
@@ -277,9 +277,9 @@ def test_gao_fits_recover_known_curves_and_match_an_independent_least_squares():
 
 
 def test_report_reads_the_step0_eval_and_the_rl_fit(tmp_path):
-  from warm_jax import report_policy
-  from warm_jax.gao_fits import gao_fit
-  from warm_jax.metrics_writer import MetricsWriter
+  from warm_jax.pipeline import report_policy
+  from warm_jax.policy.gao_fits import gao_fit
+  from warm_jax.core.metrics_writer import MetricsWriter
   run = str(tmp_path / "best_member")
   writer = MetricsWriter(run, tensorboard=False)
   evals = [(0, 5.0, 0.0, 10.0), (10, 5.4, 1.0, 11.0), (20, 5.5, 3.0, 12.0), (30, 5.1, 9.0, 13.0)]
@@ -309,7 +309,7 @@ def test_sigterm_checkpoints_the_current_step_and_the_rerun_resumes_bit_identica
   Preempted is raised (the CLI's exit 143), and the resumed run ends where an uninterrupted one
   does, bit for bit."""
   import signal
-  from warm_jax.trainer import Preempted
+  from warm_jax.core.trainer import Preempted
   data = make_policy_data_dir(str(tmp_path / "data"))
   cfg = tiny_config(vocab_size=320, max_len=32, num_layers=1)
   sft = save_random_model(LanguageModel(cfg), str(tmp_path / "sft"), 0)

@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from warm_jax import disagreement as dis
+from warm_jax.policy import disagreement as dis
 
 
 def _brute_auroc(scores, labels):
@@ -83,13 +83,13 @@ def test_rl_eval_stats_on_a_hand_computed_example_and_their_refusals():
 def test_tiny_rl_run_logs_the_member_disagreement_at_every_eval(tmp_path):
   from conftest import tiny_config
   from test_bon import PROMPT_LEN, make_policy_data_dir, save_random_model
-  from warm_jax import rl
+  from warm_jax.policy import rl
   from warm_jax.data.datasets import prompt_dataset
-  from warm_jax.metrics_writer import read_metrics
+  from warm_jax.core.metrics_writer import read_metrics
   from warm_jax.models import LanguageModel, RewardModel
-  from warm_jax.optimizers import OptimizerConfig
-  from warm_jax.sampling import SamplingConfig
-  from warm_jax.trainer import TrainerConfig
+  from warm_jax.core.optimizers import OptimizerConfig
+  from warm_jax.policy.sampling import SamplingConfig
+  from warm_jax.core.trainer import TrainerConfig
   data = make_policy_data_dir(str(tmp_path / "data"))
   cfg = tiny_config(vocab_size=320, max_len=32, num_layers=1)
   sft = save_random_model(LanguageModel(cfg), str(tmp_path / "sft"), 0)
@@ -140,8 +140,8 @@ def test_tiny_rl_run_logs_the_member_disagreement_at_every_eval(tmp_path):
 
 
 def test_report_tables_rl_disagreement_with_and_without_the_keys(tmp_path):
-  from warm_jax import report_policy
-  from warm_jax.metrics_writer import MetricsWriter
+  from warm_jax.pipeline import report_policy
+  from warm_jax.core.metrics_writer import MetricsWriter
   dirs = {}
   for name, with_keys in (("best_member", False), ("warm_2", True)):
     dirs[name] = str(tmp_path / name)

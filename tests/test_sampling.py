@@ -12,10 +12,10 @@ from conftest import tiny_config
 from test_bon import random_params
 from warm_jax.models import LanguageModel
 from warm_jax.models.transformer import init_kv_cache
-from warm_jax.partitioning import Partitioner
-from warm_jax.policy_objective import token_log_probs
-from warm_jax.sampling import (Sampler, SamplingConfig, check_left_padded, filter_logits,
-                               join_prompt_and_response, trim_padding)
+from warm_jax.core.partitioning import Partitioner
+from warm_jax.policy.objective import token_log_probs
+from warm_jax.policy.sampling import (Sampler, SamplingConfig, check_left_padded, filter_logits,
+                                      join_prompt_and_response, trim_padding)
 
 LLAMA = dict(norm="rmsnorm", positions="rotary", mlp_activation="swiglu", tie_embeddings=False,
              use_bias=False, num_kv_heads=2)
@@ -149,7 +149,7 @@ def test_decoding_counts_the_prompt_pass_and_the_steps_it_ran():
   """The stage profile's count of sampling: per call of 8 rows, a forward pass per prompt token
   and per executed loop step (the longest response of the call: EOS stops the loop early),
   every token attending over the cache's P + NEW slots; per-token FLOPs from the real params."""
-  from warm_jax import flops as flops_lib
+  from warm_jax.core import flops as flops_lib
   cfg = tiny_config()
   params, (tokens, mask) = _params(cfg, seed=2), _prompts(cfg, seed=2)
   free = _sampler(cfg, temperature=0.0, eos_id=None).sample(params, tokens, mask, seed=0)

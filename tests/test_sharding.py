@@ -7,10 +7,10 @@ from jax.sharding import PartitionSpec as P
 
 from conftest import tiny_config
 from warm_jax.data.batching import ArrayDataset
-from warm_jax.objectives import LanguageModelObjective
-from warm_jax.optimizers import OptimizerConfig
-from warm_jax.partitioning import Partitioner
-from warm_jax.trainer import Trainer, TrainerConfig
+from warm_jax.core.objectives import LanguageModelObjective
+from warm_jax.core.optimizers import OptimizerConfig
+from warm_jax.core.partitioning import Partitioner
+from warm_jax.core.trainer import Trainer, TrainerConfig
 
 SEQ = 16
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from warm_jax import average
-from warm_jax import checkpoints as ckpt
+from warm_jax.core import checkpoints as ckpt
 
 
 def _tree(value: float):

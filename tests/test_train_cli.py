@@ -19,7 +19,7 @@ def _model_dir(path):
 
 
 def _final_params(model_dir):
-  from warm_jax import checkpoints as ckpt
+  from warm_jax.core import checkpoints as ckpt
   return ckpt.load_params(str(model_dir))
 
 

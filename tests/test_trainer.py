@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from warm_jax import checkpoints as ckpt
-from warm_jax import losses
+from warm_jax.core import checkpoints as ckpt
+from warm_jax.core import losses
 from warm_jax.data.batching import ArrayDataset
-from warm_jax.metrics_writer import read_metrics
-from warm_jax.objectives import LanguageModelObjective
-from warm_jax.optimizers import OptimizerConfig, make_schedule
-from warm_jax.partitioning import Partitioner
-from warm_jax.trainer import NonFiniteError, Trainer, TrainerConfig
+from warm_jax.core.metrics_writer import read_metrics
+from warm_jax.core.objectives import LanguageModelObjective
+from warm_jax.core.optimizers import OptimizerConfig, make_schedule
+from warm_jax.core.partitioning import Partitioner
+from warm_jax.core.trainer import NonFiniteError, Trainer, TrainerConfig
 
 SEQ = 8
 POISON = 39  # a token id that makes the test objective's loss NaN
@@ -156,7 +156,7 @@ def test_dataset_order_is_a_function_of_seed_and_step():
 
 
 def test_metrics_file_is_trimmed_on_resume(tmp_path):
-  from warm_jax.metrics_writer import MetricsWriter
+  from warm_jax.core.metrics_writer import MetricsWriter
   w = MetricsWriter(str(tmp_path), tensorboard=False)
   for s in (1, 2, 3, 4):
     w.write(s, {"train/loss": float(s)})
@@ -181,7 +181,7 @@ class _TerminatingDataset(ArrayDataset):
 
 @pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_stops_cleanly(tmp_path):
-  from warm_jax.trainer import Preempted
+  from warm_jax.core.trainer import Preempted
   data = _data()
   terminating = _TerminatingDataset(data.features, shuffle=False)
   with pytest.raises(Preempted, match="SIGTERM at step 4: checkpoint saved"):
@@ -205,10 +205,10 @@ def _matmul_params(params) -> int:
 
 @pytest.mark.slow
 def test_training_and_eval_count_their_model_flops(tmp_path):
-  """The stage profile's count (warm_jax.flops.COUNTER): steps x the PaLM-convention count of
+  """The stage profile's count (warm_jax.core.flops.COUNTER): steps x the PaLM-convention count of
   one step, computed here from the real param tree; an eval batch counts one forward (1/3);
   and the analytic step is within a factor of XLA's own count of the compiled program."""
-  from warm_jax import flops as flops_lib
+  from warm_jax.core import flops as flops_lib
   cfg = tiny_config()
   trainer = _trainer(tmp_path, train_steps=3, log_every=3)
   flops_lib.COUNTER.reset()

@@ -11,8 +11,8 @@ import signal
 
 import pytest
 
-from warm_jax.training_loop import (CheckpointSet, EvalHook, LoopHook, NonFiniteError, Preempted,
-                                    run_training_loop)
+from warm_jax.core.training_loop import (CheckpointSet, EvalHook, LoopHook, NonFiniteError,
+                                         Preempted, run_training_loop)
 
 
 class _Checkpoints(CheckpointSet):

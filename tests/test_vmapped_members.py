@@ -1,5 +1,5 @@
-"""RM members trained in one vmapped program (warm_jax.vmapped_members) against the sequential
-one-member jobs (warm_jax.members.train_reward_model), on a tiny model built here.
+"""RM members trained in one vmapped program (warm_jax.rm.vmapped_members) against the sequential
+one-member jobs (warm_jax.rm.members.train_reward_model), on a tiny model built here.
 
 Equality tolerance. The two paths run the same arithmetic, but vmap turns every matmul and
 reduction into a batched one that XLA may sum in another order, so they agree to float32
@@ -27,18 +27,18 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from warm_jax import checkpoints as ckpt
+from warm_jax.core import checkpoints as ckpt
 from warm_jax.data.batching import ArrayDataset
-from warm_jax.members import MemberSweep, draw_member, train_reward_model
-from warm_jax.metrics_writer import read_metrics
+from warm_jax.rm.members import MemberSweep, draw_member, train_reward_model
+from warm_jax.core.metrics_writer import read_metrics
 from warm_jax.models import LanguageModel, RewardModel
-from warm_jax.objectives import PreferenceObjective
-from warm_jax.optimizers import OptimizerConfig
-from warm_jax.partitioning import DEFAULT_RULES, Partitioner
-from warm_jax.scoring import unboxed_init
-from warm_jax.trainer import NonFiniteError, Preempted, TrainerConfig
-from warm_jax.vmapped_members import (VmappedMembersTrainer, member_partitioner, member_range,
-                                      train_reward_members)
+from warm_jax.core.objectives import PreferenceObjective
+from warm_jax.core.optimizers import OptimizerConfig
+from warm_jax.core.partitioning import DEFAULT_RULES, Partitioner
+from warm_jax.rm.scoring import unboxed_init
+from warm_jax.core.trainer import NonFiniteError, Preempted, TrainerConfig
+from warm_jax.rm.vmapped_members import (VmappedMembersTrainer, member_partitioner, member_range,
+                                         train_reward_members)
 
 SEQ = 8
 VOCAB = 40
@@ -296,7 +296,7 @@ def test_each_member_steps_with_its_own_learning_rate_with_members_over_data(tmp
   trainer = _trainer(tmp_path, partitioner=partitioner, learning_rates=lrs, train_steps=1)
   start = jax.device_get(trainer.member.init_state().params)
   data = ArrayDataset(_pairs(24))
-  from warm_jax import flops as flops_lib
+  from warm_jax.core import flops as flops_lib
   flops_lib.COUNTER.reset()
   state = trainer.train([data, data])
   # the stage profile: one step of 2 members x 4 pairs x 2 sequences of SEQ tokens, forward +

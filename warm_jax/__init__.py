@@ -6,3 +6,7 @@ the averaged RM for best-of-N and RL. Every stage is a gin-configured, sharded j
 """
 
 __version__ = "0.1.0"
+
+from warm_jax import _moved
+
+_moved.install()  # the old flat import paths (warm_jax.trainer, ...) as aliases

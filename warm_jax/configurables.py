@@ -21,15 +21,16 @@ def register() -> None:
   global _REGISTERED
   if _REGISTERED:
     return
-  from warm_jax import objectives, optimizers, partitioning, trainer
+  from warm_jax.core import objectives, optimizers, partitioning, trainer
   from warm_jax.data import lm_data, vocab
   from warm_jax.data import builder as data_build, datasets, preferences, tokenizer
   from warm_jax.models import config as model_config
-  from warm_jax import training_stage as train_lib
-  from warm_jax import bon, rl, sampling, win_rates
+  from warm_jax.core import training_stage as train_lib
+  from warm_jax.policy import bon, rl, sampling, win_rates
   from warm_jax import merging
-  from warm_jax import evaluation, linear_probe, members, pipeline
-  from warm_jax import vmapped_members
+  from warm_jax.rm import evaluation, linear_probe, members
+  from warm_jax import pipeline
+  from warm_jax.rm import vmapped_members
 
   for fn_or_cls in (
       model_config.TransformerConfig,

@@ -122,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   # A host program: keep jax (orbax, eval_shape) off any accelerator.
   import jax
   jax.config.update("jax_platforms", "cpu")
-  from warm_jax.checkpoints import CheckpointError
+  from warm_jax.core.checkpoints import CheckpointError
   from warm_jax.hf import ConversionError, exporter, importer
   from warm_jax.merging import memory
   memory.pin_mmap_threshold()

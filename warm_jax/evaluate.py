@@ -21,7 +21,7 @@ explicit list of params paths, and writes OUTPUT_DIR/eval.json:
                (e.g. two_baklava_inits-checkpoints_of_one_run: the bump's growth with diversity)
   wa_minus_ens Acc(WA) - Acc(ENS) per subset for every pair of members (lambda = 1/2)
 
-and OUTPUT_DIR/plots/*.png. The stage and the definitions are `warm_jax.evaluation`'s.
+and OUTPUT_DIR/plots/*.png. The stage and the definitions are `warm_jax.rm.evaluation`'s.
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-# The library half (`warm_jax.evaluation`), importable from here as it always was.
-from warm_jax.evaluation import (EVAL_FILE, VS_M_ORDERS, evaluate_reward_models,  # noqa: F401
-                                 finished_members, load_subsets, write_outputs)
+# The library half (`warm_jax.rm.evaluation`), importable from here as it always was.
+from warm_jax.rm.evaluation import (EVAL_FILE, VS_M_ORDERS, evaluate_reward_models,
+                                    finished_members, load_subsets, write_outputs)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

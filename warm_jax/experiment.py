@@ -19,7 +19,7 @@ Stages (the embedded default; the scale preset picks sizes and steps):
                            generator pairs, best-of-N / RL prompts
   pretrain, sft            LM pre-training, SFT keeping the Baklava checkpoints
   rm_data                  the RMs' data: comparisons of the SFT checkpoints' own samples
-                           (`warm_jax.data.on_policy`), labels clean and 25% corrupted
+                           (`warm_jax.policy.on_policy`), labels clean and 25% corrupted
                            (rm_data/{clean,corrupt}); held-out id_policy (the final SFT policy
                            at T=0.9) and ood_policy (other policies, high temperatures)
   probe/{clean,corrupt}    the shared linear-probed head
@@ -35,12 +35,12 @@ Stages (the embedded default; the scale preset picks sizes and steps):
                            reward in `rl_rewards` (best single member, ENS M, WARM M); each eval
                            also logs the members' disagreement (`rl_disagreement_members`)
   win_rates                oracle win rates between the RL policies at their best steps
-Then OUTPUT/metrics.json, OUTPUT/report.md and OUTPUT/plots/ (`warm_jax.report`).
+Then OUTPUT/metrics.json, OUTPUT/report.md and OUTPUT/plots/ (`warm_jax.pipeline.report`).
 
 Stages after eval/clean take arguments known only then (the member ranking, the RL runs' best
 steps): their commands are resolved when they start and added to commands.sh. Every stage
 shares one persistent XLA compile cache (OUTPUT/cache/jax) and one timed matmul for MFU, and
-writes the model FLOPs its programs ran to its STAGE_FLOPS.json (`warm_jax.flops`): the
+writes the model FLOPs its programs ran to its STAGE_FLOPS.json (`warm_jax.core.flops`): the
 report's per-stage profile (wall, CPU, FLOPs, MFU; `stage_profile`).
 
 This module is the command line; the driver itself is `warm_jax.pipeline` (presets, plan,

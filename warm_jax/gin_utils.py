@@ -27,7 +27,7 @@ import gin
 from gin import config as gin_config
 
 from warm_jax.cli_errors import print_error
-from warm_jax.run_dir import write_operative_config  # noqa: F401 (the gin layer's name for it)
+from warm_jax.core.run_dir import write_operative_config  # noqa: F401
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -178,9 +178,9 @@ def gin_main(argv: Sequence[str] | None, *, entry: str, doc: str, example: str,
   jax's shutdown barrier), 143 for a preemption (a checkpoint was saved).
   """
   from warm_jax import configurables
-  from warm_jax.checkpoints import CheckpointError
-  from warm_jax.partitioning import is_peer_failure, maybe_initialize_distributed
-  from warm_jax.training_loop import NonFiniteError, Preempted
+  from warm_jax.core.checkpoints import CheckpointError
+  from warm_jax.core.partitioning import is_peer_failure, maybe_initialize_distributed
+  from warm_jax.core.training_loop import NonFiniteError, Preempted
 
   argv = list(sys.argv[1:] if argv is None else argv)
   logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s")
@@ -227,7 +227,7 @@ def gin_main(argv: Sequence[str] | None, *, entry: str, doc: str, example: str,
   # program ran). Counts come from global shapes: every process has the whole job's; process 0
   # writes.
   import jax
-  from warm_jax import flops as flops_lib
+  from warm_jax.core import flops as flops_lib
   if jax.process_index() == 0:
     flops_lib.write_stage_flops()
   if on_result is not None:

@@ -13,7 +13,7 @@ stage by stage (the experiment's own resume). `--parallel` runs that many seeds 
 cores, 1 seed with the experiment's 2 parallel stages is the faster choice). Extra
 --gin flags go to every seed's experiment.
 
-Then every finding of the seeds' metrics.json (`warm_jax.report.findings`: a stable id, an
+Then every finding of the seeds' metrics.json (`warm_jax.pipeline.report.findings`: a stable id, an
 effect in the paper's direction and its kind) is aggregated into the mean over seeds and a
 Student-t 95% interval (`paired_stats.seed_interval`), and judged by the finding's own rule on
 that interval (`report.verdict`: e.g. reproduced when it excludes zero in the paper's
@@ -37,8 +37,8 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from warm_jax import paired_stats
-from warm_jax.checkpoints import atomic_write_text, read_json
+from warm_jax.core import paired_stats
+from warm_jax.core.checkpoints import atomic_write_text, read_json
 from warm_jax.cli_errors import print_error
 
 TUNING_SEEDS = range(5)  # seeds a recipe may be tuned on; findings are checked on the others
@@ -91,7 +91,7 @@ def run_seeds(*, seeds: Sequence[int], output_dir: str, gin_args: Sequence[str],
 
 def aggregate(per_seed: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
   """{seeds, findings: [...], per_seed} from each seed's metrics.json (see the module doc)."""
-  from warm_jax import report
+  from warm_jax.pipeline import report
   seeds = sorted(per_seed)
   order: list[str] = []
   info: dict[str, dict[str, Any]] = {}
@@ -150,7 +150,7 @@ def write_report(output_dir: str, summary: Mapping[str, Any]) -> None:
            "oracle-reward difference, or a win rate minus 50 in points) is averaged over "
            "seeds; the "
            "interval is the Student-t 95% interval of that mean, judged by the finding's rule "
-           "(`warm_jax.report`).", "",
+           "(`warm_jax.pipeline.report`).", "",
            "| finding | kind | mean [95% interval] | per seed | verdict |", "|---|---|---|---|---|"]
   for f in summary["findings"]:
     group = f["all"]

@@ -16,9 +16,9 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from warm_jax import run_dir
-# The library half (`warm_jax.training_stage`), importable from here as it always was.
-from warm_jax.training_stage import DONE_MARKER, InitFromCheckpoint, train  # noqa: F401
+from warm_jax.core import run_dir
+# The library half (`warm_jax.core.training_stage`), importable from here as it always was.
+from warm_jax.core.training_stage import DONE_MARKER, InitFromCheckpoint, train  # noqa: F401
 
 read_done = run_dir.read_done  # the completion record of a stage dir, or None if unfinished
 

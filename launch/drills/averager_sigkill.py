@@ -35,7 +35,7 @@ import common
 
 
 def save_members(root: str, n: int, mib: int) -> list[str]:
-  from warm_jax import checkpoints as ckpt
+  from warm_jax.core import checkpoints as ckpt
   cols = 512
   rows = max(1, mib * 2**20 // (4 * cols * 4))  # 4 leaves of float32
   paths = []

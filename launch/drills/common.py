@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-FAULT_ENV = "WARM_JAX_FAULT_KILL_AT_STEP"  # warm_jax.trainer: SIGKILL itself after step N
+FAULT_ENV = "WARM_JAX_FAULT_KILL_AT_STEP"  # warm_jax.core.trainer: SIGKILL itself after step N
 
 
 def drill_env(**extra: str) -> dict[str, str]:
@@ -80,7 +80,7 @@ def check_checkpoints_readable(model_dir: str) -> list[int]:
   the steps. Raises AssertionError naming the first unreadable one."""
   import jax
   import numpy as np
-  from warm_jax import checkpoints as ckpt
+  from warm_jax.core import checkpoints as ckpt
   quiet_absl()
   steps = complete_steps(model_dir)
   for step in steps:
@@ -96,7 +96,7 @@ def check_checkpoints_readable(model_dir: str) -> list[int]:
 
 
 def flat_step(model_dir: str, step: int, item: str = "params") -> dict[str, Any]:
-  from warm_jax import checkpoints as ckpt
+  from warm_jax.core import checkpoints as ckpt
   quiet_absl()
   return ckpt.flatten_params(ckpt.load_params(
       os.path.join(model_dir, "checkpoints", str(step), item)))

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 # The library half (`warm_jax.data.builder`), importable from here as it always was.
 from warm_jax.data.builder import (REAL_PREFERENCE_TASK, BuildError, build_dataset,  # noqa: F401
                                    token_stats, tokenizer_corpus)
-from warm_jax.run_dir import install_dir  # noqa: F401 (this module's old name for it)
+from warm_jax.core.run_dir import install_dir  # noqa: F401
 
 
 def main(argv: Sequence[str] | None = None) -> int:

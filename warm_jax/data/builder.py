@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from warm_jax import run_dir
+from warm_jax.core import run_dir
 from warm_jax.data import data_dir as data_dir_lib
 from warm_jax.data import preferences as prefs
 from warm_jax.data import world

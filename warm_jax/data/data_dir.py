@@ -48,7 +48,7 @@ SPLITS: Mapping[str, tuple[str, ...]] = {
     "preferences": ("rm_train", "id_val", "ood"),
     "prompts": ("train", "validation"),
 }
-# Preference splits only an on-policy RM data dir holds (`warm_jax.data.on_policy`): pairs of
+# Preference splits only an on-policy RM data dir holds (`warm_jax.policy.on_policy`): pairs of
 # the final SFT policy's samples at the best-of-N / RL temperature on the ID validation posts,
 # and of several policies' high-temperature samples on the OOD posts.
 ON_POLICY_SPLITS = ("id_policy", "ood_policy")

@@ -21,7 +21,7 @@ How a pair is made (one numpy RNG per (seed, split, pair index), so a split is p
    label swapped and `corrupted=True` (the paper's 25% corruption experiments).
 Accuracy on ID val and OOD is meant to be measured against the gold sign (`gold_label`).
 `build_ood_pairs` is step 1-3 for OOD alone: the data build calls it without a sampler (no
-policy exists yet); `warm_jax.data.policy_pairs` calls it after SFT with the SFT model as the
+policy exists yet); `warm_jax.policy.policy_pairs` calls it after SFT with the SFT model as the
 sampler, on its own stream (`POLICY_PAIRS_SPLIT`), to write the `ood_policy` evaluation split.
 
 Measured with the default WorldConfig (seed 0; `stats`): label noise 0.130 train / 0.146 ID val
@@ -46,7 +46,7 @@ from warm_jax.data.gold_reward import count_words, gold_reward
 
 POLICY_GENERATOR = "policy"
 SPLIT_NAMES = ("rm_train", "id_val", "ood")
-# The OOD split of policy samples that `warm_jax.data.policy_pairs` builds after SFT (its own
+# The OOD split of policy samples that `warm_jax.policy.policy_pairs` builds after SFT (its own
 # random stream, so its pairs never replay the data dir's OOD pairs).
 POLICY_PAIRS_SPLIT = "ood_policy"
 _SPLIT_STREAMS = {"rm_train": 11, "id_val": 12, "ood": 13,

@@ -59,7 +59,7 @@ def abstract_leaves(config: TransformerConfig, *, head: str) -> dict[str, tuple[
   import flax.linen as nn
   import jax
 
-  from warm_jax.checkpoints import flatten_params
+  from warm_jax.core.checkpoints import flatten_params
   from warm_jax.models import LanguageModel, RewardModel
   from warm_jax.models.heads import init_inputs
 

@@ -34,7 +34,7 @@ def _model_dir_of(params_path: str) -> str | None:
   """The training MODEL_DIR (with its config.gin) of a resolved params path:
   MODEL_DIR/checkpoints/<step>/params, or MODEL_DIR/params (the linear probe's); None for a
   plain checkpoint dir."""
-  from warm_jax.checkpoints import CHECKPOINTS_SUBDIR, PARAMS_ITEM
+  from warm_jax.core.checkpoints import CHECKPOINTS_SUBDIR, PARAMS_ITEM
   path = os.path.abspath(params_path)
   if os.path.basename(path) == PARAMS_ITEM:
     path = os.path.dirname(path)

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from warm_jax.checkpoints import CheckpointError
+from warm_jax.core.checkpoints import CheckpointError
 
 DEFAULT_HEAD = "reward_head"
 

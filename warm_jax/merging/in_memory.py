@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from warm_jax import checkpoints as ckpt_lib
+from warm_jax.core import checkpoints as ckpt_lib
 from warm_jax.merging import checks
 from warm_jax.merging.registry import MergeConfigError, get_method
 

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import orbax.checkpoint as ocp
 
-from warm_jax import checkpoints as ckpt_lib
+from warm_jax.core import checkpoints as ckpt_lib
 from warm_jax.merging import checks
 from warm_jax.merging.reader import DEFAULT_BAND_BYTES, content_hash
 

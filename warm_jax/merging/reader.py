@@ -30,7 +30,7 @@ import orbax.checkpoint as ocp
 import tensorstore as ts
 from etils import epath
 
-from warm_jax import checkpoints as ckpt_lib
+from warm_jax.core import checkpoints as ckpt_lib
 
 # A large leaf is read in bands of whole storage chunks of about this many bytes (never less
 # than one row of chunks): bounds the extra memory a huge embedding needs while keeping reads
@@ -46,7 +46,7 @@ class LeafInfo:
   """One leaf of a checkpoint, from orbax's metadata (no array data read).
 
   Attributes:
-    path: 'decoder/layer_0/mlp/wi/kernel' (as `warm_jax.checkpoints.flatten_params` names it).
+    path: 'decoder/layer_0/mlp/wi/kernel' (as `warm_jax.core.checkpoints.flatten_params` names it).
     name: orbax's parameter name, the key of the array in the checkpoint's store.
     shape, dtype: of the stored array.
     chunk_rows: rows (axis-0 extent) of one storage chunk; shape[0] for an unchunked leaf.

@@ -40,8 +40,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from warm_jax import checkpoints as ckpt_lib
-from warm_jax import run_dir
+from warm_jax.core import checkpoints as ckpt_lib
+from warm_jax.core import run_dir
 from warm_jax.merging import checks, memory
 from warm_jax.merging import output as output_lib
 from warm_jax.merging.reader import (DEFAULT_BAND_BYTES, CheckpointReader, ContentHasher,

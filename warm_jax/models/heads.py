@@ -4,8 +4,8 @@ Where it sits: the pre-training and SFT stages train `LanguageModel`; the RM sta
 `RewardModel` (an SFT backbone plus a scalar head, the object WARM averages); RL trains the
 policy (`LanguageModel`) beside a `ValueModel`. All three keep the backbone under the same
 `decoder` key, so an SFT checkpoint initialises an RM or a value model by copying `decoder/*`
-(see `warm_jax.checkpoints.init_from_checkpoint`). `LanguageModel.decode` is the KV-cache
-decoding path of `warm_jax.sampling` (see `Decoder.extend`).
+(see `warm_jax.core.checkpoints.init_from_checkpoint`). `LanguageModel.decode` is the KV-cache
+decoding path of `warm_jax.policy.sampling` (see `Decoder.extend`).
 
 Parameter trees:
   LanguageModel: {decoder: {...}, [lm_head: {kernel}] }     (lm_head only when untied)
@@ -82,7 +82,7 @@ class LanguageModel(nn.Module):
 
   def decode(self, tokens: Array, mask: Array, cache: KVCache) -> tuple[Array, KVCache]:
     """KV-cache decoding (`Decoder.extend`): the next chunk [batch, chunk] -> (logits [batch,
-    chunk, vocab] float32, new cache); `warm_jax.sampling` drives it."""
+    chunk, vocab] float32, new cache); `warm_jax.policy.sampling` drives it."""
     hidden, cache = self.decoder.extend(tokens, mask, cache)
     return self._logits(hidden), cache
 

@@ -3,14 +3,14 @@
 Where it sits: every stage of the pipeline (pre-train, SFT, RM, RL) runs this `Decoder`; the
 heads in `heads.py` turn its hidden states into next-token logits, a scalar reward or per-token
 values. Parameters are created with logical axis names (`embed`, `mlp`, `heads`, `kv_heads`,
-`head_dim`, `vocab`, `length`), which `warm_jax.partitioning` maps to mesh axes; the code never
+`head_dim`, `vocab`, `length`), which `warm_jax.core.partitioning` maps to mesh axes; the code never
 names a mesh axis.
 
 Padding: `mask[b, t] = 1` for real tokens. Positions count real tokens only (cumsum of the mask),
 so a left-padded and a right-padded copy of one sequence give identical hidden states on their
 real tokens; attention never looks at padded keys.
 
-Decoding (best-of-N, RL rollouts; `warm_jax.sampling`): `Decoder.extend` runs a chunk of new
+Decoding (best-of-N, RL rollouts; `warm_jax.policy.sampling`): `Decoder.extend` runs a chunk of new
 tokens against an explicit `KVCache` pytree (keys/values of every layer for a fixed number of
 slots, which slots hold real tokens, the next slot) and returns the updated cache. It is the
 same arithmetic as `__call__` on the whole sequence -- positions still count real tokens and

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from warm_jax.checkpoints import AVERAGE_CHECKPOINT_SUBDIR
+from warm_jax.core.checkpoints import AVERAGE_CHECKPOINT_SUBDIR
 from warm_jax.pipeline.presets import (ENSEMBLE_KINDS, RL_TEMPERATURE, SETTINGS, STAGE_DONE,
                                        UWO_LAMBDA, ExperimentScale)
 
@@ -69,7 +69,7 @@ class ExperimentPlan:
 
   @property
   def on_policy(self) -> bool:
-    """Whether the RMs train on comparisons of policy samples (`warm_jax.data.on_policy`;
+    """Whether the RMs train on comparisons of policy samples (`warm_jax.policy.on_policy`;
     synthetic data: the labels need the oracle). Real TL;DR data has its human comparisons."""
     return self.scale.data_source == "synthetic"
 
@@ -241,7 +241,7 @@ class ExperimentPlan:
     return self.path("average", f"warm_{m}", AVERAGE_CHECKPOINT_SUBDIR)
 
   def reward_spec(self, name: str, *, stage: str = "rl") -> Any:
-    """The gin spec of a reward (warm_jax.reward_sources): a member, or '<kind>_<M>' of the
+    """The gin spec of a reward (warm_jax.policy.reward_sources): a member, or '<kind>_<M>' of the
     top M members: WARM M, ENS M, WCO M or UWO M (with Coste's lambda for `stage`)."""
     ranked = self.ranked_members()
     if name == "best_member":
@@ -330,7 +330,7 @@ class ExperimentPlan:
             _gin("TrainerConfig.microbatches", s.rl_microbatches)), self.path("rl", run)))
       if s.rl_rewards and s.win_rate_prompts:
         def win_argv():
-          from warm_jax.win_rates import FINAL_SUFFIX, best_checkpoint
+          from warm_jax.policy.win_rates import FINAL_SUFFIX, best_checkpoint
           runs = self.rl_run_names()
           policies = {run: best_checkpoint(self.path("rl", run)) for run in runs}
           # each run at its final step too (its latest checkpoint): best vs final on these
@@ -370,7 +370,7 @@ class ExperimentPlan:
 
   # -- LMC diversity pairs (fig. 3) and Remark 1 ---------------------------------------------
   def base_member(self):
-    from warm_jax.members import MemberSweep, draw_member
+    from warm_jax.rm.members import MemberSweep, draw_member
     s = self.scale
     return draw_member(MemberSweep(learning_rates=s.learning_rates,
                                    dropout_rates=s.dropout_rates,

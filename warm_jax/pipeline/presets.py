@@ -77,7 +77,7 @@ class ExperimentScale:
   # the log-prob readout's window (TransformerConfig.logprob_window): LM logits only at the
   # last positions of each sequence, which hold its response; None: at every position
   logprob_window: int | None = None
-  # the on-policy RM data (`warm_jax.data.on_policy`, synthetic data): rm_train / id_val pairs
+  # the on-policy RM data (`warm_jax.policy.on_policy`, synthetic data): rm_train / id_val pairs
   # of samples of the SFT checkpoints at the Baklava steps (rm_samples_per_post in all, split
   # evenly over the steps) at rm_policy_temperature; id_policy pairs of the final SFT policy at
   # the best-of-N / RL temperature (0.9); ood_policy pairs of the pre-trained-only model at

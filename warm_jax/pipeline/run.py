@@ -40,7 +40,7 @@ def run_experiment(*, output_dir: str | None, scale: str = "default",
     gin/experiments/ablations/ set these, so they compose with any SCALE).
   dry_run: print the stages and their commands and return the plan; nothing is run or written.
   """
-  from warm_jax import report
+  from warm_jax.pipeline import report
   if not output_dir:
     raise ValueError("--output_dir is required")
   if int(parallel_stages) < 1:

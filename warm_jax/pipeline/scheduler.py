@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-from warm_jax.checkpoints import atomic_write_text, read_json
+from warm_jax.core.checkpoints import atomic_write_text, read_json
 from warm_jax.pipeline.plan import Stage
 from warm_jax.pipeline.presets import StageFailed
 
@@ -30,7 +30,7 @@ def stage_environment(cache_dir: str) -> dict[str, str]:
   env.setdefault("JAX_COMPILATION_CACHE_DIR", cache_dir)
   env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
   if "WARM_JAX_MATMUL_FLOPS" not in env:
-    from warm_jax import flops as flops_lib
+    from warm_jax.core import flops as flops_lib
     env["WARM_JAX_MATMUL_FLOPS"] = repr(flops_lib.measure_matmul_flops())
   return env
 
@@ -62,7 +62,7 @@ def _run_in_process(stage: Stage, log_path: str, env: Mapping[str, str] | None) 
   import jax
   if stage.argv[1:2] != ["-m"]:
     raise ValueError(f"stage {stage.name}: in-process stages must be `python -m MODULE ...`")
-  from warm_jax import flops as flops_lib
+  from warm_jax.core import flops as flops_lib
   if env is not None:
     for key in ("WARM_JAX_MATMUL_FLOPS",):
       if key in env:
@@ -152,7 +152,7 @@ def run_stages(stages: Sequence[Stage], *, log_dir: str, env: Mapping[str, str] 
   running_procs: dict[str, subprocess.Popen] = {}
 
   def run_one(stage: Stage) -> tuple[int, float, float, float]:
-    from warm_jax import flops as flops_lib
+    from warm_jax.core import flops as flops_lib
     flops_path = stage_flops_path(stage)
     if os.path.exists(flops_path):  # an earlier, interrupted run's: this run writes its own
       os.remove(flops_path)
@@ -241,7 +241,7 @@ class _InlineExecutor:
 
 def stage_flops_path(stage: Stage) -> str:
   """Where a stage's program writes its model FLOPs (`flops.write_stage_flops`)."""
-  from warm_jax.flops import STAGE_FLOPS_FILE
+  from warm_jax.core.flops import STAGE_FLOPS_FILE
   return os.path.join(stage.output, STAGE_FLOPS_FILE)
 
 
