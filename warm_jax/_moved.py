@@ -4,7 +4,8 @@
 monkeypatch target string) keeps working in code written against the flat layout: the name is
 an alias of the module's new home, the same module object, so its state (the FLOP counter,
 registries) is shared. New code imports the new paths (docs/architecture.md); the command lines
-(`python -m warm_jax.train`, `.data.policy_pairs`, ...) did not move.
+(`python -m warm_jax.train`, `.data.policy_pairs`, ...) did not move, and `python -m` of an
+old path runs the moved module's code.
 """
 
 from __future__ import annotations
@@ -46,6 +47,13 @@ class _Alias(importlib.abc.Loader):
 
   def exec_module(self, module):
     del module  # already executed under its new name
+
+  def get_code(self, fullname):
+    """`python -m <old path>` (runpy) runs the moved module's code as the program."""
+    del fullname
+    import importlib.util
+    spec = importlib.util.find_spec(self.target)
+    return spec.loader.get_code(self.target)
 
 
 class _OldPaths(importlib.abc.MetaPathFinder):

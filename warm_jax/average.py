@@ -10,7 +10,8 @@
 
 Each input is a plain orbax PyTree checkpoint dir, a `checkpoints/<step>` dir, a stage's
 MODEL_DIR (its latest step) or any experiment stage dir (members/clean/member_0, average/warm_6:
-`warm_jax.core.checkpoints.resolve_params_path`). The output is a new plain orbax checkpoint with OUTPUT/manifest.json
+`warm_jax.core.checkpoints.resolve_params_path`). The output is a new plain orbax checkpoint with
+OUTPUT/manifest.json
 (inputs, steps, content hashes, weights, method, time, peak memory). Flags:
 
   --inputs DIR [DIR ...]  the members, in the order --weights refers to

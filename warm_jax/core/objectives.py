@@ -36,8 +36,16 @@ def forward(module: nn.Module, params: Any, rng: Array | None, *inputs: Any, **k
   return module.apply({"params": params}, *inputs, deterministic=rng is None,
                       rngs=None if rng is None else {"dropout": rng}, **kwargs)
 
+class TokenSequenceObjective:
+  """What the objectives over [batch, length] `tokens` / `mask` share (the LM, the policy and
+  the value objectives): the network is initialised on those two features."""
+
+  def init_variables(self, rng: Array, batch: Batch) -> Any:
+    return self.module.init(rng, batch["tokens"], batch["mask"])
+
+
 @dataclasses.dataclass(frozen=True)
-class LanguageModelObjective:
+class LanguageModelObjective(TokenSequenceObjective):
   """Next-token prediction on `tokens`, counting only positions where `loss_mask` is 1.
 
   Batch: tokens [batch, length] int32, mask [batch, length] (1 = real token),
@@ -57,9 +65,6 @@ class LanguageModelObjective:
     shape = (batch_size, seq_len)
     return {"tokens": np.zeros(shape, np.int32), "mask": np.ones(shape, np.int32),
             "loss_mask": np.ones(shape, np.int32)}
-
-  def init_variables(self, rng: Array, batch: Batch) -> Any:
-    return self.module.init(rng, batch["tokens"], batch["mask"])
 
   def loss(self, params: Any, batch: Batch, rng: Array | None
            ) -> tuple[Array, dict[str, Array]]:

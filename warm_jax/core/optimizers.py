@@ -1,6 +1,7 @@
 """Optimizers and learning-rate schedules for every training stage (optax).
 
-Where it sits: `warm_jax.core.trainer.Trainer` takes an `OptimizerConfig` (bound from gin) and builds
+Where it sits: `warm_jax.core.trainer.Trainer` takes an `OptimizerConfig` (bound from gin) and
+builds
 the optax transformation here. The default is Adafactor, the paper's optimizer for SFT, RM and
 RL; AdamW is offered for comparisons. Gradient clipping by global norm comes first in the chain.
 """

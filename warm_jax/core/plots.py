@@ -1,6 +1,7 @@
 """Figures of the paper we reproduce, from the JSON the evaluations write (matplotlib, Agg).
 
-Where it sits: `python -m warm_jax.evaluate` and the report (`warm_jax.pipeline.report`) call these on
+Where it sits: `python -m warm_jax.evaluate` and the report (`warm_jax.pipeline.report`) call these
+on
 their metrics; every function takes plain dicts/lists and a path, so a user can redraw a figure
 from metrics.json alone.
 """

@@ -1,7 +1,8 @@
 """How a finding's 95% interval becomes its verdict, one rule per kind of finding.
 
 Where it sits: under the report (`warm_jax.pipeline.report`: the reward-model findings,
-`warm_jax.pipeline.report_policy`: the policy findings) and the seeds sweep (`warm_jax.seeds`, the same
+`warm_jax.pipeline.report_policy`: the policy findings) and the seeds sweep (`warm_jax.seeds`, the
+same
 rule on the interval over seeds). The kinds:
   positive   the effect should be > 0: reproduced when the interval excludes 0 above it
   negative   the effect should be < 0: reproduced when the interval excludes 0 below it

@@ -173,7 +173,8 @@ def disagreement_curves(*, oracle: np.ndarray, rm_scores: Mapping[str, np.ndarra
                         member_scores: Mapping[str, np.ndarray], ns: Sequence[int],
                         skipped: Mapping[str, str] | None = None) -> dict[str, Any]:
   """curves.disagreement: per selector with members, at each N, the members' disagreement of
-  its choice among the first N candidates against the choice's error (`warm_jax.policy.disagreement`).
+  its choice among the first N candidates against the choice's error
+  (`warm_jax.policy.disagreement`).
 
   Args:
     oracle: [prompts, pool] oracle reward of every pool candidate.

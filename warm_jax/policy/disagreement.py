@@ -2,7 +2,8 @@
 
 Where it sits: WARM averages M members into one RM and so gives no uncertainty of its own (the
 paper's stated limit); the members it averages still disagree, and that disagreement may flag
-where the RM is wrong. `warm_jax.policy.bon` calls `selection_stats` for each selector (WARM M, ENS M,
+where the RM is wrong. `warm_jax.policy.bon` calls `selection_stats` for each selector (WARM M, ENS
+M,
 the best member, WCO / UWO M) whose members' rewards of every pool candidate it already has,
 and writes the result to bon.json under `curves.disagreement` (docs/policy.md, "Member
 disagreement"). Everything here is plain numpy on host arrays.

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from warm_jax.models import LanguageModel, TransformerConfig, ValueModel
-from warm_jax.core.objectives import forward
+from warm_jax.core.objectives import TokenSequenceObjective, forward
 
 Array = jax.Array
 Batch = dict[str, Array]
@@ -125,7 +125,7 @@ def policy_gradient_sums(log_probs: Array, advantages: Array, mask: Array, *,
 
 
 @dataclasses.dataclass(frozen=True)
-class PolicyGradientObjective:
+class PolicyGradientObjective(TokenSequenceObjective):
   """REINFORCE on rollouts for `Trainer`: the loss of `policy_gradient_sums` on the policy's
   temperature-scaled log probs of the response tokens, averaged over response tokens.
 
@@ -166,9 +166,6 @@ class PolicyGradientObjective:
             "advantages": np.zeros(shape, np.float32),
             "ref_log_probs": np.zeros(shape, np.float32)}
 
-  def init_variables(self, rng: Array, batch: Batch) -> Any:
-    return self.module.init(rng, batch["tokens"], batch["mask"])
-
   def loss(self, params: Any, batch: Batch, rng: Array | None
            ) -> tuple[Array, dict[str, Array]]:
     logits = forward(self.module, params, rng, batch["tokens"], batch["mask"])
@@ -199,7 +196,7 @@ def state_values(values: Array) -> Array:
 
 
 @dataclasses.dataclass(frozen=True)
-class ValueRegressionObjective:
+class ValueRegressionObjective(TokenSequenceObjective):
   """The learned baseline: 0.5 * (V(state before y_t) - G_t)^2 summed over response tokens.
 
   Batch: tokens, mask, response_mask [batch, L] int32; returns [batch, L] float32 (G_t at the
@@ -218,9 +215,6 @@ class ValueRegressionObjective:
     shape = (batch_size, seq_len)
     return {"tokens": np.zeros(shape, np.int32), "mask": np.ones(shape, np.int32),
             "response_mask": np.zeros(shape, np.int32), "returns": np.zeros(shape, np.float32)}
-
-  def init_variables(self, rng: Array, batch: Batch) -> Any:
-    return self.module.init(rng, batch["tokens"], batch["mask"])
 
   def loss(self, params: Any, batch: Batch, rng: Array | None
            ) -> tuple[Array, dict[str, Array]]:

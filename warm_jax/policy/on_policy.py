@@ -282,14 +282,9 @@ def build_on_policy_data(*, output_dir: str | None, data_dir: str | None, model_
     raise OnPolicyDataError(f"DATA_DIR {data_dir} was built with corrupted labels "
                             f"(CORRUPTION_RATE={meta['world_config']['corruption_rate']}): "
                             "pass the clean build; this stage corrupts its own training set")
-  if model_config.vocab_size != meta["vocab_size"]:
-    raise OnPolicyDataError(f"the model's vocab_size is {model_config.vocab_size} but DATA_DIR "
-                            f"{data_dir} has {meta['vocab_size']} pieces: set VOCAB_SIZE to "
-                            f"{meta['vocab_size']}")
-  prompt_len, seq_len = int(meta["prompt_len"]), int(meta["seq_len"])
-  if prompt_len + max_new_tokens > model_config.max_len:
-    raise OnPolicyDataError(f"PROMPT_LEN {prompt_len} + MAX_NEW_TOKENS {max_new_tokens} exceeds "
-                            f"the model's max_len {model_config.max_len}: lower MAX_NEW_TOKENS")
+  prompt_len, seq_len = policy_samples.check_model_fits(meta, model_config=model_config,
+                                        max_new_tokens=max_new_tokens, data_dir=data_dir,
+                                        error=OnPolicyDataError)
   params_paths = {source.path: policy_samples.check_policy_dir(source.path, data_dir=data_dir)
                   for group in sources.values() for source in group}
   request = {

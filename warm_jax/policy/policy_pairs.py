@@ -63,10 +63,10 @@ from warm_jax.data import world
 from warm_jax.data.gold_reward import count_words, gold_reward
 # The policy-sample stages' shared pieces (also this module's API, as before they moved).
 from warm_jax.policy.policy_samples import (KIND, SPLIT, ModelPolicySampler, PolicyPairsError,
-                                            check_data_dir, check_output_dir, check_policy_dir,
-                                            check_policy_params, encode_prompts,
-                                            export_preference_arrays, file_digest, real_path,
-                                            world_posts)
+                                            check_data_dir, check_model_fits, check_output_dir,
+                                            check_policy_dir, check_policy_params,
+                                            encode_prompts, export_preference_arrays,
+                                            file_digest, real_path, world_posts)
 
 SUBSET_NAME = prefs.POLICY_PAIRS_SPLIT  # what the RM evaluation calls it: 'ood_policy'
 DONE_FILE = run_dir.DONE
@@ -193,14 +193,9 @@ def build_policy_pairs(*, output_dir: str | None, data_dir: str | None,
   t_start = time.perf_counter()
   meta = check_data_dir(data_dir)
   params_path = check_policy_dir(policy_dir, data_dir=data_dir)
-  if model_config.vocab_size != meta["vocab_size"]:
-    raise PolicyPairsError(f"the model's vocab_size is {model_config.vocab_size} but DATA_DIR "
-                           f"{data_dir} has {meta['vocab_size']} pieces: set VOCAB_SIZE to "
-                           f"{meta['vocab_size']} or pass the policy's own data dir")
-  prompt_len, seq_len = int(meta["prompt_len"]), int(meta["seq_len"])
-  if prompt_len + max_new_tokens > model_config.max_len:
-    raise PolicyPairsError(f"PROMPT_LEN {prompt_len} + MAX_NEW_TOKENS {max_new_tokens} exceeds "
-                           f"the model's max_len {model_config.max_len}: lower MAX_NEW_TOKENS")
+  prompt_len, seq_len = check_model_fits(meta, model_config=model_config,
+                                        max_new_tokens=max_new_tokens, data_dir=data_dir,
+                                        error=PolicyPairsError)
   base = prefs.WorldConfig(**meta["world_config"])
   if num_pairs is None:
     num_pairs = base.n_ood_pairs if posts_split == "ood" else base.n_val_pairs

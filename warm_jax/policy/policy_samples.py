@@ -245,6 +245,22 @@ def check_policy_params(params: Any, *, model_config: Any, params_path: str) -> 
           f"{tuple(expected[name].shape)}: the policy has another architecture{hint}")
 
 
+def check_model_fits(meta: Mapping[str, Any], *, model_config: Any, max_new_tokens: int,
+                     data_dir: str, error: type[ValueError]) -> tuple[int, int]:
+  """(PROMPT_LEN, SEQ_LEN) of DATA_DIR's meta.json, after checking that the policies' model
+  reads its tokenizer (vocab size) and holds a prompt + MAX_NEW_TOKENS (max_len); `error`
+  names the fix otherwise."""
+  if model_config.vocab_size != meta["vocab_size"]:
+    raise error(f"the model's vocab_size is {model_config.vocab_size} but DATA_DIR "
+                f"{data_dir} has {meta['vocab_size']} pieces: set VOCAB_SIZE to "
+                f"{meta['vocab_size']} or pass the policy's own data dir")
+  prompt_len, seq_len = int(meta["prompt_len"]), int(meta["seq_len"])
+  if prompt_len + max_new_tokens > model_config.max_len:
+    raise error(f"PROMPT_LEN {prompt_len} + MAX_NEW_TOKENS {max_new_tokens} exceeds the "
+                f"model's max_len {model_config.max_len}: lower MAX_NEW_TOKENS")
+  return prompt_len, seq_len
+
+
 def world_posts(data_dir: str, *, meta: Mapping[str, Any], split: str) -> list[Any]:
   """The posts of the world's `split` ('rm_train', 'id_val' or 'ood') in the world's order,
   read from DATA_DIR/text/posts.jsonl ([] when the world has none in that split)."""

@@ -1,7 +1,8 @@
 """Batched autoregressive sampling from a `LanguageModel`, with a KV cache, under jit.
 
 Where it sits: best-of-N draws its N candidates per prompt from the SFT policy here
-(`warm_jax.policy.bon`), RL draws its rollouts from the policy being trained (`warm_jax.policy.rl`), and win
+(`warm_jax.policy.bon`), RL draws its rollouts from the policy being trained
+(`warm_jax.policy.rl`), and win
 rates compare policies on samples drawn here (`warm_jax.policy.win_rates`).
 
 How a batch is decoded (`decode`, one jitted program): the LEFT-padded prompts [batch, P]

@@ -2,7 +2,8 @@
 
 Where it sits: after the RMs (docs/paper.md: the setup's RL, figs 8-9, 18-21). The policy and
 the value model both start from the SFT checkpoint; the reward is a member, a WARM checkpoint or ENS
-(`warm_jax.policy.reward_sources`); the oracle (`warm_jax.policy.oracle`) scores every sampled response so
+(`warm_jax.policy.reward_sources`); the oracle (`warm_jax.policy.oracle`) scores every sampled
+response so
 reward hacking shows as the oracle reward falling while the proxy (the RM's) keeps rising.
 The value model is the SFT backbone under a zero-initialised head (V = 0 until it is fit).
 
@@ -37,7 +38,8 @@ Logged per step (MODEL_DIR/metrics.jsonl, TensorBoard): `METRIC_KEYS`; `EVAL_KEY
 held-out prompts at step 0 (the SFT policy, before any update: every curve starts there) and
 every eval_every steps; with DISAGREEMENT_MEMBERS (a list of >= 2 member checkpoints, default
 None: off) also `DISAGREEMENT_EVAL_KEYS`, the members' disagreement on the eval responses as an
-uncertainty signal for the RM's errors (`warm_jax.policy.disagreement`, the scales fixed on the step-0
+uncertainty signal for the RM's errors (`warm_jax.policy.disagreement`, the scales fixed on the
+step-0
 eval and written to MODEL_DIR/disagreement_reference.json; M more RM passes per eval, none per
 training step). The DONE file holds the last eval and Gao et al.'s RL fit
 R(d) = d (a - b log d), d = sqrt(KL), of the eval oracle gain over step 0 (`gao_fits`).

@@ -33,7 +33,8 @@ VALUE_METRIC_KEYS = ("value/loss", "value/grad_norm", "value/explained_variance"
 # of eval/normalized_reward, the RM reward standardised as in training).
 EVAL_KEYS = ("eval/proxy_reward", "eval/oracle_reward", "eval/kl_to_sft", "eval/length",
              "eval/normalized_reward", "eval/kl_term", "eval/eos_rate", "eval/num_prompts")
-# Beside EVAL_KEYS when DISAGREEMENT_MEMBERS is set (`warm_jax.policy.disagreement`, against the step-0
+# Beside EVAL_KEYS when DISAGREEMENT_MEMBERS is set (`warm_jax.policy.disagreement`, against the
+# step-0
 # eval's scales): the mean over eval responses of the members' disagreement, its Spearman with
 # the RM's error z(proxy) - z(oracle), and its AUROC for flagging an error above the step-0
 # median; the last two are left out of an eval where they are undefined.

@@ -1,7 +1,8 @@
 """One RL rollout: sample a global batch of prompts with the policy and score it (steps 1-3).
 
 Where it sits: inside every RL step and every RL evaluation (`rl.loop`, `rl.evaluation`).
-`Rollouts` holds the compiled programs: the KV-cache sampler (`warm_jax.policy.sampling`), the scoring
+`Rollouts` holds the compiled programs: the KV-cache sampler (`warm_jax.policy.sampling`), the
+scoring
 program `_score_rollout` (the reward, the policy's, reference's and SFT's log probs, the value,
 the advantages: the two Trainers' batches and per-row statistics) and the disagreement
 members' scorer; it calls the oracle on the host. The RM reward is standardised with
