@@ -38,13 +38,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
 
 from warm_jax.core.checkpoints import CheckpointError
 from warm_jax.cli_errors import print_error
-from warm_jax.merging import MergeConfigError, average_checkpoints, memory, method_names
+from warm_jax.merging import MergeConfigError, average_checkpoints, method_names
 
 __all__ = ["average_checkpoints", "main"]
 
@@ -83,12 +82,11 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
   import gin
   from warm_jax import configurables
-  from warm_jax.gin_utils import GinConfigError, parse_gin, split_gin_args
+  from warm_jax.gin_utils import (GinConfigError, host_program, parse_gin, setup_logging,
+                                  split_gin_args)
 
   argv = list(sys.argv[1:] if argv is None else argv)
-  logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s")
-  logging.getLogger().setLevel(os.environ.get("WARM_JAX_LOGLEVEL", "INFO"))
-  logging.getLogger("absl").setLevel(logging.WARNING)  # orbax narrates every save at INFO
+  setup_logging(quiet_absl=True)
   try:
     files, bindings, paths, rest = split_gin_args(argv)
     flags = vars(_parser().parse_args(rest))
@@ -101,11 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   if "head" in flags and flags["head"].lower() in ("none", ""):
     flags["head"] = None
 
-  # A host-only program: keep jax (imported by orbax) off any accelerator.
-  import jax
-  jax.config.update("jax_platforms", "cpu")
-  # Freed bands go straight back to the OS, so peak memory stays flat in M.
-  memory.pin_mmap_threshold()
+  host_program()  # no accelerator; freed bands go straight back to the OS (flat memory in M)
 
   use_gin = bool(files or bindings)
   if use_gin:

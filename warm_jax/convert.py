@@ -94,11 +94,9 @@ def parse_size(text: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  from warm_jax.gin_utils import GinConfigError, split_gin_args
+  from warm_jax.gin_utils import GinConfigError, host_program, setup_logging, split_gin_args
   argv = list(sys.argv[1:] if argv is None else argv)
-  logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s")
-  logging.getLogger().setLevel(os.environ.get("WARM_JAX_LOGLEVEL", "INFO"))
-  logging.getLogger("absl").setLevel(logging.WARNING)
+  setup_logging(quiet_absl=True)
   try:
     files, bindings, paths, rest = split_gin_args(argv)
     args = _parser().parse_args(rest)
@@ -119,13 +117,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print_error(f"{e}\n(see python -m warm_jax.convert --help)")
     return USAGE_EXIT_CODE
 
-  # A host program: keep jax (orbax, eval_shape) off any accelerator.
-  import jax
-  jax.config.update("jax_platforms", "cpu")
+  host_program()  # jax (orbax, eval_shape) off any accelerator; freed memory back to the OS
   from warm_jax.core.checkpoints import CheckpointError
   from warm_jax.hf import ConversionError, exporter, importer
   from warm_jax.merging import memory
-  memory.pin_mmap_threshold()
   t0 = time.time()
   try:
     if args.source_format:
