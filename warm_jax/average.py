@@ -37,13 +37,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from collections.abc import Sequence
 
-from warm_jax.core.checkpoints import CheckpointError
 from warm_jax.cli_errors import print_error
-from warm_jax.merging import MergeConfigError, average_checkpoints, method_names
+from warm_jax.merging import average_checkpoints, method_names
 
 __all__ = ["average_checkpoints", "main"]
 
@@ -80,10 +78,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  import gin
-  from warm_jax import configurables
-  from warm_jax.gin_utils import (GinConfigError, host_program, parse_gin, setup_logging,
-                                  split_gin_args)
+  """Parses the averager's flags (each one an `average_checkpoints` keyword, winning over gin)
+  and runs it through the gin front end (`gin_utils.run_entry`: the exit codes and error
+  messages of every command line; a refusal adds "nothing was written")."""
+  from warm_jax.gin_utils import GinConfigError, host_program, run_entry, setup_logging
+  from warm_jax.gin_utils import split_gin_args
 
   argv = list(sys.argv[1:] if argv is None else argv)
   setup_logging(quiet_absl=True)
@@ -98,51 +97,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
   if "head" in flags and flags["head"].lower() in ("none", ""):
     flags["head"] = None
-
   host_program()  # no accelerator; freed bands go straight back to the OS (flat memory in M)
+  return run_entry("average_checkpoints", files=files, bindings=bindings, paths=paths,
+                   kwargs=flags, required={"inputs": "--inputs", "output": "--output"},
+                   on_result=_print_summary, refusal_note="nothing was written")
 
-  use_gin = bool(files or bindings)
-  if use_gin:
-    # Only with gin input: registering every configurable imports the whole library (seconds).
-    configurables.register()
-    try:
-      parse_gin(files, bindings, paths)
-    except GinConfigError as e:
-      print_error(str(e))
-      return USAGE_EXIT_CODE
-  kwargs = dict(flags)
-  for required in ("inputs", "output"):
-    if required not in kwargs and not (use_gin and _gin_has(f"average_checkpoints.{required}")):
-      print_error(f"no --{required} (nor average_checkpoints.{required} in gin); see --help")
-      return USAGE_EXIT_CODE
-  try:
-    if use_gin:
-      with gin.unlock_config():
-        manifest = gin.get_configurable("average_checkpoints")(**kwargs)
-    else:
-      manifest = average_checkpoints(**kwargs)
-  except (MergeConfigError, CheckpointError, ValueError, OSError) as e:
-    logging.debug("averaging refused", exc_info=True)
-    # gin appends "In call to configurable ..." to the message; the message alone is clearer.
-    message = str(e).split("\n  In call to configurable")[0]
-    if "nothing was written" not in message:
-      message += "\nnothing was written"
-    print_error(f"{type(e).__name__}: {message}")
-    return REFUSED_EXIT_CODE
+
+def _print_summary(manifest: dict) -> None:
+  """The one JSON line a run prints: where the average is, its hash, time, memory, bytes."""
   print(json.dumps({"output": manifest["output"]["path"],
                     "content_hash": manifest["output"]["content_hash"],
                     "wall_s": manifest["wall_s"], "peak_rss_bytes": manifest["peak_rss_bytes"],
                     "bytes_read": manifest["bytes_read"]}))
-  return 0
-
-
-def _gin_has(name: str) -> bool:
-  import gin
-  try:
-    gin.query_parameter(name)
-  except ValueError:
-    return False
-  return True
 
 
 if __name__ == "__main__":

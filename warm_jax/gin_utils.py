@@ -187,20 +187,18 @@ def gin_main(argv: Sequence[str] | None, *, entry: str, doc: str, example: str,
              bindings: Sequence[str] = (),
              on_result: Callable[[Any], None] | None = None) -> int:
   """The body of every gin-configured `python -m warm_jax.*` entry point (the one gin front
-  end: train, evaluate, experiment, the data build, the stand-alone stage modules).
+  end: train, evaluate, experiment, the data build, the stand-alone stage modules; the
+  averager parses its own flags and then runs through `run_entry` too).
 
   Parses the gin flags, --multihost and the program's own `flags` (`command_line_flags`: each
   one a gin binding; `required` ones must be given; `bindings` are the program's own, applied
-  last), calls the configurable `entry` (then `on_result` with what it returned), and turns known, user-fixable failures into one clear
-  message and a non-zero exit: 2 for a bad command line or gin config (nothing was run), 1 for
-  a failure while running (the traceback is logged at DEBUG level: set WARM_JAX_LOGLEVEL=DEBUG)
+  last), and runs the configurable `entry` with `run_entry` (then `on_result` with what it
+  returned). Exit codes: 2 for a bad command line or gin config (nothing was run), 1 for a
+  failure while running (the traceback is logged at DEBUG level: set WARM_JAX_LOGLEVEL=DEBUG)
   or when another process of a multi-process job died (exiting at once rather than waiting in
   jax's shutdown barrier), 143 for a preemption (a checkpoint was saved).
   """
-  from warm_jax import configurables
-  from warm_jax.core.checkpoints import CheckpointError
-  from warm_jax.core.partitioning import is_peer_failure, maybe_initialize_distributed
-  from warm_jax.core.training_loop import NonFiniteError, Preempted
+  from warm_jax.core.partitioning import maybe_initialize_distributed
 
   argv = list(sys.argv[1:] if argv is None else argv)
   setup_logging()
@@ -221,15 +219,43 @@ def gin_main(argv: Sequence[str] | None, *, entry: str, doc: str, example: str,
     print_error(f"no {missing[0]} given")
     return 2
   maybe_initialize_distributed(enable=distributed or None)
+  return run_entry(entry, files=files, bindings=[*user_bindings, *extra, *bindings],
+                   paths=paths, on_result=on_result)
+
+
+def run_entry(entry: str, *, files: Sequence[str], bindings: Sequence[str],
+              paths: Sequence[str] = (), kwargs: Mapping[str, Any] | None = None,
+              required: Mapping[str, str] | None = None,
+              on_result: Callable[[Any], None] | None = None,
+              refusal_note: str | None = None) -> int:
+  """Registers the configurables, parses gin, calls the configurable `entry` with `kwargs`
+  (which win over its gin bindings) and maps failures to one clear message and an exit code
+  (`gin_main`'s: 2 bad config, 1 failure or a dead peer, 143 preemption).
+
+  required: {keyword: flag}: a keyword `entry` needs, either given in `kwargs` (the program's
+    flag) or bound in gin; neither is a usage error naming the flag.
+  refusal_note: a line added to the message of a refused run unless it already says it
+    (the averager: "nothing was written").
+  """
+  from warm_jax import configurables
+  from warm_jax.core.checkpoints import CheckpointError
+  from warm_jax.core.partitioning import is_peer_failure
+  from warm_jax.core.training_loop import NonFiniteError, Preempted
+
+  kwargs = dict(kwargs or {})
   configurables.register()
   try:
-    parse_gin(files, [*user_bindings, *extra, *bindings], paths)
+    parse_gin(files, bindings, paths)
   except GinConfigError as e:
     print_error(str(e))
     return 2
+  for keyword, flag in (required or {}).items():
+    if keyword not in kwargs and not _gin_binds(f"{entry}.{keyword}"):
+      print_error(f"no {flag} (nor {entry}.{keyword} in gin); see --help")
+      return 2
   try:
     with gin.unlock_config():
-      result = gin.get_configurable(entry)()
+      result = gin.get_configurable(entry)(**kwargs)
   except Preempted as e:
     print(f"preempted: {e}", file=sys.stderr)
     return PREEMPTED_EXIT_CODE
@@ -239,7 +265,10 @@ def gin_main(argv: Sequence[str] | None, *, entry: str, doc: str, example: str,
     if not isinstance(e, (ValueError, CheckpointError, NonFiniteError, OSError)):
       raise  # a bug: keep the traceback
     logging.debug("%s failed", entry, exc_info=True)
-    print_error(f"{type(e).__name__}: {error_message(e)}")
+    message = error_message(e)
+    if refusal_note and refusal_note not in message:
+      message += f"\n{refusal_note}"
+    print_error(f"{type(e).__name__}: {message}")
     return 1
   # the stage profile: the model FLOPs this run executed, where the experiment driver asks
   # (WARM_JAX_STAGE_FLOPS_FILE; write_stage_flops writes nothing without it or when no model
@@ -252,6 +281,15 @@ def gin_main(argv: Sequence[str] | None, *, entry: str, doc: str, example: str,
   if on_result is not None:
     on_result(result)
   return 0
+
+
+def _gin_binds(name: str) -> bool:
+  """Whether the parsed gin config binds `configurable.parameter`."""
+  try:
+    gin.query_parameter(name)
+  except ValueError:
+    return False
+  return True
 
 
 def error_message(error: BaseException) -> str:
