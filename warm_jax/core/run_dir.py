@@ -20,6 +20,7 @@ import json
 import math
 import os
 import shutil
+import tempfile
 import uuid
 from typing import Any
 
@@ -87,6 +88,15 @@ def write_operative_config(model_dir: str) -> str:
   os.makedirs(model_dir, exist_ok=True)
   atomic_write_text(os.path.join(model_dir, OPERATIVE_CONFIG), text)
   return text
+
+
+def staging_dir(output_dir: str) -> str:
+  """A new empty dir beside `output_dir` (`<name>.tmp-XXXX`, same file system), where a stage
+  writes its output before `install_dir` renames it into place (creating the parent)."""
+  output_dir = os.path.abspath(output_dir)
+  parent = os.path.dirname(output_dir)
+  os.makedirs(parent, exist_ok=True)
+  return tempfile.mkdtemp(prefix=f"{os.path.basename(output_dir)}.tmp-", dir=parent)
 
 
 def install_dir(tmp_dir: str, output_dir: str) -> None:

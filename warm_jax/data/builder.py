@@ -12,7 +12,6 @@ import dataclasses
 import logging
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -232,12 +231,10 @@ def build_dataset(*, output_dir: str, world: prefs.WorldConfig = prefs.WorldConf
                      "SEQ_LEN (a prompt plus its summary must fit SEQ_LEN)")
   output_dir = os.path.abspath(output_dir)
   _check_output_dir(output_dir, overwrite=overwrite)
-  parent = os.path.dirname(output_dir)
-  os.makedirs(parent, exist_ok=True)
   synthetic_preferences = preference_task == SYNTHETIC_PREFERENCE_TASK
   if not synthetic_preferences:  # the pairs come from the real task: skip the world's
     world = dataclasses.replace(world, n_train_pairs=0, n_val_pairs=0, n_ood_pairs=0)
-  tmp_dir = tempfile.mkdtemp(prefix=f"{os.path.basename(output_dir)}.tmp-", dir=parent)
+  tmp_dir = run_dir.staging_dir(output_dir)
   seconds: dict[str, float] = {}
   t_start = time.perf_counter()
   try:

@@ -55,7 +55,6 @@ import dataclasses
 import logging
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -358,9 +357,7 @@ def build_on_policy_data(*, output_dir: str | None, data_dir: str | None, model_
   settings = {"clean": 0.0, "corrupt": corruption_rate}
 
   output_dir = os.path.abspath(output_dir)
-  parent = os.path.dirname(output_dir)
-  os.makedirs(parent, exist_ok=True)
-  tmp_dir = tempfile.mkdtemp(prefix=f"{os.path.basename(output_dir)}.tmp-", dir=parent)
+  tmp_dir = run_dir.staging_dir(output_dir)
   try:
     t = time.perf_counter()
     stats: dict[str, Any] = {"kind": KIND, "settings": {}, "label_temperature": temperature}

@@ -48,7 +48,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -258,9 +257,7 @@ def build_policy_pairs(*, output_dir: str | None, data_dir: str | None,
 
   # -- the dir -------------------------------------------------------------------------------
   output_dir = os.path.abspath(output_dir)
-  parent = os.path.dirname(output_dir)
-  os.makedirs(parent, exist_ok=True)
-  tmp_dir = tempfile.mkdtemp(prefix=f"{os.path.basename(output_dir)}.tmp-", dir=parent)
+  tmp_dir = run_dir.staging_dir(output_dir)
   try:
     t = time.perf_counter()
     for name in (data_dir_lib.SPM_MODEL_FILE, f"{data_dir_lib.SPM_PREFIX}.vocab"):
