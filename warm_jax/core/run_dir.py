@@ -68,8 +68,10 @@ def write_json(path: str, value: Any, *, indent: int | None = 1) -> None:
 
 
 def write_done(directory: str, record: dict[str, Any]) -> None:
-  """Marks `directory` finished: DONE holds `record` as one JSON line (written last)."""
-  atomic_write_text(os.path.join(directory, DONE), json.dumps(record) + "\n")
+  """Marks `directory` finished: DONE holds `record` as one line of strict JSON (non-finite
+  numbers as null, like every other JSON file of a stage dir), written last and atomically."""
+  atomic_write_text(os.path.join(directory, DONE),
+                    json.dumps(finite_or_none(record), allow_nan=False) + "\n")
 
 
 def read_done(directory: str) -> dict[str, Any] | None:
