@@ -87,7 +87,11 @@ class SigtermFlag:
 
 
 class CheckpointSet:
-  """What a loop checkpoints, and when. Subclasses implement every method."""
+  """What a loop checkpoints, and when. A subclass implements `due` and `save` and lists its
+  checkpointers (anything with `latest_step`, `wait` and `finish`, e.g. `TrainCheckpointer`) in
+  `checkpointers`; `holds`, `wait` and `finish` cover all of them unless overridden."""
+
+  checkpointers: Sequence[Any] = ()
 
   def due(self, step: int) -> bool:
     """Whether the schedule saves `step` (asked before the hooks, which read metrics back
@@ -100,15 +104,17 @@ class CheckpointSet:
 
   def holds(self, step: int) -> bool:
     """Whether every checkpoint of the set has `step` as its latest."""
-    raise NotImplementedError
+    return all(c.latest_step() == step for c in self.checkpointers)
 
   def wait(self) -> None:
     """Blocks until the saves in flight are on disk (raising if a write failed)."""
-    raise NotImplementedError
+    for c in self.checkpointers:
+      c.wait()
 
   def finish(self, error: BaseException | None) -> None:
     """The loop's `finally`: `TrainCheckpointer.finish` of every checkpointer."""
-    raise NotImplementedError
+    for c in self.checkpointers:
+      c.finish(error)
 
 
 class TrainCheckpoints(CheckpointSet):
@@ -116,7 +122,7 @@ class TrainCheckpoints(CheckpointSet):
   manager's schedule (`save_every`) decides what is due."""
 
   def __init__(self, checkpointer):
-    self.checkpointer = checkpointer
+    self.checkpointer, self.checkpointers = checkpointer, [checkpointer]
 
   def due(self, step: int) -> bool:
     return self.checkpointer.manager.should_save(step)
@@ -124,15 +130,6 @@ class TrainCheckpoints(CheckpointSet):
   def save(self, step: int, state: Any, *, force: bool, due: bool) -> None:
     del due  # the checkpointer asks its own schedule
     self.checkpointer.save(step, state.params, state.opt_state, force=force)
-
-  def holds(self, step: int) -> bool:
-    return self.checkpointer.latest_step() == step
-
-  def wait(self) -> None:
-    self.checkpointer.wait()
-
-  def finish(self, error: BaseException | None) -> None:
-    self.checkpointer.finish(error)
 
 
 @dataclasses.dataclass(frozen=True)

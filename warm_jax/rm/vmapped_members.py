@@ -487,14 +487,6 @@ class _MemberCheckpoints(CheckpointSet):
   def holds(self, step: int) -> bool:
     return not self._behind(step)
 
-  def wait(self) -> None:
-    for c in self.checkpointers:
-      c.wait()
-
-  def finish(self, error: BaseException | None) -> None:
-    for c in self.checkpointers:
-      c.finish(error)
-
 
 def _fresh_init(trainer: Trainer) -> Any:
   """A random decoder and head from the member-level Trainer's seed: the same init for every

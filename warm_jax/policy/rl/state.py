@@ -77,7 +77,7 @@ class RLCheckpoints(CheckpointSet):
                value: ckpt_lib.TrainCheckpointer | None, anchor: AnchorCheckpointer | None,
                save_every: int):
     self.policy, self.value, self.anchor, self.save_every = policy, value, anchor, save_every
-    self.all = [c for c in (policy, value, anchor) if c is not None]
+    self.checkpointers = [c for c in (policy, value, anchor) if c is not None]
 
   def due(self, step: int) -> bool:
     return step % self.save_every == 0
@@ -90,17 +90,6 @@ class RLCheckpoints(CheckpointSet):
       self.value.save(step, state.value.params, state.value.opt_state, force=True)
     if self.anchor is not None:
       self.anchor.save(step, state.anchor)
-
-  def holds(self, step: int) -> bool:
-    return all(c.latest_step() == step for c in self.all)
-
-  def wait(self) -> None:
-    for c in self.all:
-      c.wait()
-
-  def finish(self, error: BaseException | None) -> None:
-    for c in self.all:
-      c.finish(error)
 
 
 def initial_state(*, start: int, checkpoints: RLCheckpoints, policy_trainer: Trainer,
