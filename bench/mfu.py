@@ -13,14 +13,27 @@ FLOPs per step are the objectives' own counts (PaLM appendix B: 6 x matmul param
 the attention term; the RM has no LM head and reads two sequences per pair), the numbers the
 Trainer's `perf/mfu` uses. Batches are full-length random tokens; the optimizer is the stages'
 default (Adafactor, clipping at 1).
+
+The honest ceiling for narrow models: a 2048^3 matmul is the CPU's best case, but the tiny
+(d_model 64) and small (128) presets multiply [tokens, 64] by [64, 64]-like operands, which no
+BLAS runs at that rate. So each row also times **the step's own matmuls alone**: every
+`dot_general` in the jitted train step's jaxpr (forward, backward, attention; found by walking
+the jaxpr and its sub-jaxprs, `step_matmuls`), run at their own shapes and dtypes in one
+compiled program of nothing else (`own_shape_rate`). Their FLOP/s is what this hardware gives
+those shapes; `MFU (own shapes)` divides the model FLOP/s by it, and `matmul share` is the
+dots-only time over the step time (the rest: softmax, norms, elementwise, the optimizer, the
+step's dispatch). The step's time is also split into its forward, forward + backward and
+optimizer update, each timed as its own jitted program (`StepBreakdown`).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 import tempfile
+from typing import Any, Callable
 
 from bench import common
 
@@ -45,15 +58,106 @@ class StepResult:
   matmul_flops_per_s: float
   mfu: float
   load: str
+  own_shape_flops_per_s: float | None = None  # the step's dot_generals alone, at their shapes
+  mfu_own_shapes: float | None = None
+  matmul_share: float | None = None  # dots-only seconds / step seconds
+  step_matmul_flops: float | None = None  # FLOPs of the step's dot_generals (jaxpr count)
+  breakdown: "StepBreakdown | None" = None
+
+
+@dataclasses.dataclass
+class StepBreakdown:
+  """Median seconds of the step's parts, each its own jitted program on the same batch."""
+
+  forward_s: float  # the loss alone
+  grads_s: float  # forward + backward (the summed gradient)
+  optimizer_s: float  # the optimizer update and the step's metrics, given the gradients
+  dots_s: float  # the step's dot_generals alone, at their own shapes
+  dots_flops: float  # their FLOPs (the jaxpr's count, beside the objective's analytic one)
+
+
+@dataclasses.dataclass(frozen=True)
+class Matmul:
+  """One dot_general of a traced program: operand shapes and dtypes, dimension numbers."""
+
+  lhs_shape: tuple[int, ...]
+  rhs_shape: tuple[int, ...]
+  lhs_dtype: str
+  rhs_dtype: str
+  dimension_numbers: Any
+  preferred_element_type: Any
+
+  @property
+  def flops(self) -> float:
+    """2 x batch x contracted x free(lhs) x free(rhs): multiply-adds counted as two FLOPs."""
+    (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = self.dimension_numbers
+    def free(shape, *used):
+      return math.prod(d for i, d in enumerate(shape) if not any(i in u for u in used))
+    return (2.0 * math.prod(self.lhs_shape[i] for i in lhs_contract)
+            * math.prod(self.lhs_shape[i] for i in lhs_batch)
+            * free(self.lhs_shape, lhs_contract, lhs_batch)
+            * free(self.rhs_shape, rhs_contract, rhs_batch))
+
+
+def step_matmuls(fn: Callable[..., Any], *args: Any) -> list[Matmul]:
+  """Every dot_general `fn(*args)` executes, from its jaxpr (sub-jaxprs of jit, grad, remat,
+  scan and cond included). A scan's body is listed once per trip, a cond's branches are all
+  listed: the steps measured here have neither (one microbatch)."""
+  import jax
+  from jax.extend import core as jax_core
+
+  found: list[Matmul] = []
+
+  def walk(jaxpr, trips: int = 1) -> None:
+    for eqn in jaxpr.eqns:
+      if eqn.primitive.name == "dot_general":
+        lhs, rhs = (v.aval for v in eqn.invars)
+        found.extend([Matmul(tuple(lhs.shape), tuple(rhs.shape), str(lhs.dtype), str(rhs.dtype),
+                             eqn.params["dimension_numbers"],
+                             eqn.params.get("preferred_element_type"))] * trips)
+      inner = trips * (eqn.params.get("length", 1) if eqn.primitive.name == "scan" else 1)
+      for value in eqn.params.values():
+        for sub in value if isinstance(value, (list, tuple)) else (value,):
+          if isinstance(sub, jax_core.ClosedJaxpr):
+            walk(sub.jaxpr, inner)
+          elif isinstance(sub, jax_core.Jaxpr):
+            walk(sub, inner)
+
+  walk(jax.make_jaxpr(fn)(*args).jaxpr)
+  return found
+
+
+def own_shape_rate(matmuls: list[Matmul], *, repeats: int = 5) -> tuple[float, float]:
+  """(FLOP/s, median seconds) of one jitted program that runs exactly `matmuls` (random
+  operands of their shapes and dtypes, every product returned so none is elided)."""
+  import jax
+  import numpy as np
+
+  rng = np.random.default_rng(0)
+  operands = [(jax.numpy.asarray(rng.standard_normal(m.lhs_shape), m.lhs_dtype),
+               jax.numpy.asarray(rng.standard_normal(m.rhs_shape), m.rhs_dtype))
+              for m in matmuls]
+
+  @jax.jit
+  def run(operands):
+    return [jax.lax.dot_general(a, b, m.dimension_numbers,
+                                preferred_element_type=m.preferred_element_type)
+            for (a, b), m in zip(operands, matmuls)]
+
+  timing = common.time_calls(lambda: jax.block_until_ready(run(operands)), repeats=repeats)
+  return sum(m.flops for m in matmuls) / timing.median, timing.median
 
 
 def measure_train_step(*, preset: str, kind: str, batch_size: int, seq_len: int,
                        vocab_size: int, steps: int, matmul_flops_per_s: float,
-                       partitioner=None, model_overrides: dict | None = None) -> StepResult:
+                       partitioner=None, model_overrides: dict | None = None,
+                       own_shapes: bool = True) -> StepResult:
   """Median step time of our jitted train step (`Trainer.train_step`) for one preset.
 
   kind: "rm" (PreferenceObjective: pairs, Bradley-Terry) or "lm" (LanguageModelObjective).
   matmul_flops_per_s: the hardware reference, timed by the caller in the same run.
+  own_shapes: also time the step's parts (`StepBreakdown`) and its matmuls alone at their own
+  shapes (the ceiling `mfu_own_shapes` divides by).
   """
   import jax
   import numpy as np
@@ -89,15 +193,51 @@ def measure_train_step(*, preset: str, kind: str, batch_size: int, seq_len: int,
       jax.block_until_ready(metrics)
 
     timing = common.time_calls(step, repeats=steps, warmup=1)
+    breakdown = (step_breakdown(trainer, state, sharded, repeats=steps) if own_shapes
+                 else None)
   flops_per_step = objective.train_flops_per_example(seq_len) * batch_size
   tokens_per_step = objective.tokens_per_example(seq_len) * batch_size
-  return StepResult(
+  model_flops_per_s = flops_per_step / timing.median
+  result = StepResult(
       preset=preset, kind=kind, num_params=trainer.num_params, dtype=config.dtype,
       batch_size=batch_size, seq_len=seq_len, step_s=timing.median,
-      tokens_per_s=tokens_per_step / timing.median,
-      model_flops_per_s=flops_per_step / timing.median,
+      tokens_per_s=tokens_per_step / timing.median, model_flops_per_s=model_flops_per_s,
       matmul_flops_per_s=matmul_flops_per_s,
-      mfu=flops_per_step / timing.median / matmul_flops_per_s, load=timing.load)
+      mfu=model_flops_per_s / matmul_flops_per_s, load=timing.load)
+  if breakdown is not None:
+    own_rate, breakdown = breakdown
+    result = dataclasses.replace(
+        result, own_shape_flops_per_s=own_rate, mfu_own_shapes=model_flops_per_s / own_rate,
+        matmul_share=breakdown.dots_s / timing.median, step_matmul_flops=breakdown.dots_flops,
+        breakdown=breakdown)
+  return result
+
+
+def step_breakdown(trainer, state, batch, *, repeats: int) -> tuple[float, StepBreakdown]:
+  """(own-shape matmul FLOP/s, the step's parts): the loss, its gradient and the optimizer
+  update each jitted alone on the same state and batch (what `Trainer._train_step_fn` chains),
+  and the step's dot_generals alone (`step_matmuls`, `own_shape_rate`)."""
+  import jax
+  from warm_jax.core.trainer import optimizer_step
+
+  key = jax.random.key(0)
+  objective = trainer.objective
+  forward = jax.jit(lambda params, b: objective.loss(params, b, None)[0])
+  grads = jax.jit(trainer._grads)
+  g, sums = grads(state.params, batch, key)
+  update = jax.jit(lambda st, g, s: optimizer_step(st, g, s, tx=trainer.tx,
+                                                   schedule=trainer.schedule))
+
+  def timed(fn) -> float:
+    return common.time_calls(lambda: jax.block_until_ready(fn()), repeats=repeats).median
+
+  matmuls = step_matmuls(trainer._train_step_fn, state, batch)
+  own_rate, dots_s = own_shape_rate(matmuls, repeats=repeats)
+  return own_rate, StepBreakdown(
+      forward_s=timed(lambda: forward(state.params, batch)),
+      grads_s=timed(lambda: grads(state.params, batch, key)),
+      optimizer_s=timed(lambda: update(state, g, sums)), dots_s=dots_s,
+      dots_flops=sum(m.flops for m in matmuls))
 
 
 def matmul_reference(dtype: str, *, size: int = 2048, repeats: int = 3) -> float:
@@ -129,13 +269,33 @@ def run(*, presets, kinds=("rm", "lm"), steps: int = 3, matmul_size: int = 2048,
 
 
 def table(results: list[StepResult]) -> str:
+  def opt(x, scale=1.0):
+    return "-" if x is None else x / scale
   return common.markdown_table(
       ["preset", "step", "params", "dtype", "batch x seq", "s/step (median)", "tokens/s",
-       "model GFLOP/s", "matmul GFLOP/s (same dtype, before/after)", "MFU", "load"],
+       "model GFLOP/s", "matmul GFLOP/s (same dtype, before/after)", "MFU",
+       "own-shape matmul GFLOP/s", "MFU (own shapes)", "matmul share", "load"],
       [[r.preset, r.kind.upper(), f"{r.num_params / 1e6:.2f}M", r.dtype,
         f"{r.batch_size} x {r.seq_len}" + (" pairs" if r.kind == "rm" else ""), r.step_s,
-        r.tokens_per_s, r.model_flops_per_s / 1e9, r.matmul_flops_per_s / 1e9, r.mfu, r.load]
+        r.tokens_per_s, r.model_flops_per_s / 1e9, r.matmul_flops_per_s / 1e9, r.mfu,
+        opt(r.own_shape_flops_per_s, 1e9), opt(r.mfu_own_shapes), opt(r.matmul_share), r.load]
        for r in results])
+
+
+def breakdown_table(results: list[StepResult]) -> str:
+  """Where a step's time goes: its parts, each timed alone (ms, and share of the step)."""
+  rows = []
+  for r in results:
+    b = r.breakdown
+    if b is None:
+      continue
+    def cell(seconds):
+      return f"{seconds * 1e3:.1f} ({seconds / r.step_s:.0%})"
+    rows.append([r.preset, r.kind.upper(), f"{r.step_s * 1e3:.1f}", cell(b.forward_s),
+                 cell(b.grads_s - b.forward_s), cell(b.optimizer_s), cell(b.dots_s), r.load])
+  return common.markdown_table(
+      ["preset", "step", "step ms", "forward ms (share)", "backward ms (grads - forward)",
+       "optimizer ms", "matmuls alone ms", "load"], rows)
 
 
 def main(argv=None) -> None:
@@ -150,6 +310,8 @@ def main(argv=None) -> None:
   print(common.header("MFU of the RM and LM train steps vs a same-run matmul"))
   results = run(presets=args.presets, kinds=args.kinds, steps=args.steps)
   print(table(results))
+  print()
+  print(breakdown_table(results))
   common.write_json(args.json, [dataclasses.asdict(r) for r in results])
 
 

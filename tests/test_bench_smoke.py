@@ -158,10 +158,45 @@ def test_mfu_is_model_flops_over_the_same_run_matmul():
   assert np.isclose(r.mfu, r.model_flops_per_s / reference)
   assert np.isclose(r.tokens_per_s * r.step_s, 2 * batch * seq)
   assert r.num_params == matmul_params + (VOCAB + SMALL["max_len"] + 1) * config.d_model + 1
+  # The own-shape ceiling: the step's matmuls alone, counted from its jaxpr, are the model's
+  # FLOPs to within the analytic count's conventions (PaLM's 6 x params per token, which
+  # ignores e.g. the reward head's dot and gradients a frozen or input weight does not need),
+  # and each part of the step took time.
+  assert abs(r.step_matmul_flops / flops - 1) < 0.05
+  assert r.own_shape_flops_per_s > 0 and np.isclose(
+      r.mfu_own_shapes, r.model_flops_per_s / r.own_shape_flops_per_s)
+  b = r.breakdown
+  assert min(b.forward_s, b.grads_s, b.optimizer_s, b.dots_s) > 0
+  assert np.isclose(r.matmul_share, b.dots_s / r.step_s)
+  assert "own-shape matmul GFLOP/s" in mfu.table([r]) and "optimizer ms" in mfu.breakdown_table([r])
   with pytest.raises(ValueError, match="kind"):
     mfu.measure_train_step(preset="tiny", kind="value", batch_size=batch, seq_len=seq,
                            vocab_size=VOCAB, steps=1, matmul_flops_per_s=reference,
                            model_overrides=SMALL)
+
+
+def test_step_matmuls_lists_every_dot_of_a_gradient_step():
+  """A two-layer MLP's loss gradient w.r.t. both weights: 2 forward dots, 3 backward (dW2,
+  dh, dW1; no dx), FLOPs 2 x m x k x n each; a scan's body counts once per trip."""
+  b, d, h, o = 5, 3, 7, 2
+  x, w1, w2 = np.ones((b, d), np.float32), np.ones((d, h), np.float32), np.ones((h, o),
+                                                                              np.float32)
+  def loss(w1, w2):
+    return jax.numpy.sum(jax.numpy.tanh(x @ w1) @ w2)
+  dots = mfu.step_matmuls(jax.grad(loss, argnums=(0, 1)), w1, w2)
+  assert len(dots) == 5
+  assert sum(m.flops for m in dots) == 2 * (2 * b * d * h) + 3 * (2 * b * h * o)
+  assert {(m.lhs_shape, m.rhs_shape) for m in dots} >= {((b, d), (d, h)), ((b, h), (h, o))}
+
+  def scanned(w):
+    return jax.lax.scan(lambda c, _: (c @ w, None), x, None, length=4)[0]
+  assert len(mfu.step_matmuls(scanned, np.ones((d, d), np.float32))) == 4
+  # Batched dims count once: [2, b, d] x [2, d, h] over the leading batch dim.
+  batched = mfu.step_matmuls(lambda a, c: jax.numpy.einsum("nbd,ndh->nbh", a, c),
+                             np.ones((2, b, d), np.float32), np.ones((2, d, h), np.float32))
+  assert [m.flops for m in batched] == [2 * 2 * b * d * h]
+  rate, seconds = mfu.own_shape_rate(dots, repeats=2)
+  assert seconds > 0 and np.isclose(rate * seconds, sum(m.flops for m in dots))
 
 
 # -------------------------------------------------------------------------------------------------
