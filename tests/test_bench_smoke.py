@@ -271,3 +271,20 @@ def test_decoding_benchmark_compares_cache_and_recompute():
   # both sides decoded the same prompts with the same key: the cache changes no token
   assert row["token_agreement"] == 1.0
   assert "cache / recompute" in decoding.table([row])
+  # The roofline's bytes: the params tree's own bytes (float32) + keys and values of every
+  # layer, row and slot (prompt + new tokens), counted here from the cache decoding allocates.
+  from warm_jax.models import LanguageModel
+  from warm_jax.models.transformer import init_kv_cache
+  from warm_jax.rm.scoring import unboxed_init
+  config = common.preset_config("tiny", vocab_size=VOCAB, **SMALL)
+  params = unboxed_init(LanguageModel(config), 0)
+  cache = init_kv_cache(config, batch_size=2, length=7)
+  kv_bytes = sum(x.nbytes for x in (*cache.keys, *cache.values))
+  assert decoding.step_bytes(config, batch_size=2, cache_length=7) == kv_bytes + sum(
+      np.asarray(x).nbytes for x in jax.tree_util.tree_leaves(params))
+  assert row["step_bytes"] == decoding.step_bytes(config, batch_size=2, cache_length=7)
+  assert np.isclose(row["memory_bound_tokens_per_s"],
+                    2 * row["read_bytes_per_s"] / row["step_bytes"])
+  assert np.isclose(row["of_roofline"], row["cache_tokens_per_s"] / min(
+      row["memory_bound_tokens_per_s"], row["flop_bound_tokens_per_s"]))
+  assert "cache vs roofline" in decoding.table([row])
