@@ -8,7 +8,7 @@ import pytest
 
 from conftest import tiny_config
 from warm_jax.models import LanguageModel, RewardModel, TransformerConfig, ValueModel
-from warm_jax.models.transformer import apply_rope, dot_product_attention
+from warm_jax.models.transformer import apply_rope, attend_to_cache, dot_product_attention
 
 VARIANTS = {
     "gpt2": {},
@@ -122,6 +122,11 @@ def test_grouped_query_attention_matches_numpy(kv_heads):
   expected = _numpy_attention(q, k, v, allowed)
   np.testing.assert_allclose(out[0], expected[0], atol=1e-5)
   np.testing.assert_allclose(out[1, 2:], expected[1, 2:], atol=1e-5)  # pad queries unread
+  # Decoding reads the same keys and values from the head-major cache [batch, kv, slots, hd].
+  cached = attend_to_cache(jnp.asarray(q), jnp.asarray(k.transpose(0, 2, 1, 3)),
+                           jnp.asarray(v.transpose(0, 2, 1, 3)), jnp.asarray(allowed))
+  np.testing.assert_allclose(cached[0], expected[0], atol=1e-5)
+  np.testing.assert_allclose(cached[1, 2:], expected[1, 2:], atol=1e-5)
 
 
 def test_rope_matches_formula_and_is_relative():

@@ -61,7 +61,9 @@ class KVCache(flax.struct.PyTreeNode):
   """Decoding state of a `Decoder`: keys and values of every layer for `length` slots.
 
   Attributes:
-    keys, values: one [batch, length, kv_heads, head_dim] array per layer (compute dtype).
+    keys, values: one [batch, kv_heads, length, head_dim] array per layer (compute dtype):
+      head-major, so that attention over the cache contracts it with its batch dims leading
+      and no step copies (transposes) the whole cache (`attend_to_cache`).
     mask: [batch, length] int32, 1 where a real token has been written (pads and empty slots 0).
     index: [] int32, the next slot to write; slots >= index are empty.
   """
@@ -82,7 +84,7 @@ def init_kv_cache(config: TransformerConfig, *, batch_size: int, length: int) ->
     raise ValueError(f"a decoding cache of {length} slots (prompt + new tokens) exceeds the "
                      f"model's max_len {config.max_len}: shorten the prompts or "
                      "max_new_tokens, or use a model with a larger max_len")
-  shape = (batch_size, length, config.kv_heads, config.per_head_dim)
+  shape = (batch_size, config.kv_heads, length, config.per_head_dim)
   zeros = tuple(jnp.zeros(shape, config.compute_dtype) for _ in range(config.num_layers))
   return KVCache(keys=zeros, values=tuple(jnp.zeros_like(z) for z in zeros),
                  mask=jnp.zeros((batch_size, length), jnp.int32),
@@ -203,8 +205,8 @@ class Attention(nn.Module):
                cache: tuple[Array, Array, Array, Array] | None = None):
     """Training: x [batch, length, d_model] -> [batch, length, d_model].
 
-    Decoding: `cache` = (keys, values, index, allowed) with keys/values [batch, slots,
-    kv_heads, head_dim], `index` the slot of x's first token and `allowed` [batch, 1, chunk,
+    Decoding: `cache` = (keys, values, index, allowed) with keys/values [batch, kv_heads,
+    slots, head_dim] (head-major, as `KVCache`), `index` the slot of x's first token and `allowed` [batch, 1, chunk,
     slots]; x's keys/values are written at slots index.. and x attends over every slot
     `allowed` permits. Returns (output, (keys, values)).
     """
@@ -224,11 +226,14 @@ class Attention(nn.Module):
       out = dot_product_attention(q, k, v, causal_padding_mask(mask))
     else:
       keys, values, index, allowed = cache
-      keys = jax.lax.dynamic_update_slice(keys, k.astype(keys.dtype), (0, index, 0, 0))
-      values = jax.lax.dynamic_update_slice(values, v.astype(values.dtype), (0, index, 0, 0))
-      keys = nn.with_logical_constraint(keys, ("batch", "length", "kv_heads", "head_dim"))
-      values = nn.with_logical_constraint(values, ("batch", "length", "kv_heads", "head_dim"))
-      out = dot_product_attention(q, keys, values, allowed)
+      # The chunk's keys/values [batch, chunk, kv, hd] go into the head-major cache.
+      keys = jax.lax.dynamic_update_slice(
+          keys, k.transpose(0, 2, 1, 3).astype(keys.dtype), (0, 0, index, 0))
+      values = jax.lax.dynamic_update_slice(
+          values, v.transpose(0, 2, 1, 3).astype(values.dtype), (0, 0, index, 0))
+      keys = nn.with_logical_constraint(keys, ("batch", "kv_heads", "length", "head_dim"))
+      values = nn.with_logical_constraint(values, ("batch", "kv_heads", "length", "head_dim"))
+      out = attend_to_cache(q, keys, values, allowed)
     out = nn.with_logical_constraint(out, ("batch", "length", "heads", "head_dim"))
     out = _dense(cfg.d_model, ("heads", "head_dim", "embed"), cfg, "out", num_in=2)(out)
     out = dropout(self, out, rate)
@@ -261,6 +266,29 @@ def dot_product_attention(q: Array, k: Array, v: Array, allowed: Array) -> Array
   scores = jnp.where(allowed, scores, _MASK_VALUE)
   probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
   out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v)
+  return out.reshape(b, tq, h, hd)
+
+
+def attend_to_cache(q: Array, keys: Array, values: Array, allowed: Array) -> Array:
+  """`dot_product_attention` over a head-major KV cache (decoding).
+
+  Args:
+    q: [batch, q_len, heads, head_dim] (the chunk being decoded: 1 token, or the prompt).
+    keys, values: [batch, kv_heads, slots, head_dim], the cache as `KVCache` stores it.
+    allowed: boolean, broadcastable to [batch, heads, q_len, slots].
+  Returns:
+    [batch, q_len, heads, head_dim]. The same arithmetic as `dot_product_attention` on the
+    token-major layout; only the small query is transposed, never the cache.
+  """
+  b, tq, h, hd = q.shape
+  kv = keys.shape[1]
+  q = q.reshape(b, tq, kv, h // kv, hd)
+  scores = jnp.einsum("bqkgd,bksd->bkgqs", q, keys).astype(jnp.float32) / jnp.sqrt(hd)
+  allowed = allowed.reshape(allowed.shape[0], 1, 1, *allowed.shape[-2:]) if allowed.shape[1] == 1 \
+      else allowed.reshape(allowed.shape[0], kv, h // kv, *allowed.shape[-2:])
+  scores = jnp.where(allowed, scores, _MASK_VALUE)
+  probs = jax.nn.softmax(scores, axis=-1).astype(values.dtype)
+  out = jnp.einsum("bkgqs,bksd->bqkgd", probs, values)
   return out.reshape(b, tq, h, hd)
 
 
