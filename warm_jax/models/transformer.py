@@ -261,12 +261,17 @@ def dot_product_attention(q: Array, k: Array, v: Array, allowed: Array) -> Array
   kv = k.shape[2]
   q = q.reshape(b, tq, kv, h // kv, hd)
   scores = jnp.einsum("bqkgd,bskd->bkgqs", q, k).astype(jnp.float32) / jnp.sqrt(hd)
-  allowed = allowed.reshape(allowed.shape[0], 1, 1, *allowed.shape[-2:]) if allowed.shape[1] == 1 \
-      else allowed.reshape(allowed.shape[0], kv, h // kv, *allowed.shape[-2:])
-  scores = jnp.where(allowed, scores, _MASK_VALUE)
-  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  probs = _masked_softmax(scores, allowed, kv, h).astype(v.dtype)
   out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v)
   return out.reshape(b, tq, h, hd)
+
+
+def _masked_softmax(scores: Array, allowed: Array, kv: int, h: int) -> Array:
+  """softmax over the keys of scores [batch, kv, groups, q_len, k_len], disallowed keys masked
+  (`allowed` broadcastable to [batch, heads, q_len, k_len])."""
+  allowed = allowed.reshape(allowed.shape[0], 1, 1, *allowed.shape[-2:]) if allowed.shape[1] == 1 \
+      else allowed.reshape(allowed.shape[0], kv, h // kv, *allowed.shape[-2:])
+  return jax.nn.softmax(jnp.where(allowed, scores, _MASK_VALUE), axis=-1)
 
 
 def attend_to_cache(q: Array, keys: Array, values: Array, allowed: Array) -> Array:
@@ -284,10 +289,7 @@ def attend_to_cache(q: Array, keys: Array, values: Array, allowed: Array) -> Arr
   kv = keys.shape[1]
   q = q.reshape(b, tq, kv, h // kv, hd)
   scores = jnp.einsum("bqkgd,bksd->bkgqs", q, keys).astype(jnp.float32) / jnp.sqrt(hd)
-  allowed = allowed.reshape(allowed.shape[0], 1, 1, *allowed.shape[-2:]) if allowed.shape[1] == 1 \
-      else allowed.reshape(allowed.shape[0], kv, h // kv, *allowed.shape[-2:])
-  scores = jnp.where(allowed, scores, _MASK_VALUE)
-  probs = jax.nn.softmax(scores, axis=-1).astype(values.dtype)
+  probs = _masked_softmax(scores, allowed, kv, h).astype(values.dtype)
   out = jnp.einsum("bkgqs,bksd->bqkgd", probs, values)
   return out.reshape(b, tq, h, hd)
 
