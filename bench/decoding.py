@@ -78,14 +78,14 @@ def read_rate(num_bytes: int, *, repeats: int = 5) -> float:
   return values.nbytes / timing.best
 
 
-def roofline(config, *, batch_size: int, cache_length: int, tokens_per_s: float,
-             matmul_flops_per_s: float | None = None) -> dict[str, float]:
+def roofline(config, *, batch_size: int, cache_length: int, tokens_per_s: float
+             ) -> dict[str, float]:
   """The hardware bound of cached decoding at this batch (see the module docstring): memory-
   and FLOP-limited tokens/s, the bound (the smaller) and `tokens_per_s` as a fraction of it."""
   from warm_jax.core import flops
   num_bytes = step_bytes(config, batch_size=batch_size, cache_length=cache_length)
   bandwidth = read_rate(num_bytes)
-  matmul = matmul_flops_per_s or flops.measure_matmul_flops(dtype=config.dtype, repeats=3)
+  matmul = flops.measure_matmul_flops(dtype=config.dtype, repeats=3)
   step_flops = batch_size * config.forward_flops_per_token(cache_length)
   memory_bound = batch_size * bandwidth / num_bytes
   flop_bound = batch_size * matmul / step_flops

@@ -61,7 +61,6 @@ class StepResult:
   own_shape_flops_per_s: float | None = None  # the step's dot_generals alone, at their shapes
   mfu_own_shapes: float | None = None
   matmul_share: float | None = None  # dots-only seconds / step seconds
-  step_matmul_flops: float | None = None  # FLOPs of the step's dot_generals (jaxpr count)
   breakdown: "StepBreakdown | None" = None
 
 
@@ -205,18 +204,17 @@ def measure_train_step(*, preset: str, kind: str, batch_size: int, seq_len: int,
       matmul_flops_per_s=matmul_flops_per_s,
       mfu=model_flops_per_s / matmul_flops_per_s, load=timing.load)
   if breakdown is not None:
-    own_rate, breakdown = breakdown
+    own_rate = breakdown.dots_flops / breakdown.dots_s
     result = dataclasses.replace(
         result, own_shape_flops_per_s=own_rate, mfu_own_shapes=model_flops_per_s / own_rate,
-        matmul_share=breakdown.dots_s / timing.median, step_matmul_flops=breakdown.dots_flops,
-        breakdown=breakdown)
+        matmul_share=breakdown.dots_s / timing.median, breakdown=breakdown)
   return result
 
 
-def step_breakdown(trainer, state, batch, *, repeats: int) -> tuple[float, StepBreakdown]:
-  """(own-shape matmul FLOP/s, the step's parts): the loss, its gradient and the optimizer
-  update each jitted alone on the same state and batch (what `Trainer._train_step_fn` chains),
-  and the step's dot_generals alone (`step_matmuls`, `own_shape_rate`)."""
+def step_breakdown(trainer, state, batch, *, repeats: int) -> StepBreakdown:
+  """The step's parts: the loss, its gradient and the optimizer update each jitted alone on
+  the same state and batch (what `Trainer._train_step_fn` chains), and the step's dot_generals
+  alone (`step_matmuls`, `own_shape_rate`; their FLOP/s is dots_flops / dots_s)."""
   import jax
   from warm_jax.core.trainer import optimizer_step
 
@@ -232,8 +230,8 @@ def step_breakdown(trainer, state, batch, *, repeats: int) -> tuple[float, StepB
     return common.time_calls(lambda: jax.block_until_ready(fn()), repeats=repeats).median
 
   matmuls = step_matmuls(trainer._train_step_fn, state, batch)
-  own_rate, dots_s = own_shape_rate(matmuls, repeats=repeats)
-  return own_rate, StepBreakdown(
+  _, dots_s = own_shape_rate(matmuls, repeats=repeats)
+  return StepBreakdown(
       forward_s=timed(lambda: forward(state.params, batch)),
       grads_s=timed(lambda: grads(state.params, batch, key)),
       optimizer_s=timed(lambda: update(state, g, sums)), dots_s=dots_s,

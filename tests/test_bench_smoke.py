@@ -162,7 +162,7 @@ def test_mfu_is_model_flops_over_the_same_run_matmul():
   # FLOPs to within the analytic count's conventions (PaLM's 6 x params per token, which
   # ignores e.g. the reward head's dot and gradients a frozen or input weight does not need),
   # and each part of the step took time.
-  assert abs(r.step_matmul_flops / flops - 1) < 0.05
+  assert abs(r.breakdown.dots_flops / flops - 1) < 0.05
   assert r.own_shape_flops_per_s > 0 and np.isclose(
       r.mfu_own_shapes, r.model_flops_per_s / r.own_shape_flops_per_s)
   b = r.breakdown

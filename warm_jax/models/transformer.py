@@ -206,9 +206,9 @@ class Attention(nn.Module):
     """Training: x [batch, length, d_model] -> [batch, length, d_model].
 
     Decoding: `cache` = (keys, values, index, allowed) with keys/values [batch, kv_heads,
-    slots, head_dim] (head-major, as `KVCache`), `index` the slot of x's first token and `allowed` [batch, 1, chunk,
-    slots]; x's keys/values are written at slots index.. and x attends over every slot
-    `allowed` permits. Returns (output, (keys, values)).
+    slots, head_dim] (head-major, as `KVCache`), `index` the slot of x's first token and
+    `allowed` [batch, 1, chunk, slots]; x's keys/values are written at slots index.. and x
+    attends over every slot `allowed` permits. Returns (output, (keys, values)).
     """
     cfg = self.config
     h, kv, hd = cfg.num_heads, cfg.kv_heads, cfg.per_head_dim
@@ -257,21 +257,7 @@ def dot_product_attention(q: Array, k: Array, v: Array, allowed: Array) -> Array
   Returns:
     [batch, q_len, heads, head_dim]
   """
-  b, tq, h, hd = q.shape
-  kv = k.shape[2]
-  q = q.reshape(b, tq, kv, h // kv, hd)
-  scores = jnp.einsum("bqkgd,bskd->bkgqs", q, k).astype(jnp.float32) / jnp.sqrt(hd)
-  probs = _masked_softmax(scores, allowed, kv, h).astype(v.dtype)
-  out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v)
-  return out.reshape(b, tq, h, hd)
-
-
-def _masked_softmax(scores: Array, allowed: Array, kv: int, h: int) -> Array:
-  """softmax over the keys of scores [batch, kv, groups, q_len, k_len], disallowed keys masked
-  (`allowed` broadcastable to [batch, heads, q_len, k_len])."""
-  allowed = allowed.reshape(allowed.shape[0], 1, 1, *allowed.shape[-2:]) if allowed.shape[1] == 1 \
-      else allowed.reshape(allowed.shape[0], kv, h // kv, *allowed.shape[-2:])
-  return jax.nn.softmax(jnp.where(allowed, scores, _MASK_VALUE), axis=-1)
+  return _attention(q, k, v, allowed, kv_layout="bskd")
 
 
 def attend_to_cache(q: Array, keys: Array, values: Array, allowed: Array) -> Array:
@@ -285,12 +271,21 @@ def attend_to_cache(q: Array, keys: Array, values: Array, allowed: Array) -> Arr
     [batch, q_len, heads, head_dim]. The same arithmetic as `dot_product_attention` on the
     token-major layout; only the small query is transposed, never the cache.
   """
+  return _attention(q, keys, values, allowed, kv_layout="bksd")
+
+
+def _attention(q: Array, k: Array, v: Array, allowed: Array, *, kv_layout: str) -> Array:
+  """Both layouts' attention: `kv_layout` names k's and v's axes as einsum letters (b batch, s
+  key slot, k kv head, d head dim), "bskd" token-major or "bksd" head-major."""
   b, tq, h, hd = q.shape
-  kv = keys.shape[1]
+  kv = k.shape[kv_layout.index("k")]
   q = q.reshape(b, tq, kv, h // kv, hd)
-  scores = jnp.einsum("bqkgd,bksd->bkgqs", q, keys).astype(jnp.float32) / jnp.sqrt(hd)
-  probs = _masked_softmax(scores, allowed, kv, h).astype(values.dtype)
-  out = jnp.einsum("bkgqs,bksd->bqkgd", probs, values)
+  scores = jnp.einsum(f"bqkgd,{kv_layout}->bkgqs", q, k).astype(jnp.float32) / jnp.sqrt(hd)
+  allowed = allowed.reshape(allowed.shape[0], 1, 1, *allowed.shape[-2:]) if allowed.shape[1] == 1 \
+      else allowed.reshape(allowed.shape[0], kv, h // kv, *allowed.shape[-2:])
+  scores = jnp.where(allowed, scores, _MASK_VALUE)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  out = jnp.einsum(f"bkgqs,{kv_layout}->bqkgd", probs, v)
   return out.reshape(b, tq, h, hd)
 
 
