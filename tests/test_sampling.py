@@ -15,7 +15,8 @@ from warm_jax.models.transformer import init_kv_cache
 from warm_jax.core.partitioning import Partitioner
 from warm_jax.policy.objective import token_log_probs
 from warm_jax.policy.sampling import (Sampler, SamplingConfig, check_left_padded, filter_logits,
-                                      join_prompt_and_response, trim_padding)
+                                      first_argmax, gumbel_max_draw, join_prompt_and_response,
+                                      trim_padding)
 
 LLAMA = dict(norm="rmsnorm", positions="rotary", mlp_activation="swiglu", tie_embeddings=False,
              use_bias=False, num_kv_heads=2)
@@ -126,6 +127,27 @@ def test_sampling_is_deterministic_per_seed_whatever_the_batching():
   order = np.arange(12)[::-1]
   c = sampler.sample(params, tokens[order], mask[order], seed=7, row_ids=order)
   np.testing.assert_array_equal(c.tokens, a.tokens[order])
+
+
+def test_the_draw_is_jax_categorical_and_the_argmax_numpys():
+  """The sampler's token draw (max, then the first index hitting it) against the reductions it
+  replaces: numpy's argmax (first maximum; NaN counts as the maximum) on rows with ties, -inf
+  and NaN, and jax.random.categorical on the same keys, token for token."""
+  rng = np.random.default_rng(0)
+  x = rng.integers(-3, 4, (64, 37)).astype(np.float32)  # many ties
+  x[5, :] = -np.inf
+  x[6, 10:] = -np.inf
+  x[7, [3, 20]] = np.nan
+  x[8, 0] = np.nan
+  np.testing.assert_array_equal(np.asarray(jax.jit(first_argmax)(jnp.asarray(x))),
+                                np.argmax(x, axis=-1))
+  for vocab, temperature in ((37, 1.0), (1024, 0.9)):
+    logits = jnp.asarray(rng.normal(size=(256, vocab)) * 3 / temperature, jnp.float32)
+    logits = filter_logits(logits, top_k=vocab // 3)  # -inf outside the top-k, as sampled
+    keys = jax.random.split(jax.random.key(vocab), logits.shape[0])
+    ours = np.asarray(jax.jit(gumbel_max_draw)(keys, logits))
+    np.testing.assert_array_equal(ours, np.asarray(jax.vmap(jax.random.categorical)(keys, logits)))
+    assert len(np.unique(ours)) > 10  # a real draw, not one token
 
 
 def test_filters_and_left_padding_check():

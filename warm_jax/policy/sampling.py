@@ -102,6 +102,27 @@ def filter_logits(logits: Array, *, top_k: int = 0, top_p: float = 1.0) -> Array
   return logits
 
 
+def first_argmax(x: Array) -> Array:
+  """jnp.argmax(x, axis=-1) -- the first index of the maximum, NaN counted as the maximum --
+  as two plain reductions (a max, then a min over the indices that hit it).
+
+  XLA on CPU lowers argmax to one variadic (value, index) reduction that does not vectorise;
+  this form gives the same indices 2-3x faster on [batch, vocab] logits (bench.decoding).
+  """
+  best = jnp.max(x, axis=-1, keepdims=True)  # NaN if the row has one
+  hit = (x == best) | jnp.isnan(x)
+  ids = jnp.arange(x.shape[-1], dtype=jnp.int32)
+  return jnp.min(jnp.where(hit, ids, x.shape[-1]), axis=-1)
+
+
+def gumbel_max_draw(keys: Array, logits: Array) -> Array:
+  """One draw per row of logits [batch, vocab] with per-row keys [batch]: the same token as
+  jax.vmap(jax.random.categorical)(keys, logits) -- the same Gumbel noise, the same first-index
+  tie rule -- through `first_argmax`."""
+  noise = jax.vmap(lambda key, row: jax.random.gumbel(key, row.shape, row.dtype))(keys, logits)
+  return first_argmax(noise + logits)
+
+
 def sample_tokens(logits: Array, keys: Array, config: SamplingConfig) -> tuple[Array, Array]:
   """One token per row from logits [batch, vocab] with per-row keys [batch].
 
@@ -110,12 +131,12 @@ def sample_tokens(logits: Array, keys: Array, config: SamplingConfig) -> tuple[A
   """
   logits = logits.astype(jnp.float32)
   if config.greedy:
-    tokens = jnp.argmax(logits, axis=-1)
+    tokens = first_argmax(logits)
     scaled = logits
   else:
     scaled = logits / config.temperature
     filtered = filter_logits(scaled, top_k=config.top_k, top_p=config.top_p)
-    tokens = jax.vmap(jax.random.categorical)(keys, filtered)
+    tokens = gumbel_max_draw(keys, filtered)
   log_probs = jnp.take_along_axis(jax.nn.log_softmax(scaled, axis=-1), tokens[:, None],
                                   axis=-1)[:, 0]
   return tokens.astype(jnp.int32), log_probs
