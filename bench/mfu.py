@@ -24,6 +24,10 @@ those shapes; `MFU (own shapes)` divides the model FLOP/s by it, and `matmul sha
 dots-only time over the step time (the rest: softmax, norms, elementwise, the optimizer, the
 step's dispatch). The step's time is also split into its forward, forward + backward and
 optimizer update, each timed as its own jitted program (`StepBreakdown`).
+
+The same matmuls are also timed as torch einsums in the same process (`torch_shape_rate`,
+where torch is installed, as in bench/.venv): the BLAS behind TRL's `RewardTrainer` on the
+shapes our step multiplies, so a gap to TRL can be split into the kernels and the rest.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
+import string
 import sys
 import tempfile
 from typing import Any, Callable
@@ -62,6 +68,8 @@ class StepResult:
   mfu_own_shapes: float | None = None
   matmul_share: float | None = None  # dots-only seconds / step seconds
   breakdown: "StepBreakdown | None" = None
+  # The same dot_generals in torch (what TRL's step multiplies with), None without torch.
+  torch_own_shape_flops_per_s: float | None = None
 
 
 @dataclasses.dataclass
@@ -73,6 +81,7 @@ class StepBreakdown:
   optimizer_s: float  # the optimizer update and the step's metrics, given the gradients
   dots_s: float  # the step's dot_generals alone, at their own shapes
   dots_flops: float  # their FLOPs (the jaxpr's count, beside the objective's analytic one)
+  torch_dots_s: float | None = None  # the same dots as torch einsums (None: torch missing)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +105,21 @@ class Matmul:
             * math.prod(self.lhs_shape[i] for i in lhs_batch)
             * free(self.lhs_shape, lhs_contract, lhs_batch)
             * free(self.rhs_shape, rhs_contract, rhs_batch))
+
+  def einsum(self) -> str:
+    """The dot as an einsum equation, e.g. 'abc,adc->abd': dot_general's output order
+    (batch dims, then the lhs's free dims, then the rhs's)."""
+    (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = self.dimension_numbers
+    letters = iter(string.ascii_letters)
+    lhs, rhs = [""] * len(self.lhs_shape), [""] * len(self.rhs_shape)
+    for i, j in (*zip(lhs_batch, rhs_batch), *zip(lhs_contract, rhs_contract)):
+      lhs[i] = rhs[j] = next(letters)
+    lhs = [c or next(letters) for c in lhs]
+    rhs = [c or next(letters) for c in rhs]
+    out = ([lhs[i] for i in lhs_batch]
+           + [c for i, c in enumerate(lhs) if i not in (*lhs_contract, *lhs_batch)]
+           + [c for j, c in enumerate(rhs) if j not in (*rhs_contract, *rhs_batch)])
+    return f"{''.join(lhs)},{''.join(rhs)}->{''.join(out)}"
 
 
 def step_matmuls(fn: Callable[..., Any], *args: Any) -> list[Matmul]:
@@ -144,6 +168,32 @@ def own_shape_rate(matmuls: list[Matmul], *, repeats: int = 5) -> tuple[float, f
             for (a, b), m in zip(operands, matmuls)]
 
   timing = common.time_calls(lambda: jax.block_until_ready(run(operands)), repeats=repeats)
+  return sum(m.flops for m in matmuls) / timing.median, timing.median
+
+
+def torch_shape_rate(matmuls: list[Matmul], *, repeats: int = 5,
+                     threads: int | None = None) -> tuple[float, float] | None:
+  """(FLOP/s, median seconds) of the same matmuls as torch einsums (float32 operands, no
+  autograd), or None where torch is not installed: what the BLAS behind TRL's step gives the
+  shapes our step multiplies, timed in the same process as `own_shape_rate`."""
+  try:
+    import torch
+  except ImportError:
+    return None
+  import numpy as np
+
+  if threads:
+    torch.set_num_threads(threads)
+  rng = np.random.default_rng(0)
+  operands = [(m.einsum(), torch.from_numpy(rng.standard_normal(m.lhs_shape, np.float32)),
+               torch.from_numpy(rng.standard_normal(m.rhs_shape, np.float32)))
+              for m in matmuls]
+
+  def run():
+    with torch.no_grad():
+      return [torch.einsum(equation, a, b) for equation, a, b in operands]
+
+  timing = common.time_calls(run, repeats=repeats)
   return sum(m.flops for m in matmuls) / timing.median, timing.median
 
 
@@ -207,7 +257,9 @@ def measure_train_step(*, preset: str, kind: str, batch_size: int, seq_len: int,
     own_rate = breakdown.dots_flops / breakdown.dots_s
     result = dataclasses.replace(
         result, own_shape_flops_per_s=own_rate, mfu_own_shapes=model_flops_per_s / own_rate,
-        matmul_share=breakdown.dots_s / timing.median, breakdown=breakdown)
+        matmul_share=breakdown.dots_s / timing.median, breakdown=breakdown,
+        torch_own_shape_flops_per_s=(None if breakdown.torch_dots_s is None
+                                     else breakdown.dots_flops / breakdown.torch_dots_s))
   return result
 
 
@@ -231,11 +283,14 @@ def step_breakdown(trainer, state, batch, *, repeats: int) -> StepBreakdown:
 
   matmuls = step_matmuls(trainer._train_step_fn, state, batch)
   _, dots_s = own_shape_rate(matmuls, repeats=repeats)
+  # torch on as many threads as this process may use (XLA's CPU client uses them all).
+  in_torch = torch_shape_rate(matmuls, repeats=repeats, threads=len(os.sched_getaffinity(0)))
   return StepBreakdown(
       forward_s=timed(lambda: forward(state.params, batch)),
       grads_s=timed(lambda: grads(state.params, batch, key)),
       optimizer_s=timed(lambda: update(state, g, sums)), dots_s=dots_s,
-      dots_flops=sum(m.flops for m in matmuls))
+      dots_flops=sum(m.flops for m in matmuls),
+      torch_dots_s=None if in_torch is None else in_torch[1])
 
 
 def matmul_reference(dtype: str, *, size: int = 2048, repeats: int = 3) -> float:
@@ -272,11 +327,13 @@ def table(results: list[StepResult]) -> str:
   return common.markdown_table(
       ["preset", "step", "params", "dtype", "batch x seq", "s/step (median)", "tokens/s",
        "model GFLOP/s", "matmul GFLOP/s (same dtype, before/after)", "MFU",
-       "own-shape matmul GFLOP/s", "MFU (own shapes)", "matmul share", "load"],
+       "own-shape matmul GFLOP/s", "MFU (own shapes)", "matmul share",
+       "same matmuls in torch GFLOP/s", "load"],
       [[r.preset, r.kind.upper(), f"{r.num_params / 1e6:.2f}M", r.dtype,
         f"{r.batch_size} x {r.seq_len}" + (" pairs" if r.kind == "rm" else ""), r.step_s,
         r.tokens_per_s, r.model_flops_per_s / 1e9, r.matmul_flops_per_s / 1e9, r.mfu,
-        opt(r.own_shape_flops_per_s, 1e9), opt(r.mfu_own_shapes), opt(r.matmul_share), r.load]
+        opt(r.own_shape_flops_per_s, 1e9), opt(r.mfu_own_shapes), opt(r.matmul_share),
+        opt(r.torch_own_shape_flops_per_s, 1e9), r.load]
        for r in results])
 
 

@@ -7,6 +7,7 @@ sides (TRL, mergekit) need the bench virtualenv (bench/setup_env.sh) and are not
 the GPT-2 name map they use is checked with numpy alone.
 """
 
+import importlib.util
 import os
 import sys
 
@@ -168,6 +169,10 @@ def test_mfu_is_model_flops_over_the_same_run_matmul():
   b = r.breakdown
   assert min(b.forward_s, b.grads_s, b.optimizer_s, b.dots_s) > 0
   assert np.isclose(r.matmul_share, b.dots_s / r.step_s)
+  torch_installed = importlib.util.find_spec("torch") is not None
+  assert (b.torch_dots_s is not None) == torch_installed
+  if torch_installed:  # the same dots timed in torch
+    assert np.isclose(r.torch_own_shape_flops_per_s * b.torch_dots_s, b.dots_flops)
   assert "own-shape matmul GFLOP/s" in mfu.table([r]) and "optimizer ms" in mfu.breakdown_table([r])
   with pytest.raises(ValueError, match="kind"):
     mfu.measure_train_step(preset="tiny", kind="value", batch_size=batch, seq_len=seq,
@@ -196,6 +201,28 @@ def test_step_matmuls_lists_every_dot_of_a_gradient_step():
                              np.ones((2, b, d), np.float32), np.ones((2, d, h), np.float32))
   assert [m.flops for m in batched] == [2 * 2 * b * d * h]
   rate, seconds = mfu.own_shape_rate(dots, repeats=2)
+  assert seconds > 0 and np.isclose(rate * seconds, sum(m.flops for m in dots))
+
+
+def test_a_dot_as_an_einsum_and_in_torch():
+  """Matmul.einsum against jax.lax.dot_general itself (plain, transposed-contraction as in a
+  weight gradient, batched over a non-leading dim as in attention), and the torch timing of
+  the same dots."""
+  pytest.importorskip("torch")
+  rng = np.random.default_rng(0)
+  cases = [((5, 3), (3, 7), (((1,), (0,)), ((), ()))),
+           ((5, 3), (5, 7), (((0,), (0,)), ((), ()))),  # x^T g
+           ((2, 6, 4, 3), (2, 5, 4, 3), (((3,), (3,)), ((0, 2), (0, 2)))),  # b t h d, b s h d
+           ((4, 2, 6), (2, 6, 4, 3), (((1, 2), (0, 1)), ((), ())))]
+  dots = []
+  for lhs_shape, rhs_shape, numbers in cases:
+    a, b = (rng.standard_normal(s).astype(np.float32) for s in (lhs_shape, rhs_shape))
+    dot = mfu.Matmul(lhs_shape, rhs_shape, "float32", "float32", numbers, None)
+    np.testing.assert_allclose(np.einsum(dot.einsum(), a, b),
+                               np.asarray(jax.lax.dot_general(a, b, numbers)), rtol=1e-5, atol=1e-5)
+    dots.append(dot)
+  assert dots[2].einsum() == "adbc,aebc->abde"  # dot_general's order: batch, lhs, rhs free
+  rate, seconds = mfu.torch_shape_rate(dots, repeats=2, threads=1)
   assert seconds > 0 and np.isclose(rate * seconds, sum(m.flops for m in dots))
 
 
