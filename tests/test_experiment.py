@@ -2,6 +2,7 @@
 schema of metrics.json, report.md and the plots), its resume/skip logic and failure handling,
 and the policy findings' rules on hand-made numbers."""
 
+import copy
 import dataclasses
 import json
 import math
@@ -390,6 +391,15 @@ def test_policy_findings_follow_their_rules_on_hand_made_numbers():
   assert effects["rl/win_rate/warm_2"] is None
   assert effects["rl/warm_2_final_vs_single"] == pytest.approx(0.4 - 0.5)
   assert effects["rl/warm_2_peak_vs_single"] == pytest.approx(1.0 - 2.0)
+  # the whole run: every eval after step 0 (here all three, at steps 10-30)
+  assert effects["rl/warm_2_mean_vs_single"] == pytest.approx((1.9 - 3.5) / 3)
+  shifted = copy.deepcopy(metrics)
+  for run in shifted["rl"].values():  # a step-0 eval (the SFT policy) is left out
+    run["eval"]["step"] = [0, 10, 20]
+  shifted_effects = {f["id"]: f["effect"] for f in policy_findings(shifted)}
+  assert shifted_effects["rl/warm_2_mean_vs_single"] == pytest.approx((0.9 - 2.5) / 2)
+  shifted["rl"]["warm_2"]["eval"]["step"] = [0, 10, 30]  # evaluated at other steps: no finding
+  assert "rl/warm_2_mean_vs_single" not in {f["id"] for f in policy_findings(shifted)}
   assert effects["rl/single_final_vs_first"] == pytest.approx(0.5 - 1.0)
   assert effects["bon/warm_2_vs_best"] == pytest.approx(0.5)
   # the fall after the peak, from the win rate of each run's best step over its final step on

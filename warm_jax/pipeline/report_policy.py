@@ -247,6 +247,19 @@ def policy_findings(metrics: dict[str, Any]) -> list[dict[str, Any]]:
                      f"{single.get('kl_at_best', float('nan')):.2f})",
           "verdict": ("reproduced" if w["best_oracle"] > single["best_oracle"] else
                       "not reproduced") + " in this run"})
+      whole_run = _mean_after_step_0(w, single)
+      if whole_run is not None:
+        out.append({
+            "id": f"rl{suffix}/warm_{m}_mean_vs_single", "kind": "positive", "unit": "reward",
+            "effect": whole_run["effect"],
+            "finding": f"RL{alpha}: {label}'s policy is better than the single RM's over the whole "
+                       "run (mean eval oracle reward after step 0, fig. 8)",
+            "rule": "mean of the eval oracle rewards at steps > 0 higher (both runs evaluated at "
+                    "the same steps, on the same prompts, with the same sampling seed); "
+                    "registered 2026-12-07 after seeds 0-5, so seeds 6+ are its test",
+            "numbers": whole_run["numbers"],
+            "verdict": ("reproduced" if whole_run["effect"] > 0 else "not reproduced") +
+                       " in this run"})
       warm_fall = _fall_after_peak(wins, name, suffix, w)
       if single_fall and warm_fall:
         out.append({
@@ -285,6 +298,22 @@ def policy_findings(metrics: dict[str, Any]) -> list[dict[str, Any]]:
             "verdict": (f"not informative ({' and '.join(unchanged)} at its best step is the "
                         "SFT policy)") if unchanged else _interval_verdict(rate)})
   return out
+
+
+def _mean_after_step_0(run: dict[str, Any], single: dict[str, Any]) -> dict[str, Any] | None:
+  """A run's mean eval oracle reward at steps > 0 minus the single-RM run's (the area under
+  the oracle curve; the peak and the final eval are single noisy evals, this averages them
+  all), with its numbers; None when the two runs were not evaluated at the same steps."""
+  steps = list(run["eval"]["step"])
+  if steps != list(single["eval"]["step"]):
+    return None
+  after = [i for i, step in enumerate(steps) if step > 0]
+  if not after:
+    return None
+  mean = lambda r: sum(r["eval"]["eval/oracle_reward"][i] for i in after) / len(after)
+  return {"effect": mean(run) - mean(single),
+          "numbers": f"{mean(run):.3f} vs {mean(single):.3f} over {len(after)} evals (steps "
+                     f"{steps[after[0]]}-{steps[after[-1]]})"}
 
 
 def _fall_after_peak(wins: dict[str, Any], reward: str, suffix: str,
