@@ -310,9 +310,10 @@ def _mean_after_step_0(run: dict[str, Any], single: dict[str, Any]) -> dict[str,
   after = [i for i, step in enumerate(steps) if step > 0]
   if not after:
     return None
-  mean = lambda r: sum(r["eval"]["eval/oracle_reward"][i] for i in after) / len(after)
-  return {"effect": mean(run) - mean(single),
-          "numbers": f"{mean(run):.3f} vs {mean(single):.3f} over {len(after)} evals (steps "
+  ours, theirs = (sum(r["eval"]["eval/oracle_reward"][i] for i in after) / len(after)
+                  for r in (run, single))
+  return {"effect": ours - theirs,
+          "numbers": f"{ours:.3f} vs {theirs:.3f} over {len(after)} evals (steps "
                      f"{steps[after[0]]}-{steps[after[-1]]})"}
 
 

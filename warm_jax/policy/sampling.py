@@ -107,7 +107,8 @@ def first_argmax(x: Array) -> Array:
   as two plain reductions (a max, then a min over the indices that hit it).
 
   XLA on CPU lowers argmax to one variadic (value, index) reduction that does not vectorise;
-  this form gives the same indices 2-3x faster on [batch, vocab] logits (bench.decoding).
+  this form gives the same indices 2.3-2.9x faster on [64-512, 1024] logits (the draw alone,
+  bench/RESULTS.md section 8).
   """
   best = jnp.max(x, axis=-1, keepdims=True)  # NaN if the row has one
   hit = (x == best) | jnp.isnan(x)
