@@ -149,7 +149,7 @@ class MergeResult:
 
 def _process(result: common.ProcessResult) -> dict:
   return {"wall_s": result.wall_s, "cpu_s": result.cpu_s, "peak_rss_bytes":
-          result.peak_rss_bytes, "load": result.load}
+          result.peak_rss_bytes, "minor_faults": result.minor_faults, "load": result.load}
 
 
 def measure(*, orbax_dirs: list[str], hf_dirs: list[str], num_params: int, workdir: str,
@@ -227,17 +227,20 @@ def table(results: list[MergeResult]) -> str:
     mk, mkc, b = r.mergekit, r.mergekit_cold, r.baseline
     gib_of = lambda x: f"{x['peak_rss_bytes'] / gib:.2f}" if x else na  # noqa: E731
     cpu_of = lambda x: f"{x['cpu_s']:.1f}" if x else na  # noqa: E731
+    faults_of = lambda x: f"{x.get('minor_faults', 0) / 1e3:.0f}k" if x else na  # noqa: E731
     row = [r.num_members, f"{r.orbax_bytes / gb:.2f} / {r.safetensors_bytes / gb:.2f}"]
     if with_base:
       row += [b["wall_s"] if b else na, r.ours["wall_s"], mk["wall_s"] if mk else na,
               f"{mk['wall_s'] / b['wall_s']:.2f}x" if b and mk else na,
               f"**{r.ours_vs_mergekit:.2f}x**" if mk else na,
               f"{gib_of(b)} / {gib_of(r.ours)} / {gib_of(mk)}",
-              f"{cpu_of(b)} / {cpu_of(r.ours)} / {cpu_of(mk)}"]
+              f"{cpu_of(b)} / {cpu_of(r.ours)} / {cpu_of(mk)}",
+              f"{faults_of(b)} / {faults_of(r.ours)} / {faults_of(mk)}"]
     else:
       row += [r.ours["wall_s"], mk["wall_s"] if mk else na,
               f"**{r.ours_vs_mergekit:.2f}x**" if mk else na,
-              f"{gib_of(r.ours)} / {gib_of(mk)}", f"{cpu_of(r.ours)} / {cpu_of(mk)}"]
+              f"{gib_of(r.ours)} / {gib_of(mk)}", f"{cpu_of(r.ours)} / {cpu_of(mk)}",
+              f"{faults_of(r.ours)} / {faults_of(mk)}"]
     row += [
         r.cold_read_s, r.warm_read_s,
         f"{r.ours['wall_s'] / r.cold_read_s:.2f}x / {r.ours['wall_s'] / r.warm_read_s:.0f}x",
@@ -254,12 +257,13 @@ def table(results: list[MergeResult]) -> str:
     return common.markdown_table(
         ["M", "GB on disk (orbax / safetensors)", "before s", "ours s", "mergekit s",
          "mergekit / before (time)", "mergekit / ours (time)",
-         "peak RSS GiB (before / ours / mergekit)", "CPU s (before / ours / mergekit)", *tail,
+         "peak RSS GiB (before / ours / mergekit)", "CPU s (before / ours / mergekit)",
+         "minor page faults (before / ours / mergekit)", *tail,
          "load (before / ours / mk)"], rows)
   return common.markdown_table(
       ["M", "GB on disk (orbax / safetensors)", "ours s", "mergekit s",
        "mergekit / ours (time)", "peak RSS GiB (ours / mergekit)", "CPU s (ours / mergekit)",
-       *tail, "load (ours / mk)"], rows)
+       "minor page faults (ours / mergekit)", *tail, "load (ours / mk)"], rows)
 
 
 def main(argv=None) -> None:

@@ -138,14 +138,15 @@ with open(out_path, "wb") as out, open(err_path, "wb") as err:
 proc.returncode = os.waitstatus_to_exitcode(status)
 print(json.dumps({"wall_s": wall, "returncode": proc.returncode,
                   "peak_rss_bytes": usage.ru_maxrss * 1024,
-                  "user_s": usage.ru_utime, "sys_s": usage.ru_stime}))
+                  "user_s": usage.ru_utime, "sys_s": usage.ru_stime,
+                  "minor_faults": usage.ru_minflt}))
 """
 
 
 @dataclasses.dataclass
 class ProcessResult:
-  """What one measured subprocess cost (peak RSS: ru_maxrss of the child and its waited-for
-  descendants, from wait4)."""
+  """What one measured subprocess cost (peak RSS and minor page faults: ru_maxrss and ru_minflt
+  of the child and its waited-for descendants, from wait4)."""
 
   wall_s: float
   peak_rss_bytes: int
@@ -156,6 +157,7 @@ class ProcessResult:
   stderr: str
   load_before: float
   load_after: float
+  minor_faults: int = 0  # a page first touched (or mapped anew) costs one: kernel time
 
   @property
   def cpu_s(self) -> float:

@@ -73,6 +73,8 @@ def test_run_measured_reports_the_childs_own_peak_memory():
   # The pytest process holding jax is far larger than this child; the launcher keeps its peak
   # from being inherited, so the child's own ~200 MB (+ an interpreter) is what comes back.
   assert size <= result.peak_rss_bytes < size + 100 * MIB
+  # ... and the child's own page faults: one per 4 KiB page of the bytes it wrote, at least.
+  assert result.minor_faults >= size // 4096
   assert result.wall_s > 0 and result.returncode == 0
   with pytest.raises(RuntimeError, match="exited 3"):
     common.run_measured([sys.executable, "-c", "import sys; sys.exit(3)"])
@@ -264,6 +266,7 @@ def test_averager_benchmark_our_side(tmp_path):
   assert r.orbax_bytes == on_disk
   assert r.mergekit is None and r.cache_eviction.startswith("fadvise")
   assert r.ours["peak_rss_bytes"] > 0 and r.ours_internal_wall_s > 0
+  assert r.ours["minor_faults"] > 0
   assert {f: os.path.getmtime(f) for f in common.files_under(orbax_dirs)} == before
   assert not [p for p in os.listdir(tmp_path) if p.startswith("out_")]  # outputs cleaned up
   assert "n/a" in averager.table([r])

@@ -1,8 +1,14 @@
-"""Process memory for the streaming averager: its peak, and giving freed bands back.
+"""Process memory for the streaming averager: its peak, and giving freed memory back.
 
 Where it sits: `streaming.py` reports the peak in the manifest and trims after each leaf; the
-CLI (`warm_jax.average`, a host program) also pins glibc's mmap threshold. The library does
-not, since that setting is process-wide.
+CLI (`warm_jax.average`, a host program) also caps glibc's heap arenas. The library does not,
+since that setting is process-wide.
+
+glibc's mmap threshold is left dynamic on purpose. Pinned at its initial 128 KiB (as the CLI
+did until 2026-12-07), every buffer TensorStore allocates to read a storage chunk was a fresh
+mmap, faulted in page by page and unmapped on free: one minor page fault per 4 KiB of every
+member, 1.16M faults at M = 10 x 110M. Dynamic, those buffers come back from the heap and are
+reused (0.45-0.61M faults, the same peak memory within 0.1 GiB; bench/RESULTS.md section 9).
 """
 
 from __future__ import annotations
@@ -13,9 +19,10 @@ import resource
 from typing import Any
 
 _KIB = 1024  # VmHWM and ru_maxrss are in KiB on Linux
-# glibc's initial mmap threshold: blocks at least this large are mmap'ed and unmapped on free.
-MMAP_THRESHOLD_BYTES = 128 * 1024
-_M_MMAP_THRESHOLD = -3  # mallopt's parameter number, from glibc's malloc.h
+_M_ARENA_MAX = -8  # mallopt's parameter number, from glibc's malloc.h
+# Heap arenas for the whole process: TensorStore's reading threads share them, so a chunk
+# buffer freed by one thread is reused by the next read on another.
+MAX_HEAP_ARENAS = 2
 
 
 @functools.cache
@@ -54,14 +61,15 @@ def peak_rss_bytes() -> int:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * _KIB
 
 
-def pin_mmap_threshold() -> None:
-  """Stops glibc raising its mmap threshold after each large free (process-wide).
+def share_heap_arenas(max_arenas: int = MAX_HEAP_ARENAS) -> None:
+  """Caps glibc's heap arenas (process-wide; call before the reading threads start).
 
-  Otherwise every freed band (megabytes) makes the next ones come from the heap arenas, which
-  fragment and keep growing with the number of inputs read. Pinned, each band goes back to
-  the OS when freed and the peak stays flat in M (measured: +11 MB instead of +60 MB from 2 to
-  8 members of a 40 MB model).
+  By default each thread that allocates gets an arena of its own (up to 8 per core), so the
+  multi-megabyte buffers that TensorStore's threads free stay in their arenas and new reads
+  on other threads take fresh memory: the peak crept up with the number of members (+22-40
+  MB from 2 to 8 members of a 40 MB model, the test
+  `test_peak_memory_stays_near_one_model_as_members_grow`); with two shared arenas, +8-18 MB.
   """
   libc = _libc()
   if libc is not None and hasattr(libc, "mallopt"):
-    libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+    libc.mallopt(_M_ARENA_MAX, int(max_arenas))
