@@ -13,7 +13,8 @@ from warm_jax import seeds as seeds_lib
 
 
 def _metrics(effects):
-  kinds = {"wa_vs_best": "positive", "wa_vs_ens": "not_below", "members": "threshold"}
+  kinds = {"wa_vs_best": "positive", "wa_vs_ens": "not_below", "members": "threshold",
+           "late": "positive"}
   return {"findings": [
       {"id": fid, "finding": fid.replace("_", " "), "rule": "r", "kind": kinds[fid],
        "threshold": 0.8 if fid == "members" else 0.0, "effect": e, "low": e - 0.01,
@@ -43,6 +44,31 @@ def test_aggregate_gives_the_t_interval_and_the_rules_verdicts():
   assert by_id["wa_vs_ens"]["tuning"]["verdict"] == "reproduced"  # within the 2-point margin
   assert by_id["members"]["tuning"]["verdict"] == "reproduced"  # interval above 0.80
   assert summary["per_seed"]["7"]["verdicts"]["wa_vs_best"] == "x"
+
+
+def test_report_puts_tuning_and_held_out_seeds_side_by_side(tmp_path):
+  per_seed = {0: _metrics({"wa_vs_best": 0.020}), 1: _metrics({"wa_vs_best": 0.030}),
+              2: _metrics({"wa_vs_best": 0.025}),
+              # registered after the tuning seeds: only the held-out seeds have it
+              7: _metrics({"wa_vs_best": -0.010, "late": 0.04}),
+              8: _metrics({"wa_vs_best": 0.000, "late": 0.06})}
+  seeds_lib.write_report(str(tmp_path), seeds_lib.aggregate(per_seed))
+  text = open(tmp_path / "report.md").read()
+  tuning = [2.0, 3.0, 2.5]
+  half = 4.303 * np.std(tuning, ddof=1) / math.sqrt(3)
+  all_five = [2.0, 3.0, 2.5, -1.0, 0.0]
+  all_half = 2.776 * np.std(all_five, ddof=1) / math.sqrt(5)
+  held_half = 12.706 * np.std([-1.0, 0.0], ddof=1) / math.sqrt(2)
+  assert "| finding | per seed (0, 1, 2 \\| 7, 8) |" in text
+  assert (f"| wa vs best | +2.0, +3.0, +2.5 \\| -1.0, +0.0 | +2.5 [{2.5 - half:+.1f}, "
+          f"{2.5 + half:+.1f}] | reproduced | -0.5 [{-0.5 - held_half:+.1f}, "
+          f"{-0.5 + held_half:+.1f}] | inconclusive | {np.mean(all_five):+.1f} "
+          f"[{np.mean(all_five) - all_half:+.1f}, {np.mean(all_five) + all_half:+.1f}] | "
+          "inconclusive |") in text
+  late_half = 12.706 * np.std([4.0, 6.0], ddof=1) / math.sqrt(2)
+  assert (f"| late | - \\| +4.0, +6.0 | - | - | +5.0 [{5.0 - late_half:+.1f}, "
+          f"{5.0 + late_half:+.1f}] | inconclusive | +5.0 [{5.0 - late_half:+.1f}, "
+          f"{5.0 + late_half:+.1f}] | inconclusive |") in text
 
 
 @pytest.mark.slow

@@ -22,7 +22,8 @@ present, get their own interval, so a finding can be checked on seeds nobody tun
 
 Writes OUTPUT/metrics.json (key `seeds`: the seeds, per finding the per-seed effects, mean,
 interval and verdict, for all seeds, the tuning seeds and the held-out seeds; and per seed
-its verdicts and wall time) and OUTPUT/report.md.
+its verdicts and wall time) and OUTPUT/report.md (all seeds; with held-out seeds also the
+three groups side by side, the table README's results section shows).
 """
 
 from __future__ import annotations
@@ -162,6 +163,7 @@ def write_report(output_dir: str, summary: Mapping[str, Any]) -> None:
     lines.append(f"| {f['finding']} | {f['kind']}{threshold}{unit_text} | "
                  f"{num(group['mean'])} [{num(group['low'])}, {num(group['high'])}] | {per} | "
                  f"**{group['verdict']}** |")
+  lines += _groups_table(summary)
   held = [f for f in summary["findings"] if "held_out" in f]
   if held:
     lines += ["", "## On the held-out seeds only", "", "| finding | mean [95% interval] | "
@@ -179,6 +181,41 @@ def write_report(output_dir: str, summary: Mapping[str, Any]) -> None:
     lines.append(f"| {seed} | {wall:.0f} | {sum(v == 'reproduced' for v in verdicts)} / "
                  f"{len(verdicts)} |" if wall else f"| {seed} | | |")
   atomic_write_text(os.path.join(output_dir, "report.md"), "\n".join(lines) + "\n")
+
+
+def _groups_table(summary: Mapping[str, Any]) -> list[str]:
+  """The tuning and held-out seeds side by side (README's results table): each finding's
+  per-seed effects (tuning | held out), then mean [95% interval] and verdict per group. Empty
+  when there are no held-out seeds."""
+  if not summary["held_out_seeds"]:
+    return []
+  tuning, held = summary["tuning_seeds"], summary["held_out_seeds"]
+  lines = ["", "## Tuning and held-out seeds side by side", "",
+           f"| finding | per seed ({', '.join(map(str, tuning))} \\| {', '.join(map(str, held))}) "
+           f"| tuning seeds: mean [95% interval] | verdict | held-out seeds: mean [95% interval] "
+           f"| verdict | all seeds: mean [95% interval] | verdict |",
+           "|---|---|---|---|---|---|---|---|"]
+  for f in summary["findings"]:
+    signed, unit = f.get("kind") != "threshold", f.get("unit", "points")
+    num = lambda x: _num(x, signed, unit)  # pylint: disable=cell-var-from-loop
+    effects = f["effects"]
+    per = " \\| ".join(
+        ", ".join(num(effects[str(k)]) if str(k) in effects else "-" for k in ks)
+        if any(str(k) in effects for k in ks) else "-" for ks in (tuning, held))
+    cells = []
+    for name in ("tuning", "held_out", "all"):
+      # a group with every seed of the finding is reported as "all" only (see aggregate)
+      g = f.get(name) or (f["all"] if name != "all" and _only_group(f, name, summary) else None)
+      cells += ([f"{num(g['mean'])} [{num(g['low'])}, {num(g['high'])}]", g["verdict"]]
+                if g else ["-", "-"])
+    lines.append(f"| {f['finding']} | {per} | " + " | ".join(cells) + " |")
+  return lines
+
+
+def _only_group(finding: Mapping[str, Any], name: str, summary: Mapping[str, Any]) -> bool:
+  """Whether all of a finding's seeds belong to group `name` (aggregate then keeps 'all')."""
+  group = set(map(str, summary["tuning_seeds" if name == "tuning" else "held_out_seeds"]))
+  return bool(finding["effects"]) and set(finding["effects"]) <= group
 
 
 def main(argv: Sequence[str] | None = None) -> int:
