@@ -227,7 +227,7 @@ def table(results: list[MergeResult]) -> str:
     mk, mkc, b = r.mergekit, r.mergekit_cold, r.baseline
     gib_of = lambda x: f"{x['peak_rss_bytes'] / gib:.2f}" if x else na  # noqa: E731
     cpu_of = lambda x: f"{x['cpu_s']:.1f}" if x else na  # noqa: E731
-    faults_of = lambda x: f"{x.get('minor_faults', 0) / 1e3:.0f}k" if x else na  # noqa: E731
+    faults_of = lambda x: f"{x['minor_faults'] / 1e3:.0f}k" if x else na  # noqa: E731
     row = [r.num_members, f"{r.orbax_bytes / gb:.2f} / {r.safetensors_bytes / gb:.2f}"]
     if with_base:
       row += [b["wall_s"] if b else na, r.ours["wall_s"], mk["wall_s"] if mk else na,

@@ -152,12 +152,12 @@ class ProcessResult:
   peak_rss_bytes: int
   user_s: float
   sys_s: float
+  minor_faults: int  # a page first touched (or mapped anew) costs one: kernel time
   returncode: int
   stdout: str
   stderr: str
   load_before: float
   load_after: float
-  minor_faults: int = 0  # a page first touched (or mapped anew) costs one: kernel time
 
   @property
   def cpu_s(self) -> float:

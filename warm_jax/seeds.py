@@ -198,10 +198,10 @@ def _groups_table(summary: Mapping[str, Any]) -> list[str]:
   for f in summary["findings"]:
     signed, unit = f.get("kind") != "threshold", f.get("unit", "points")
     num = lambda x: _num(x, signed, unit)  # pylint: disable=cell-var-from-loop
-    effects = f["effects"]
-    per = " \\| ".join(
-        ", ".join(num(effects[str(k)]) if str(k) in effects else "-" for k in ks)
-        if any(str(k) in effects for k in ks) else "-" for ks in (tuning, held))
+    values = [[f["effects"].get(str(k)) for k in group] for group in (tuning, held)]
+    # each group's effects, "-" for a seed (or a whole group) without the finding
+    per = " \\| ".join(", ".join("-" if v is None else num(v) for v in group)
+                        if any(v is not None for v in group) else "-" for group in values)
     cells = []
     for name in ("tuning", "held_out", "all"):
       # a group with every seed of the finding is reported as "all" only (see aggregate)
