@@ -656,7 +656,8 @@ def test_experiment_wall_seconds_counts_overlaps_once_and_old_markers_by_wall():
 
 def test_every_stage_of_the_plans_waits_only_for_earlier_stages(tmp_path):
   from warm_jax import experiment
-  for overrides in ({}, {"rl_kl_coefs": (0.001, 0.01)}, {"vmapped_members": False}):
+  for overrides in ({}, {"rl_kl_coefs": (0.001, 0.01)}, {"vmapped_members": False},
+                    {"rm_pretrain_steps": 2400}):
     plan = experiment.run_experiment(
         output_dir=str(tmp_path / "x"), scale="default", scales=_scales(),
         overrides=overrides, dry_run=True)
@@ -673,6 +674,73 @@ def test_every_stage_of_the_plans_waits_only_for_earlier_stages(tmp_path):
     assert {n for n in after if n.startswith("rl/")} <= after["win_rates"]
   with pytest.raises(ValueError, match="no entry in experiment.stage_dependencies"):
     experiment.stage_dependencies("mystery", ["mystery"])
+
+
+def _gin_value(argv, name):
+  """The value of --gin.NAME=... in a stage's argv (the last one given), as a Python literal."""
+  import ast
+  values = [a.split("=", 1)[1] for a in argv if a.startswith(f"--gin.{name}=")]
+  assert values, (name, argv)
+  return ast.literal_eval(values[-1])
+
+
+def test_reward_models_own_start_feeds_every_rm_stage_and_no_policy_stage(tmp_path):
+  """rm_pretrain_steps: a second pre-training + SFT chain (same corpus, seed and SFT recipe) is
+  the start of the probe, the members and the LMC pairs; the RM data, best-of-N, RL and win rates
+  still read the policy's chain; without it the plan is the paper's (one chain)."""
+  from warm_jax import experiment
+  out = tmp_path / "x"
+  plain = experiment.run_experiment(output_dir=str(out), scale="default", scales=_scales(),
+                                    dry_run=True)
+  own = experiment.run_experiment(output_dir=str(out), scale="default", scales=_scales(),
+                                  overrides={"rm_pretrain_steps": 2400}, dry_run=True)
+  plain_stages = {s.name: s for s in plain.stages()}
+  stages = {s.name: s for s in own.stages()}
+  assert set(stages) - set(plain_stages) == {"rm_pretrain", "rm_sft"}
+  assert plain.rm_sft_dir == str(out / "sft") and own.rm_sft_dir == str(out / "rm_sft")
+  # the RM chain: the policy chain's commands with its own dirs and step count
+  assert _gin_value(stages["rm_pretrain"].argv, "TRAIN_STEPS") == 2400
+  assert _gin_value(stages["rm_pretrain"].argv, "MODEL_DIR") == str(out / "rm_pretrain")
+  assert _gin_value(stages["pretrain"].argv, "TRAIN_STEPS") == 1200
+  assert _gin_value(stages["rm_sft"].argv, "PRETRAIN_DIR") == str(out / "rm_pretrain")
+  assert [a for a in stages["rm_sft"].argv if "_DIR=" not in a] == [
+      a for a in stages["sft"].argv if "_DIR=" not in a]
+  for name in ("probe/clean", "probe/corrupt", "members/clean", "members/corrupt",
+               "pairs/shared_start"):
+    assert _gin_value(stages[name].argv, "SFT_DIR") == str(out / "rm_sft"), name
+    assert _gin_value(plain_stages[name].argv, "SFT_DIR") == str(out / "sft"), name
+    assert "rm_sft" in stages[name].after or name.startswith(("members", "pairs"))
+  # the policy side is untouched: the RM data samples the policy's checkpoints
+  assert stages["rm_data"].argv == plain_stages["rm_data"].argv
+  sources = own.on_policy_sources()
+  assert all(path.startswith((str(out / "sft"), str(out / "pretrain")))
+             for group in sources.values() for _, path, _, _ in group)
+  assert {"rm_pretrain"} == set(stages["rm_sft"].after)
+  with pytest.raises(ValueError, match="rm_pretrain_steps=0: must be positive"):
+    experiment.run_experiment(output_dir=str(out), scale="default", scales=_scales(),
+                              overrides={"rm_pretrain_steps": 0}, dry_run=True)
+
+
+@pytest.mark.parametrize("rm_pretrain_steps", [None, 2400])
+def test_report_says_where_the_reward_models_start(tmp_path, rm_pretrain_steps):
+  from warm_jax import experiment
+  from warm_jax.pipeline import report
+  overrides = {} if rm_pretrain_steps is None else {"rm_pretrain_steps": rm_pretrain_steps}
+  plan = experiment.run_experiment(output_dir=str(tmp_path), scale="default", scales=_scales(),
+                                   overrides=overrides, dry_run=True)
+  metrics = report.collect_metrics(plan, timings={"total": 1.0}, scale_name="default")
+  assert metrics["rm_start"] == {"shared_with_policy": rm_pretrain_steps is None,
+                                 "pretrain_steps": rm_pretrain_steps or 1200,
+                                 "policy_pretrain_steps": 1200, "sft_steps": 400}
+  report.write_report(str(tmp_path), metrics)
+  with open(tmp_path / "report.md") as f:
+    text = f.read()
+  if rm_pretrain_steps is None:
+    assert "Reward models start from the policy's SFT (pre-training 1200 steps, SFT 400)" in text
+  else:
+    assert ("Reward models start from **their own** shared SFT model (pre-training 2400 steps, "
+            "SFT 400); the policy that writes their data and that best-of-N and RL start from "
+            "is pre-trained 1200 steps") in text
 
 
 def _scales():

@@ -120,7 +120,7 @@ class ExperimentPlan:
   def _rm_common(self, setting: str) -> list[str]:
     s = self.scale
     steps = self.rm_steps(setting)
-    out = [_gin("DATA_DIR", self.rm_data_dir(setting)), _gin("SFT_DIR", self.path("sft")),
+    out = [_gin("DATA_DIR", self.rm_data_dir(setting)), _gin("SFT_DIR", self.rm_sft_dir),
            _gin("PROBE_DIR", self.path("probe", setting)), _gin("TRAIN_STEPS", steps),
            _gin("BATCH_SIZE", s.rm_batch), _gin("SEED", self.seed),
            _gin("LEARNING_RATES", self.learning_rates(setting)),
@@ -161,6 +161,29 @@ class ExperimentPlan:
     return (self.path("sft") if step == self.scale.sft_steps else
             self.path("sft", "checkpoints", str(step)))
 
+  @property
+  def rm_sft_dir(self) -> str:
+    """The reward models' shared start: the policy's SFT (the paper), or the RMs' own chain
+    (`rm_sft`) when the scale sets rm_pretrain_steps. Every kept SFT step of it is a Baklava
+    init."""
+    return self.path("rm_sft" if self.scale.rm_pretrain_steps else "sft")
+
+  def _language_model_stages(self, pretrain: str, sft: str, pretrain_steps: int) -> list[Stage]:
+    """Pre-training then SFT into path(pretrain) / path(sft), keeping every Baklava step."""
+    s = self.scale
+    sft_every = math.gcd(*s.baklava_steps)  # every Baklava step must be a saved checkpoint
+    return [Stage(pretrain, self._train(
+                "gin/pretrain.gin", _gin("DATA_DIR", self.data_dir("clean")),
+                _gin("MODEL_DIR", self.path(pretrain)), _gin("TRAIN_STEPS", pretrain_steps),
+                _gin("BATCH_SIZE", s.pretrain_batch), _gin("SEED", self.seed),
+                _gin("TrainerConfig.microbatches", s.lm_microbatches)), self.path(pretrain)),
+            Stage(sft, self._train(
+                "gin/sft.gin", _gin("DATA_DIR", self.data_dir("clean")),
+                _gin("PRETRAIN_DIR", self.path(pretrain)), _gin("MODEL_DIR", self.path(sft)),
+                _gin("TRAIN_STEPS", s.sft_steps), _gin("BATCH_SIZE", s.sft_batch),
+                _gin("SAVE_EVERY", sft_every), _gin("SEED", self.seed),
+                _gin("TrainerConfig.microbatches", s.lm_microbatches)), self.path(sft))]
+
   def stages(self) -> list[Stage]:
     s, out = self.scale, []
     for setting in (("clean",) if self.on_policy else self.settings):
@@ -169,18 +192,9 @@ class ExperimentPlan:
           "warm_jax.data.build", f"--gin_file={s.data_gin}",
           f"--output_dir={self.data_dir(setting)}", _gin("CORRUPTION_RATE", rate),
           *self._data_bindings(), *s.extra_data_bindings), self.data_dir(setting)))
-    out.append(Stage("pretrain", self._train(
-        "gin/pretrain.gin", _gin("DATA_DIR", self.data_dir("clean")),
-        _gin("MODEL_DIR", self.path("pretrain")), _gin("TRAIN_STEPS", s.pretrain_steps),
-        _gin("BATCH_SIZE", s.pretrain_batch), _gin("SEED", self.seed),
-        _gin("TrainerConfig.microbatches", s.lm_microbatches)), self.path("pretrain")))
-    sft_every = math.gcd(*s.baklava_steps)  # every Baklava step must be a saved checkpoint
-    out.append(Stage("sft", self._train(
-        "gin/sft.gin", _gin("DATA_DIR", self.data_dir("clean")),
-        _gin("PRETRAIN_DIR", self.path("pretrain")), _gin("MODEL_DIR", self.path("sft")),
-        _gin("TRAIN_STEPS", s.sft_steps), _gin("BATCH_SIZE", s.sft_batch),
-        _gin("SAVE_EVERY", sft_every), _gin("SEED", self.seed),
-        _gin("TrainerConfig.microbatches", s.lm_microbatches)), self.path("sft")))
+    out += self._language_model_stages("pretrain", "sft", s.pretrain_steps)
+    if s.rm_pretrain_steps:  # the RMs' own shared start (presets: rm_pretrain_steps)
+      out += self._language_model_stages("rm_pretrain", "rm_sft", s.rm_pretrain_steps)
     if self.on_policy:
       sources = self.on_policy_sources()
       out.append(Stage("rm_data", _py(
@@ -198,7 +212,7 @@ class ExperimentPlan:
     for setting in self.settings:
       out.append(Stage(f"probe/{setting}", self._train(
           "gin/linear_probe.gin", _gin("DATA_DIR", self.rm_data_dir(setting)),
-          _gin("SFT_DIR", self.path("sft")), _gin("MODEL_DIR", self.path("probe", setting))),
+          _gin("SFT_DIR", self.rm_sft_dir), _gin("MODEL_DIR", self.path("probe", setting))),
           self.path("probe", setting)))
     for setting in self.settings:
       members_dir = self.path("members", setting)
@@ -448,10 +462,14 @@ def stage_dependencies(name: str, names: Sequence[str]) -> tuple[str, ...]:
     deps = ["data/clean"]
   elif kind == "sft":
     deps = ["pretrain"]
+  elif kind == "rm_pretrain":
+    deps = ["data/clean"]
+  elif kind == "rm_sft":
+    deps = ["rm_pretrain"]
   elif kind == "rm_data":
     deps = ["sft", "pretrain", "data/clean"]
   elif kind == "probe":
-    deps = ["sft", f"data/{setting}"] + having("rm_data")
+    deps = ["sft", "rm_sft", f"data/{setting}"] + having("rm_data")
   elif kind == "members":
     deps = [f"probe/{setting}"]
   elif kind == "pairs":

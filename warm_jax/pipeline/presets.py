@@ -119,6 +119,12 @@ class ExperimentScale:
   # the SFT steps the members start from (None: every Baklava step, the paper's Baklava);
   # baklava_steps still give the LMC Baklava pair and the on-policy data's policies
   member_sft_steps: tuple[int, ...] | None = None
+  # the reward models' own shared start (None: the policy's SFT, the paper's setup): a second
+  # language model pre-trained for this many steps (same corpus, batch and seed) and fine-tuned
+  # with the same SFT recipe, as the stages rm_pretrain and rm_sft; the probe, the members, the
+  # LMC pairs and so every RM start from it, while the RM data, best-of-N, RL and the win rates
+  # keep the policy's chain (docs/experiment.md, "The reward models' own start")
+  rm_pretrain_steps: int | None = None
   # the diversity ablation: which sources make the M members differ ('all', or only one of
   # 'data_order', 'learning_rate', 'dropout', 'baklava'; the others fixed at member 0's)
   member_diversity: str = "all"
@@ -134,6 +140,9 @@ class ExperimentScale:
     if any(s > self.sft_steps or s <= 0 for s in self.baklava_steps):
       raise ValueError(f"ExperimentScale.baklava_steps={self.baklava_steps}: each must be an "
                        f"SFT step in 1..{self.sft_steps}")
+    if self.rm_pretrain_steps is not None and self.rm_pretrain_steps <= 0:
+      raise ValueError(f"ExperimentScale.rm_pretrain_steps={self.rm_pretrain_steps}: must be "
+                       "positive, or None for RMs that start from the policy's SFT")
     if self.member_sft_steps is not None and not set(self.member_sft_steps) <= set(
         self.baklava_steps):
       raise ValueError(f"ExperimentScale.member_sft_steps={self.member_sft_steps}: each must be "

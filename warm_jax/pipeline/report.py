@@ -59,8 +59,34 @@ def collect_metrics(plan: Any, *, timings: dict[str, float], scale_name: str
               "settings": {k: v["splits"] for k, v in rm_data["settings"].items()},
               "samples": rm_data["samples"], "build_seconds": rm_data["build_seconds"]},
           "policy_pairs": read_json(plan.path("policy_pairs", "stats.json")),
+          "rm_start": _rm_start(plan),
           "_plot_sources": {**{s: plan.path("eval", s, "plots") for s in ("clean", "corrupt")},
                             "bon": plan.path("bon", "plots")}}
+
+
+def _rm_start(plan: Any) -> dict[str, Any] | None:
+  """Where the reward models start: the policy's SFT (the paper), or their own pre-training
+  and SFT (ExperimentScale.rm_pretrain_steps); None for a plan without a scale."""
+  scale = getattr(plan, "scale", None)
+  if scale is None:
+    return None
+  own = scale.rm_pretrain_steps is not None
+  return {"shared_with_policy": not own,
+          "pretrain_steps": scale.rm_pretrain_steps if own else scale.pretrain_steps,
+          "policy_pretrain_steps": scale.pretrain_steps, "sft_steps": scale.sft_steps}
+
+
+def _rm_start_line(start: dict[str, Any] | None) -> list[str]:
+  if not start:
+    return []
+  if start["shared_with_policy"]:
+    return [f"Reward models start from the policy's SFT (pre-training {start['pretrain_steps']} "
+            f"steps, SFT {start['sft_steps']}), as in the paper.", ""]
+  return [f"Reward models start from **their own** shared SFT model (pre-training "
+          f"{start['pretrain_steps']} steps, SFT {start['sft_steps']}); the policy that writes "
+          f"their data and that best-of-N and RL start from is pre-trained "
+          f"{start['policy_pretrain_steps']} steps (`rm_pretrain_steps`, docs/experiment.md).",
+          ""]
 
 
 def _memorisation_along_training(plan: Any, setting: str) -> dict[str, Any] | None:
@@ -270,7 +296,8 @@ def write_report(output_dir: str, metrics: dict[str, Any]) -> None:
            f"Scale: `{metrics['scale']}`. Accuracies in %, ties count as correct; ID val and "
            "OOD against the gold reward's sign, train subsets against the training labels.",
            "Members are ranked best first on ID validation (the paper ranks on OOD, which "
-           "leaks).", "", "## Findings", "", "| paper finding | rule | ours | verdict |",
+           "leaks).", "", *_rm_start_line(metrics.get("rm_start")), "## Findings", "",
+           "| paper finding | rule | ours | verdict |",
            "|---|---|---|---|"]
   for f in public["findings"]:
     lines.append(f"| {f['finding']} | {f['rule']} | {f['numbers']} | **{f['verdict']}** |")
