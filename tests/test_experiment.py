@@ -313,13 +313,12 @@ def test_ensemble_reward_names_give_coste_specs_with_the_stage_lambda(tmp_path, 
   assert plan.reward_spec("uwo_2") == {"uwo": ranked[:2], "lambda": 0.1}
   assert plan.reward_spec("uwo_2", stage="bon") == {"uwo": ranked[:2], "lambda": 0.5}
   bon = next(stage for stage in plan._policy_stages() if stage.name == "bon")
-  models = next(a for a in bon.argv() if a.startswith("--gin.REWARD_MODELS="))
-  models = eval(models.split("=", 1)[1])  # the literal the stage passes to gin
+  models = _gin_value(bon.argv(), "REWARD_MODELS")  # the literal the stage passes to gin
   assert models["wco_2"] == {"wco": ranked[:2]} and models["ens_2"] == ranked[:2]
   assert models["uwo_2"] == {"uwo": ranked[:2], "lambda": 0.5}
   # Member disagreement: WARM 2 by the 2 members it averages, the best member by the top 2.
-  flags = next(a for a in bon.argv() if a.startswith("--gin.DISAGREEMENT_MEMBERS="))
-  assert eval(flags.split("=", 1)[1]) == {"warm_2": ranked[:2], "member_2": ranked[:2]}
+  assert _gin_value(bon.argv(), "DISAGREEMENT_MEMBERS") == {"warm_2": ranked[:2],
+                                                            "member_2": ranked[:2]}
   assert models["warm_2"] == plan.warm_dir(2) and models["member_2"] == ranked[0]
   rl_uwo = next(stage for stage in plan._policy_stages() if stage.name == "rl/uwo_2")
   assert f"--gin.REWARD_MODEL={plan.reward_spec('uwo_2')!r}" in rl_uwo.argv()

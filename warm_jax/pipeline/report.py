@@ -64,21 +64,17 @@ def collect_metrics(plan: Any, *, timings: dict[str, float], scale_name: str
                             "bon": plan.path("bon", "plots")}}
 
 
-def _rm_start(plan: Any) -> dict[str, Any] | None:
+def _rm_start(plan: Any) -> dict[str, Any]:
   """Where the reward models start: the policy's SFT (the paper), or their own pre-training
-  and SFT (ExperimentScale.rm_pretrain_steps); None for a plan without a scale."""
-  scale = getattr(plan, "scale", None)
-  if scale is None:
-    return None
+  and SFT (ExperimentScale.rm_pretrain_steps)."""
+  scale = plan.scale
   own = scale.rm_pretrain_steps is not None
   return {"shared_with_policy": not own,
           "pretrain_steps": scale.rm_pretrain_steps if own else scale.pretrain_steps,
           "policy_pretrain_steps": scale.pretrain_steps, "sft_steps": scale.sft_steps}
 
 
-def _rm_start_line(start: dict[str, Any] | None) -> list[str]:
-  if not start:
-    return []
+def _rm_start_line(start: dict[str, Any]) -> list[str]:
   if start["shared_with_policy"]:
     return [f"Reward models start from the policy's SFT (pre-training {start['pretrain_steps']} "
             f"steps, SFT {start['sft_steps']}), as in the paper.", ""]
@@ -296,7 +292,7 @@ def write_report(output_dir: str, metrics: dict[str, Any]) -> None:
            f"Scale: `{metrics['scale']}`. Accuracies in %, ties count as correct; ID val and "
            "OOD against the gold reward's sign, train subsets against the training labels.",
            "Members are ranked best first on ID validation (the paper ranks on OOD, which "
-           "leaks).", "", *_rm_start_line(metrics.get("rm_start")), "## Findings", "",
+           "leaks).", "", *_rm_start_line(metrics["rm_start"]), "## Findings", "",
            "| paper finding | rule | ours | verdict |",
            "|---|---|---|---|"]
   for f in public["findings"]:
