@@ -438,17 +438,20 @@ def test_policy_findings_follow_their_rules_on_hand_made_numbers():
 
 
 EXPERIMENT_GINS = {
-    "gin/experiments/warm_synthetic_tldr.gin": (20, {"rl/warm_6", "rl/ens_2", "eval/corrupt",
-                                                     "rm_data"}),
-    "gin/experiments/warm_synthetic_tldr_tiny.gin": (18, {"rl/warm_2", "win_rates"}),
-    "gin/experiments/ablations/alpha_sweep.gin": (22, {"rl/best_member_kl0.001",
+    "gin/experiments/warm_synthetic_tldr.gin": (22, {"rl/warm_6", "rl/ens_2", "eval/corrupt",
+                                                     "rm_data", "rm_pretrain", "rm_sft"}),
+    "gin/experiments/warm_synthetic_tldr_tiny.gin": (20, {"rl/warm_2", "win_rates", "rm_sft"}),
+    "gin/experiments/ablations/alpha_sweep.gin": (24, {"rl/best_member_kl0.001",
                                                        "rl/warm_6_kl0.01"}),
-    "gin/experiments/ablations/corruption.gin": (12, {"eval/corrupt"}),
-    "gin/experiments/ablations/m_sweep.gin": (23, {"average/warm_4", "rl/warm_4"}),
-    "gin/experiments/ablations/selection_order.gin": (12, {"members/clean"}),
-    "gin/experiments/ablations/diversity_data_order.gin": (12, {"members/clean"}),
-    "gin/experiments/ablations/diversity_learning_rate.gin": (12, {"members/clean"}),
-    "gin/experiments/ablations/diversity_baklava.gin": (12, {"members/clean"}),
+    "gin/experiments/ablations/corruption.gin": (14, {"eval/corrupt", "rm_sft"}),
+    "gin/experiments/ablations/m_sweep.gin": (25, {"average/warm_4", "rl/warm_4"}),
+    "gin/experiments/ablations/selection_order.gin": (14, {"members/clean"}),
+    "gin/experiments/ablations/diversity_data_order.gin": (14, {"members/clean"}),
+    "gin/experiments/ablations/diversity_learning_rate.gin": (14, {"members/clean"}),
+    "gin/experiments/ablations/diversity_baklava.gin": (14, {"members/clean"}),
+    "gin/experiments/ablations/rm_own_start.gin": (22, {"rm_pretrain", "rm_sft", "rl/warm_6"}),
+    # the paper's setup: one chain, the RMs from the policy's SFT
+    "gin/experiments/ablations/rm_policy_start.gin": (20, {"rl/warm_6", "rm_data"}),
 }
 
 
@@ -656,7 +659,7 @@ def test_experiment_wall_seconds_counts_overlaps_once_and_old_markers_by_wall():
 def test_every_stage_of_the_plans_waits_only_for_earlier_stages(tmp_path):
   from warm_jax import experiment
   for overrides in ({}, {"rl_kl_coefs": (0.001, 0.01)}, {"vmapped_members": False},
-                    {"rm_pretrain_steps": 2400}):
+                    {"rm_pretrain_steps": None}):
     plan = experiment.run_experiment(
         output_dir=str(tmp_path / "x"), scale="default", scales=_scales(),
         overrides=overrides, dry_run=True)
@@ -684,15 +687,19 @@ def _gin_value(argv, name):
 
 
 def test_reward_models_own_start_feeds_every_rm_stage_and_no_policy_stage(tmp_path):
-  """rm_pretrain_steps: a second pre-training + SFT chain (same corpus, seed and SFT recipe) is
-  the start of the probe, the members and the LMC pairs; the RM data, best-of-N, RL and win rates
-  still read the policy's chain; without it the plan is the paper's (one chain)."""
+  """rm_pretrain_steps (the default's 1,500; 2,400 here): a second pre-training + SFT chain
+  (same corpus, seed and SFT recipe) is the start of the probe, the members and the LMC pairs;
+  the RM data, best-of-N, RL and win rates still read the policy's chain; with None the plan is
+  the paper's (one chain)."""
   from warm_jax import experiment
   out = tmp_path / "x"
   plain = experiment.run_experiment(output_dir=str(out), scale="default", scales=_scales(),
-                                    dry_run=True)
+                                    overrides={"rm_pretrain_steps": None}, dry_run=True)
   own = experiment.run_experiment(output_dir=str(out), scale="default", scales=_scales(),
                                   overrides={"rm_pretrain_steps": 2400}, dry_run=True)
+  default = experiment.run_experiment(output_dir=str(out), scale="default", scales=_scales(),
+                                      dry_run=True)
+  assert default.scale.rm_pretrain_steps == 1500 and default.rm_sft_dir == str(out / "rm_sft")
   plain_stages = {s.name: s for s in plain.stages()}
   stages = {s.name: s for s in own.stages()}
   assert set(stages) - set(plain_stages) == {"rm_pretrain", "rm_sft"}
@@ -724,7 +731,7 @@ def test_reward_models_own_start_feeds_every_rm_stage_and_no_policy_stage(tmp_pa
 def test_report_says_where_the_reward_models_start(tmp_path, rm_pretrain_steps):
   from warm_jax import experiment
   from warm_jax.pipeline import report
-  overrides = {} if rm_pretrain_steps is None else {"rm_pretrain_steps": rm_pretrain_steps}
+  overrides = {"rm_pretrain_steps": rm_pretrain_steps}
   plan = experiment.run_experiment(output_dir=str(tmp_path), scale="default", scales=_scales(),
                                    overrides=overrides, dry_run=True)
   metrics = report.collect_metrics(plan, timings={"total": 1.0}, scale_name="default")

@@ -18,8 +18,9 @@ Stages (the embedded default; the scale preset picks sizes and steps):
   data/clean               the synthetic world: posts, pre-training corpus, SFT examples,
                            generator pairs, best-of-N / RL prompts
   pretrain, sft            LM pre-training, SFT keeping the Baklava checkpoints
-  rm_pretrain, rm_sft      (rm_pretrain_steps only) the reward models' own start: a second LM
-                           pre-trained longer, then the same SFT
+  rm_pretrain, rm_sft      the reward models' own start (rm_pretrain_steps; None: the RMs
+                           start from `sft`, the paper's setup): a second LM pre-trained
+                           longer, then the same SFT
   rm_data                  the RMs' data: comparisons of the SFT checkpoints' own samples
                            (`warm_jax.policy.on_policy`), labels clean and 25% corrupted
                            (rm_data/{clean,corrupt}); held-out id_policy (the final SFT policy

@@ -123,7 +123,8 @@ class ExperimentScale:
   # language model pre-trained for this many steps (same corpus, batch and seed) and fine-tuned
   # with the same SFT recipe, as the stages rm_pretrain and rm_sft; the probe, the members, the
   # LMC pairs and so every RM start from it, while the RM data, best-of-N, RL and the win rates
-  # keep the policy's chain (docs/experiment.md, "The reward models' own start")
+  # keep the policy's chain (docs/experiment.md, "The reward models' own start"). The embedded
+  # default's preset sets 1,500 (gin/experiments/warm_synthetic_tldr.gin)
   rm_pretrain_steps: int | None = None
   # the diversity ablation: which sources make the M members differ ('all', or only one of
   # 'data_order', 'learning_rate', 'dropout', 'baklava'; the others fixed at member 0's)
