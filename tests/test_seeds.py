@@ -83,9 +83,11 @@ def test_seeds_cli_runs_each_seed_once_and_resumes(tmp_path, monkeypatch):
       "assert int(args['--gin.WORLD_SEED']) == seed\n"
       "os.makedirs(out, exist_ok=True)\n"
       "open(os.path.join(out, 'ran'), 'a').write('x')\n"
+      "open(os.path.join(out, 'cache_dir'), 'w').write(os.environ['JAX_COMPILATION_CACHE_DIR'])\n"
       f"m = {_metrics({'wa_vs_best': 0.0})!r}\n"
       "m['findings'][0]['effect'] = 0.01 * (seed + 1)\n"
       "json.dump(m, open(os.path.join(out, 'metrics.json'), 'w'))\n")
+  monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
   monkeypatch.setattr(seeds_lib, "experiment_command", lambda *, seed, output_dir, gin_args: [
       sys.executable, str(fake), f"--output_dir={seeds_lib.seed_dir(output_dir, seed)}",
       f"--gin.SEED={seed}", f"--gin.WORLD_SEED={seed}", *gin_args])
@@ -94,6 +96,9 @@ def test_seeds_cli_runs_each_seed_once_and_resumes(tmp_path, monkeypatch):
   assert seeds_lib.main([f"--output_dir={out}", "--seeds=0,1,2"]) == 0  # all skipped
   for k in range(3):
     assert open(os.path.join(out, f"seed_{k}", "ran")).read() == "x"
+    # every seed compiles into (and reads from) the sweep's one cache
+    assert open(os.path.join(out, f"seed_{k}", "cache_dir")).read() == os.path.join(
+        os.path.abspath(out), "cache", "jax")
   summary = json.load(open(os.path.join(out, "metrics.json")))["seeds"]
   assert summary["findings"][0]["all"]["mean"] == pytest.approx(0.02)
   report = open(os.path.join(out, "report.md")).read()

@@ -11,7 +11,8 @@ orders, the member sweep, sampling) and --gin.WORLD_SEED=k (the world's posts, g
 and labels), as a subprocess; a rerun skips finished seeds and resumes an interrupted one
 stage by stage (the experiment's own resume). `--parallel` runs that many seeds at once (on 2
 cores, 1 seed with the experiment's 2 parallel stages is the faster choice). Extra
---gin flags go to every seed's experiment.
+--gin flags go to every seed's experiment. All seeds share one XLA compile cache,
+OUTPUT/cache/jax (`seeds_environment`).
 
 Then every finding of the seeds' metrics.json (`warm_jax.pipeline.report.findings`: a stable id, an
 effect in the paper's direction and its kind) is aggregated into the mean over seeds and a
@@ -57,6 +58,18 @@ def experiment_command(*, seed: int, output_dir: str, gin_args: Sequence[str]) -
           f"--gin.WORLD_SEED={seed}"]
 
 
+def seeds_environment(output_dir: str) -> dict[str, str]:
+  """The environment of every seed's experiment: one persistent XLA compile cache for all the
+  seeds, OUTPUT/cache/jax (the seeds run the same programs on other data, so seed 0's compiles
+  serve every later seed; each experiment's stages already share theirs,
+  `scheduler.stage_environment`, which keeps a JAX_COMPILATION_CACHE_DIR it inherits). A
+  JAX_COMPILATION_CACHE_DIR set by the caller wins."""
+  env = dict(os.environ)
+  env.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(os.path.abspath(output_dir), "cache",
+                                                           "jax"))
+  return env
+
+
 def run_seeds(*, seeds: Sequence[int], output_dir: str, gin_args: Sequence[str],
               parallel: int = 1) -> dict[int, dict[str, Any]]:
   """Runs (or resumes) each seed's experiment; returns {seed: {exit, wall_s, log}}. A seed whose
@@ -67,6 +80,7 @@ def run_seeds(*, seeds: Sequence[int], output_dir: str, gin_args: Sequence[str],
   results: dict[int, dict[str, Any]] = {}
   running: dict[int, tuple[subprocess.Popen, float, Any]] = {}
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = seeds_environment(output_dir)
   while pending or running:
     while pending and len(running) < max(1, parallel):
       seed = pending.pop(0)
@@ -75,7 +89,7 @@ def run_seeds(*, seeds: Sequence[int], output_dir: str, gin_args: Sequence[str],
       print(f"[seeds] seed {seed}: running ({log_path})", file=sys.stderr, flush=True)
       proc = subprocess.Popen(experiment_command(seed=seed, output_dir=output_dir,
                                                  gin_args=gin_args),
-                              stdout=log, stderr=subprocess.STDOUT, cwd=repo)
+                              stdout=log, stderr=subprocess.STDOUT, cwd=repo, env=env)
       running[seed] = (proc, time.time(), log)
     time.sleep(1.0)
     for seed, (proc, t0, log) in list(running.items()):
