@@ -287,7 +287,7 @@ def test_report_reads_the_step0_eval_and_the_rl_fit(tmp_path):
     if step:
       writer.write(step, {"rewards/oracle": oracle, "rewards/proxy": proxy,
                           "rewards/kl_to_sft": kl, "generation/length": 9.0,
-                          "generation/entropy": 1.0})
+                          "generation/entropy": 1.0 / step})
     writer.write(step, {"eval/oracle_reward": oracle, "eval/kl_to_sft": kl,
                         "eval/proxy_reward": proxy, "eval/length": 9.0,
                         "eval/kl_term": 0.003 * kl, "eval/normalized_reward": 0.0})
@@ -301,6 +301,18 @@ def test_report_reads_the_step0_eval_and_the_rl_fit(tmp_path):
   table = "\n".join(report_policy.tables_md({"rl": rl_runs}))
   assert f"| best_member | 5.000 (0) | 5.500 (20) |" in table
   assert f"{want['a']:.3f}, {want['b']:.3f}" in table and "| 0.027 |" in table
+  entropy = np.mean([1.0 / 10, 1.0 / 20, 1.0 / 30])  # fewer than 10 updates: one window
+  assert f"| {entropy:.3f} -> {entropy:.3f} |" in table
+
+
+def test_report_entropy_cell_averages_the_first_and_last_updates():
+  """The RL table's entropy column: the mean of the first and of the last 10 updates' sampling
+  entropy (where it collapses, the policy has stopped exploring)."""
+  from warm_jax.pipeline.report_policy import _entropy_text
+  values = list(np.linspace(0.3, 0.01, 25))
+  assert _entropy_text(values) == f"{np.mean(values[:10]):.3f} -> {np.mean(values[-10:]):.3f}"
+  assert _entropy_text([None, 0.2]) == "0.200 -> 0.200"
+  assert _entropy_text(None) == "-" and _entropy_text([]) == "-"
 
 
 @pytest.mark.slow

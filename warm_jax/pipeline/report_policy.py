@@ -361,8 +361,9 @@ def tables_md(metrics: dict[str, Any]) -> list[str]:
     lines += ["", "## RL (evaluated on held-out prompts; the first eval is step 0, the SFT "
               "policy, in runs that evaluated it)", "",
               "| reward model | oracle first (step) | oracle peak (step) | oracle final | "
-              "proxy final | KL final | alpha * KL final | Gao fit d(a - b log d): a, b, "
-              "peak KL, peak gain |", "|---|---|---|---|---|---|---|---|"]
+              "proxy final | KL final | alpha * KL final | sampling entropy per token, "
+              "first -> last 10 updates | Gao fit d(a - b log d): a, b, peak KL, peak gain |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for name, run in rl.items():
       if "best_oracle" in run:
         kl_term = run["eval"].get("eval/kl_term", [None])[-1]
@@ -371,6 +372,7 @@ def tables_md(metrics: dict[str, Any]) -> list[str]:
                      f"{run['final_oracle']:.3f} | {run['final_proxy']:.3f} | "
                      f"{run['final_kl']:.2f} | "
                      f"{'-' if kl_term is None else f'{kl_term:.3f}'} | "
+                     f"{_entropy_text(run.get('train', {}).get('generation/entropy'))} | "
                      f"{_fit_text(run.get('gao_fit'))} |")
     lines += rl_disagreement_md(rl)
   wins = metrics.get("win_rates")
@@ -388,6 +390,18 @@ def tables_md(metrics: dict[str, Any]) -> list[str]:
         lines.append(f"| {a} vs {b} | {rate['rate']:.3f} [{rate['low']:.3f}, "
                      f"{rate['high']:.3f}] |")
   return lines
+
+
+def _entropy_text(entropy: list[float] | None, window: int = 10) -> str:
+  """The rollouts' sampling entropy per response token, the mean of the first and of the last
+  `window` updates: where it collapses towards 0 the responses to a prompt become one response,
+  the leave-one-out advantages vanish and the policy stops moving (docs/policy.md, "Four times
+  the RL budget")."""
+  values = [v for v in (entropy or []) if v is not None]
+  if not values:
+    return "-"
+  head, tail = values[:window], values[-window:]
+  return f"{sum(head) / len(head):.3f} -> {sum(tail) / len(tail):.3f}"
 
 
 def disagreement_md(disagreement: dict[str, Any] | None) -> list[str]:
