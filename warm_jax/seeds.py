@@ -61,13 +61,10 @@ def experiment_command(*, seed: int, output_dir: str, gin_args: Sequence[str]) -
 def seeds_environment(output_dir: str) -> dict[str, str]:
   """The environment of every seed's experiment: one persistent XLA compile cache for all the
   seeds, OUTPUT/cache/jax (the seeds run the same programs on other data, so seed 0's compiles
-  serve every later seed; each experiment's stages already share theirs,
-  `scheduler.stage_environment`, which keeps a JAX_COMPILATION_CACHE_DIR it inherits). A
-  JAX_COMPILATION_CACHE_DIR set by the caller wins."""
-  env = dict(os.environ)
-  env.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(os.path.abspath(output_dir), "cache",
-                                                           "jax"))
-  return env
+  serve every later seed; each experiment hands it on to its stages,
+  `scheduler.stage_environment`). A JAX_COMPILATION_CACHE_DIR set by the caller wins."""
+  from warm_jax.pipeline.scheduler import compile_cache_environment
+  return compile_cache_environment(os.path.join(os.path.abspath(output_dir), "cache", "jax"))
 
 
 def run_seeds(*, seeds: Sequence[int], output_dir: str, gin_args: Sequence[str],

@@ -20,15 +20,25 @@ from warm_jax.pipeline.plan import Stage
 from warm_jax.pipeline.presets import StageFailed
 
 
-def stage_environment(cache_dir: str) -> dict[str, str]:
-  """The environment every stage runs in: one persistent XLA compile cache for the whole
-  experiment (the two settings, the LMC pairs and the RL runs compile the same programs; every
-  program is cached, however fast it compiled: the tiny scale's ~130 compiles of ~0.4 s each
-  are a third of its time, and caching them all cut it from 200 s to 133 s) and
-  the FLOP/s of one timed matmul, so that each stage's MFU uses the same reference."""
+def compile_cache_environment(cache_dir: str) -> dict[str, str]:
+  """This process's environment with one persistent XLA compile cache at `cache_dir` that keeps
+  every program, however fast it compiled; a JAX_COMPILATION_CACHE_DIR (or minimum compile
+  time) already set wins, so an outer caller's cache (e.g. `warm_jax.seeds`' one for all
+  seeds) reaches every stage."""
   env = dict(os.environ)
   env.setdefault("JAX_COMPILATION_CACHE_DIR", cache_dir)
   env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+  return env
+
+
+def stage_environment(cache_dir: str) -> dict[str, str]:
+  """The environment every stage runs in: one persistent XLA compile cache for the whole
+  experiment (`compile_cache_environment`: the two settings, the LMC pairs and the RL runs
+  compile the same programs; every program is cached, however fast it compiled: the tiny
+  scale's ~130 compiles of ~0.4 s each are a third of its time, and caching them all cut it
+  from 200 s to 133 s) and the FLOP/s of one timed matmul, so that each stage's MFU uses the
+  same reference."""
+  env = compile_cache_environment(cache_dir)
   if "WARM_JAX_MATMUL_FLOPS" not in env:
     from warm_jax.core import flops as flops_lib
     env["WARM_JAX_MATMUL_FLOPS"] = repr(flops_lib.measure_matmul_flops())
