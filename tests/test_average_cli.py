@@ -135,12 +135,18 @@ def test_peak_memory_stays_near_one_model_as_members_grow(tmp_path):
   _, paths = _save_members(tmp_path, 8, leaves=4, rows=rows, cols=256)
   model_bytes = 4 * rows * 256 * 4
   peaks, faults = {}, {}
+  # Two runs per M, the least of each: a run's page faults and peak vary with how TensorStore's
+  # reading threads meet glibc's arenas (from 2 to 8 members one run's faults grew 0.6k-33k
+  # with the same code), while a regression (a fresh page per read, stacked members) raises
+  # every run.
   for m in (2, 4, 8):
-    out = tmp_path / f"warm_{m}"
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt
-    run_cli(AVERAGE + ["--inputs", *paths[:m], "--output", str(out)], check=True)
-    faults[m] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt - before
-    peaks[m] = _peak_rss(out)
+    for repeat in range(2):
+      out = tmp_path / f"warm_{m}_{repeat}"
+      before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt
+      run_cli(AVERAGE + ["--inputs", *paths[:m], "--output", str(out)], check=True)
+      run_faults = resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt - before
+      faults[m] = min(faults.get(m, run_faults), run_faults)
+      peaks[m] = min(peaks.get(m, _peak_rss(out)), _peak_rss(out))
   print({m: f"{p / MIB:.0f} MiB" for m, p in peaks.items()}, f"model {model_bytes / MIB:.0f} MiB",
         "minor faults", faults)
   growth = peaks[8] - peaks[2]
