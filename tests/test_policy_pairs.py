@@ -348,6 +348,15 @@ def test_evaluation_adds_the_ood_policy_subset(setup):
   assert "ood_policy" in result["wa_minus_ens"]["diff"]
   for plot in ("lmc_ood_policy.png", "accuracy_vs_m_ood_policy.png"):
     assert os.path.getsize(base / "eval" / "plots" / plot) > 0
+  # VS_M_ORDERS=() asks for no accuracy-vs-M curve: the rest is evaluated and written.
+  quick = evaluate.evaluate_reward_models(
+      output_dir=str(base / "eval_no_orders"), vs_m_orders=(), max_pairs_per_subset=16,
+      pairs_histogram=False, **common)
+  assert "vs_m" not in quick and set(quick["table"]["rows"]) == {"rm_0", "rm_1", "warm_2",
+                                                                    "ens_2"}
+  with open(base / "eval_no_orders" / "eval.json") as f:
+    assert "vs_m" not in json.load(f)
+  assert not list((base / "eval_no_orders" / "plots").glob("accuracy_vs_m_*"))
   # Without POLICY_PAIRS_DIR: the subsets are what they were.
   plain = evaluate.load_subsets(setup["data"], seq_len=128, vocab_size=1024)
   with_policy = evaluate.load_subsets(setup["data"], seq_len=128, vocab_size=1024,

@@ -534,7 +534,8 @@ def evaluate_reward_models(*, output_dir: str | None, data_dir: str,
             score_fn=lambda p: accuracies(score_subsets(scorer, p, ranking_only),
                                              ranking_only)[RANKING_SUBSET])
         orders["greedy"] = [step["member"] for step in greedy["steps"] if step["accepted"]]
-      result["vs_m"] = evaluator.accuracy_vs_m(members, member_rewards, orders)
+      if orders:  # VS_M_ORDERS=() asks for none
+        result["vs_m"] = evaluator.accuracy_vs_m(members, member_rewards, orders)
       if pairs_histogram:
         result["wa_minus_ens"] = evaluator.wa_minus_ens_over_pairs(members, member_rewards)
   if lmc_pairs:
@@ -562,7 +563,7 @@ def write_outputs(output_dir: str, result: dict[str, Any]) -> None:
     plots.plot_accuracy_table(result["table"]["rows"], os.path.join(plot_dir, "accuracy.png"),
                               title="Pairwise accuracy: members, WARM M, ENS M")
   for subset in ("id_val", ID_POLICY_SUBSET, "ood", POLICY_SUBSET):
-    if "vs_m" in result and subset in next(iter(result["vs_m"].values()))["wa"][0]:
+    if result.get("vs_m") and subset in next(iter(result["vs_m"].values()))["wa"][0]:
       plots.plot_accuracy_vs_m(result["vs_m"], subset,
                                os.path.join(plot_dir, f"accuracy_vs_m_{subset}.png"))
   if "wa_minus_ens" in result:
