@@ -659,7 +659,8 @@ def test_experiment_wall_seconds_counts_overlaps_once_and_old_markers_by_wall():
 def test_every_stage_of_the_plans_waits_only_for_earlier_stages(tmp_path):
   from warm_jax import experiment
   for overrides in ({}, {"rl_kl_coefs": (0.001, 0.01)}, {"vmapped_members": False},
-                    {"rm_pretrain_steps": None}):
+                    {"rm_pretrain_steps": None}, {"pretraining_pair": True},
+                    {"pretraining_pair": True, "vmapped_members": False}):
     plan = experiment.run_experiment(
         output_dir=str(tmp_path / "x"), scale="default", scales=_scales(),
         overrides=overrides, dry_run=True)
@@ -669,7 +670,10 @@ def test_every_stage_of_the_plans_waits_only_for_earlier_stages(tmp_path):
       assert set(stage.after) <= seen, (stage.name, stage.after)
       seen.add(stage.name)
     after = {stage.name: set(stage.after) for stage in stages}
-    assert {n for n in after if n.startswith("pairs/")} <= after["eval/clean"]
+    assert {n for n in after if n.startswith("pairs/")} - {"pairs/two_pretrainings"} <= after[
+        "eval/clean"]
+    if "pairs/two_pretrainings" in after:  # evaluated on its own (eval/pretraining_pair)
+      assert "pairs/two_pretrainings" in after["eval/pretraining_pair"]
     assert "rm_data" in after["eval/corrupt"] and "rm_data" in after["probe/corrupt"]
     assert {"sft", "pretrain"} <= after["rm_data"]
     assert all("eval/clean" in deps for n, deps in after.items() if n.startswith("rl/"))
@@ -725,6 +729,107 @@ def test_reward_models_own_start_feeds_every_rm_stage_and_no_policy_stage(tmp_pa
   with pytest.raises(ValueError, match="rm_pretrain_steps=0: must be positive"):
     experiment.run_experiment(output_dir=str(out), scale="default", scales=_scales(),
                               overrides={"rm_pretrain_steps": 0}, dry_run=True)
+
+
+@pytest.mark.parametrize("rm_pretrain_steps", [1500, None])
+def test_pretraining_pair_is_member_0s_recipe_from_a_second_pre_training(tmp_path,
+                                                                         rm_pretrain_steps):
+  """pretraining_pair: a second pre-training + SFT of the RMs' start with its own seed, its
+  probe, member 0's recipe from it, and one evaluation of its LMC curve beside the data-order
+  pair; every other stage is the plan without it."""
+  from warm_jax import experiment
+  from warm_jax.pipeline.presets import PRETRAINING_PAIR_SEED_OFFSET
+  out = tmp_path / "x"
+  common = dict(output_dir=str(out), scale="default", scales=_scales(), seed=3, dry_run=True)
+  without = experiment.run_experiment(overrides={"rm_pretrain_steps": rm_pretrain_steps},
+                                      **common)
+  plan = experiment.run_experiment(
+      overrides={"rm_pretrain_steps": rm_pretrain_steps, "pretraining_pair": True}, **common)
+  base = {s.name: s for s in without.stages()}
+  stages = {s.name: s for s in plan.stages()}
+  new = {"pretraining_pair/pretrain", "pretraining_pair/sft", "pretraining_pair/probe",
+         "pairs/two_pretrainings", "eval/pretraining_pair"}
+  assert set(stages) - set(base) == new and set(base) <= set(stages)
+  for name in base:  # (stages resolved later, from earlier stages' outputs, by their deps)
+    assert stages[name].after == base[name].after, name
+    if base[name].resolved:
+      assert stages[name].argv == base[name].argv, name
+  # the chain: the RMs' start chain's commands with its own dirs and seed
+  start = "rm_" if rm_pretrain_steps else ""
+  pair = out / "pretraining_pair"
+  for kind, own in (("pretrain", pair / "pretrain"), ("sft", pair / "sft")):
+    argv, ref = stages[f"pretraining_pair/{kind}"].argv, base[f"{start}{kind}"].argv
+    assert _gin_value(argv, "SEED") == 3 + PRETRAINING_PAIR_SEED_OFFSET
+    assert _gin_value(ref, "SEED") == 3
+    assert _gin_value(argv, "MODEL_DIR") == str(own)
+    assert [a for a in argv if "_DIR=" not in a and "SEED=" not in a] == [
+        a for a in ref if "_DIR=" not in a and "SEED=" not in a]
+  assert _gin_value(stages["pretraining_pair/pretrain"].argv, "TRAIN_STEPS") == (
+      rm_pretrain_steps or 1200)
+  assert _gin_value(stages["pretraining_pair/sft"].argv, "PRETRAIN_DIR") == str(pair / "pretrain")
+  probe = stages["pretraining_pair/probe"].argv
+  assert _gin_value(probe, "SFT_DIR") == str(pair / "sft")
+  assert [a for a in probe if not a.startswith(("--gin.SFT_DIR", "--gin.MODEL_DIR"))] == [
+      a for a in base["probe/clean"].argv
+      if not a.startswith(("--gin.SFT_DIR", "--gin.MODEL_DIR"))]
+  # member 0's recipe (the sweep's draw, no overrides) from the second start
+  member = stages["pairs/two_pretrainings"].argv
+  assert _gin_value(member, "SFT_DIR") == str(pair / "sft")
+  assert _gin_value(member, "PROBE_DIR") == str(pair / "probe")
+  assert _gin_value(member, "MEMBER_VARIANTS") == {"two_pretrainings": {}}
+  keep = lambda argv: [a for a in argv if not a.startswith(
+      ("--gin.SFT_DIR", "--gin.PROBE_DIR", "--gin.MEMBER_VARIANTS"))]
+  assert keep(member) == keep(base["pairs/shared_start"].argv)
+  evaluation = stages["eval/pretraining_pair"].argv
+  member0 = str(out / "members" / "clean" / "member_0")
+  assert _gin_value(evaluation, "LMC_PAIRS") == {
+      "two_data_orders": (member0, str(out / "pairs" / "data_order")),
+      "two_pretrainings": (member0, str(out / "pairs" / "two_pretrainings"))}
+  assert not any(a.startswith("--gin.MEMBERS_DIR") for a in evaluation)
+  assert _gin_value(evaluation, "MAX_PAIRS") == _gin_value(base["eval/clean"].argv, "MAX_PAIRS")
+  after = {n: set(s.after) for n, s in stages.items()}
+  assert after["pretraining_pair/sft"] == {"pretraining_pair/pretrain"}
+  assert after["pairs/two_pretrainings"] == {"pretraining_pair/probe"}
+  assert {"members/clean", "pairs/shared_start", "pairs/two_pretrainings"} <= after[
+      "eval/pretraining_pair"] and "pairs/scratch" not in after["eval/pretraining_pair"]
+  assert not new & after["eval/clean"]
+  sequential = experiment.run_experiment(
+      overrides={"rm_pretrain_steps": rm_pretrain_steps, "pretraining_pair": True,
+                 "vmapped_members": False}, **common)
+  member = {s.name: s for s in sequential.stages()}["pairs/two_pretrainings"].argv
+  assert "--gin_file=gin/rm.gin" in member and _gin_value(member, "MEMBER_OVERRIDES") == {}
+  assert _gin_value(member, "MEMBER_DIR") == str(out / "pairs" / "two_pretrainings")
+
+
+def test_pretraining_pair_findings_and_report_lines(tmp_path):
+  from warm_jax.pipeline import report
+
+  def stats(diff, low, high):
+    return {"diff": diff, "low": low, "high": high, "se": 0.01, "n": 100, "clusters": 50}
+
+  def curve(wa, bump):
+    return {"lambdas": [0.0, 0.5, 1.0], "wa": {"id_policy": wa},
+            "line": {"id_policy": [wa[0], (wa[0] + wa[2]) / 2, wa[2]]},
+            "bump": {"id_policy": bump[0]}, "bump_paired": {"id_policy": stats(*bump)}}
+
+  metrics = {"rm": {}, "lmc": {"pretraining_pair": {
+      "two_data_orders": curve([0.95, 0.95, 0.94], (0.002, -0.003, 0.007)),
+      "two_pretrainings": curve([0.95, 0.52, 0.93], (-0.42, -0.45, -0.39))}},
+      "lmc_bump_differences": {"pretraining_pair": {
+          "two_pretrainings-two_data_orders": {"id_policy": stats(-0.422, -0.45, -0.39)}}}}
+  by_id = {f["id"]: f for f in report.rm_findings(metrics)}
+  assert by_id["lmc_two_pretrainings"]["verdict"] == "reproduced"
+  assert "accuracy at lambda 0, 0.5, 1: 95.0, 52.0, 93.0" in by_id["lmc_two_pretrainings"][
+      "numbers"]
+  assert by_id["lmc_two_pretrainings_vs_shared"]["verdict"] == "reproduced"
+  assert by_id["lmc_two_pretrainings_vs_shared"]["effect"] == -0.422
+  # a pair that stays on its line: inconclusive; none: no finding
+  metrics["lmc"]["pretraining_pair"]["two_pretrainings"] = curve([0.95, 0.95, 0.93],
+                                                                 (0.001, -0.004, 0.006))
+  assert {f["id"]: f for f in report.rm_findings(metrics)}["lmc_two_pretrainings"][
+      "verdict"] == "inconclusive"
+  del metrics["lmc"]["pretraining_pair"]
+  assert not [f for f in report.rm_findings(metrics) if "pretrainings" in f["id"]]
 
 
 @pytest.mark.parametrize("rm_pretrain_steps", [None, 2400])

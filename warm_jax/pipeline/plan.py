@@ -16,8 +16,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from warm_jax.core.checkpoints import AVERAGE_CHECKPOINT_SUBDIR
-from warm_jax.pipeline.presets import (ENSEMBLE_KINDS, RL_TEMPERATURE, SETTINGS, STAGE_DONE,
-                                       UWO_LAMBDA, ExperimentScale)
+from warm_jax.pipeline.presets import (ENSEMBLE_KINDS, PRETRAINING_PAIR_SEED_OFFSET,
+                                       RL_TEMPERATURE, SETTINGS, STAGE_DONE, UWO_LAMBDA,
+                                       ExperimentScale)
 
 
 @dataclasses.dataclass
@@ -168,20 +169,23 @@ class ExperimentPlan:
     init."""
     return self.path("rm_sft" if self.scale.rm_pretrain_steps else "sft")
 
-  def _language_model_stages(self, pretrain: str, sft: str, pretrain_steps: int) -> list[Stage]:
-    """Pre-training then SFT into path(pretrain) / path(sft), keeping every Baklava step."""
+  def _language_model_stages(self, pretrain: str, sft: str, pretrain_steps: int, *,
+                             seed: int | None = None) -> list[Stage]:
+    """Pre-training then SFT into path(pretrain) / path(sft), keeping every Baklava step
+    (seed: the chain's training seed, None: the experiment's)."""
     s = self.scale
+    seed = self.seed if seed is None else seed
     sft_every = math.gcd(*s.baklava_steps)  # every Baklava step must be a saved checkpoint
     return [Stage(pretrain, self._train(
                 "gin/pretrain.gin", _gin("DATA_DIR", self.data_dir("clean")),
                 _gin("MODEL_DIR", self.path(pretrain)), _gin("TRAIN_STEPS", pretrain_steps),
-                _gin("BATCH_SIZE", s.pretrain_batch), _gin("SEED", self.seed),
+                _gin("BATCH_SIZE", s.pretrain_batch), _gin("SEED", seed),
                 _gin("TrainerConfig.microbatches", s.lm_microbatches)), self.path(pretrain)),
             Stage(sft, self._train(
                 "gin/sft.gin", _gin("DATA_DIR", self.data_dir("clean")),
                 _gin("PRETRAIN_DIR", self.path(pretrain)), _gin("MODEL_DIR", self.path(sft)),
                 _gin("TRAIN_STEPS", s.sft_steps), _gin("BATCH_SIZE", s.sft_batch),
-                _gin("SAVE_EVERY", sft_every), _gin("SEED", self.seed),
+                _gin("SAVE_EVERY", sft_every), _gin("SEED", seed),
                 _gin("TrainerConfig.microbatches", s.lm_microbatches)), self.path(sft))]
 
   def stages(self) -> list[Stage]:
@@ -227,6 +231,8 @@ class ExperimentPlan:
               "gin/rm.gin", *self._rm_common(setting), *sweep, _gin("MEMBERS_DIR", members_dir),
               _gin("MEMBER_INDEX", i)), os.path.join(members_dir, f"member_{i}")))
     out += self._pair_stages()
+    if s.pretraining_pair:
+      out += self._pretraining_pair_stages()
     for setting in self.settings:
       out.append(Stage(f"eval/{setting}", _py(
           "warm_jax.evaluate", *self._model(), "--gin_file=gin/evaluate.gin",
@@ -435,6 +441,45 @@ class ExperimentPlan:
           f"--gin.MEMBER_OVERRIDES={overrides!r}"), out))
     return stages
 
+  def _pretraining_pair_stages(self) -> list[Stage]:
+    """Remark 1's reason at a scale where from-scratch RMs stay at chance: a second
+    pre-training and SFT of the RMs' start (its own seed), its linear probe, member 0's recipe
+    from it (`pairs/two_pretrainings`), and one evaluation of the LMC curves of that pair and of
+    the two-data-orders pair on the same pairs (`eval/pretraining_pair`), so that their bumps
+    are compared paired. Nothing else reads these stages."""
+    s = self.scale
+    chain = self._language_model_stages(
+        "pretraining_pair/pretrain", "pretraining_pair/sft",
+        s.rm_pretrain_steps or s.pretrain_steps,
+        seed=self.seed + PRETRAINING_PAIR_SEED_OFFSET)
+    sft, probe = self.path("pretraining_pair", "sft"), self.path("pretraining_pair", "probe")
+    chain.append(Stage("pretraining_pair/probe", self._train(
+        "gin/linear_probe.gin", _gin("DATA_DIR", self.rm_data_dir("clean")),
+        _gin("SFT_DIR", sft), _gin("MODEL_DIR", probe)), probe))
+    start = {"SFT_DIR": _gin("SFT_DIR", sft), "PROBE_DIR": _gin("PROBE_DIR", probe)}
+    common = [start.get(arg.split("=")[0][len("--gin."):], arg)
+              for arg in self._rm_common("clean")]
+    member = self.path("pairs", "two_pretrainings")
+    if s.vmapped_members:
+      argv = self._train("gin/rm_members.gin", *common, _gin("MEMBERS_DIR", self.path("pairs")),
+                         _gin("NUM_MEMBERS", 1),
+                         f"--gin.MEMBER_VARIANTS={ {'two_pretrainings': {}}!r}")
+    else:
+      argv = self._train("gin/rm.gin", *common, _gin("MEMBERS_DIR", self.path("pairs")),
+                         _gin("MEMBER_DIR", member), "--gin.MEMBER_OVERRIDES={}")
+    chain.append(Stage("pairs/two_pretrainings", argv, member))
+    member0 = self.path("members", "clean", "member_0")
+    pairs = {"two_data_orders": (member0, self.path("pairs", "data_order")),
+             "two_pretrainings": (member0, member)}
+    chain.append(Stage("eval/pretraining_pair", _py(
+        "warm_jax.evaluate", *self._model(), "--gin_file=gin/evaluate.gin",
+        _gin("DATA_DIR", self.rm_data_dir("clean")),
+        _gin("OUTPUT_DIR", self.path("eval", "pretraining_pair")),
+        _gin("BATCH_SIZE", s.eval_batch), _gin("MAX_PAIRS", s.eval_max_pairs),
+        _gin("LMC_LAMBDAS", tuple(s.lmc_lambdas)), f"--gin.LMC_PAIRS={pairs!r}"),
+        self.path("eval", "pretraining_pair")))
+    return chain
+
   def lmc_pairs(self, setting: str) -> dict[str, tuple[str, str]]:
     member0 = self.path("members", setting, "member_0")
     if setting == "corrupt":
@@ -472,11 +517,21 @@ def stage_dependencies(name: str, names: Sequence[str]) -> tuple[str, ...]:
     deps = ["sft", "rm_sft", f"data/{setting}"] + having("rm_data")
   elif kind == "members":
     deps = [f"probe/{setting}"]
+  elif kind == "pretraining_pair":  # pretrain -> sft -> probe (on the RM data)
+    deps = {"pretrain": ["data/clean"], "sft": ["pretraining_pair/pretrain"],
+            "probe": ["pretraining_pair/sft", "data/clean"] + having("rm_data")}[rest]
+  elif name == "pairs/two_pretrainings":
+    deps = ["pretraining_pair/probe"]
   elif kind == "pairs":
     deps = ["probe/clean"]
+  elif name == "eval/pretraining_pair":  # member 0, the data-order pair and the new one
+    deps = having("members/clean") + having("rm_data") + [
+        p for p in having("pairs")
+        if p in ("pairs/shared_start", "pairs/data_order", "pairs/two_pretrainings")]
   elif kind == "eval":
     deps = having(f"members/{setting}") + having("rm_data") + (
-        having("pairs") if setting == "clean" else [])
+        [p for p in having("pairs") if p != "pairs/two_pretrainings"]
+        if setting == "clean" else [])
   elif kind == "average":
     deps = ["eval/clean"]
   elif kind in ("bon", "rl"):

@@ -27,6 +27,10 @@ SETTINGS = ("clean", "corrupt")
 DIVERSITY_SOURCES = ("all", "data_order", "learning_rate", "dropout", "baklava")
 
 
+# The training seed of the pretraining pair's second chain: the experiment's seed + this
+# (ExperimentScale.pretraining_pair)
+PRETRAINING_PAIR_SEED_OFFSET = 1000
+
 @dataclasses.dataclass(frozen=True)
 class ExperimentScale:
   """Sizes and steps of one scale of the experiment (gin: `run_experiment.scales`)."""
@@ -126,6 +130,12 @@ class ExperimentScale:
   # keep the policy's chain (docs/experiment.md, "The reward models' own start"). The embedded
   # default's preset sets 1,500 (gin/experiments/warm_synthetic_tldr.gin)
   rm_pretrain_steps: int | None = None
+  # Remark 1's reason, where the from-scratch pair cannot show it (it stays at chance in the
+  # budget): member 0's recipe from a second, independent pre-training and SFT of the RMs'
+  # start (seed + PRETRAINING_PAIR_SEED_OFFSET), and the LMC curve between it and member 0 beside
+  # a shared-start pair on the same pairs (stages pretraining_pair/*, pairs/two_pretrainings,
+  # eval/pretraining_pair; docs/experiment.md, "Two pre-trainings")
+  pretraining_pair: bool = False
   # the diversity ablation: which sources make the M members differ ('all', or only one of
   # 'data_order', 'learning_rate', 'dropout', 'baklava'; the others fixed at member 0's)
   member_diversity: str = "all"

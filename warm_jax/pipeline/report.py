@@ -22,6 +22,8 @@ from warm_jax.pipeline.verdicts import MARGIN, verdict  # noqa: F401
 SUBSETS = ("train_clean", "train_corrupt", "id_val", "id_policy", "ood", "ood_policy")
 DIVERSITY_ORDER = ("checkpoints_of_one_run", "two_data_orders", "two_learning_rates",
                    "two_baklava_inits")
+# metrics["lmc"] key of eval/pretraining_pair (ExperimentScale.pretraining_pair)
+PRETRAINING_PAIR = "pretraining_pair"
 
 
 def collect_metrics(plan: Any, *, timings: dict[str, float], scale_name: str
@@ -43,6 +45,10 @@ def collect_metrics(plan: Any, *, timings: dict[str, float], scale_name: str
                    "vs_m": result.get("vs_m"), "wa_minus_ens": result.get("wa_minus_ens")}
     lmc[setting] = result.get("lmc", {})
     bump_differences[setting] = result.get("lmc_bump_differences", {})
+  pair = read_json(plan.path("eval", "pretraining_pair", "eval.json"))
+  if pair is not None:  # ExperimentScale.pretraining_pair: two_pretrainings beside two_data_orders
+    lmc[PRETRAINING_PAIR] = pair.get("lmc", {})
+    bump_differences[PRETRAINING_PAIR] = pair.get("lmc_bump_differences", {})
   data_stats = {s: read_json(plan.path("data", s, "stats.json")) for s in ("clean", "corrupt")}
   rm_data = read_json(plan.path("rm_data", "stats.json"))
   rl_names = plan.rl_run_names() if hasattr(plan, "rl_run_names") else []
@@ -234,6 +240,41 @@ def rm_findings(metrics: dict[str, Any]) -> list[dict[str, Any]]:
           "one random init)", f"bump on {subset} < 0 (WA below the line), paired",
           f"bump {_pm(stats)} points", "negative", stats["diff"], stats["low"],
           stats["high"]))
+  out += _pretraining_pair_findings(metrics, subset)
+  return out
+
+
+def _pretraining_pair_findings(metrics: dict[str, Any], subset: str | None
+                               ) -> list[dict[str, Any]]:
+  """Remark 1's reason where from-scratch RMs cannot learn: member 0 and the same recipe from a
+  second, independent pre-training (eval/pretraining_pair) are not linearly connected, and
+  their bump is below the shared-start data-order pair's on the same pairs."""
+  curves = metrics.get("lmc", {}).get(PRETRAINING_PAIR, {})
+  if "two_pretrainings" not in curves:
+    return []
+  curve = curves["two_pretrainings"]
+  if subset not in curve["bump_paired"]:
+    subset = next(s for s in ("ood_policy", "id_policy", "ood", "id_val")
+                  if s in curve["bump_paired"])
+  wa, lambdas = curve["wa"][subset], curve["lambdas"]
+  middle = min(range(len(lambdas)), key=lambda i: abs(lambdas[i] - 0.5))
+  stats = curve["bump_paired"][subset]
+  out = [_finding(
+      "lmc_two_pretrainings", "LMC needs a shared pre-training (Remark 1's reason): member 0 "
+      "and the same recipe from a second, independent pre-training",
+      f"bump on {subset} < 0 (WA below the line), paired",
+      f"bump {_pm(stats)} points; {subset} accuracy at lambda 0, {lambdas[middle]:g}, 1: "
+      f"{_fmt(wa[0])}, {_fmt(wa[middle])}, {_fmt(wa[-1])}", "negative", stats["diff"],
+      stats["low"], stats["high"])]
+  diffs = metrics.get("lmc_bump_differences", {}).get(PRETRAINING_PAIR, {})
+  key = "two_pretrainings-two_data_orders"
+  if key in diffs and subset in diffs[key]:
+    stats = diffs[key][subset]
+    out.append(_finding(
+        "lmc_two_pretrainings_vs_shared", "The bump of two pre-trainings is below the bump "
+        "of one shared start (two data orders)", f"bump(two pre-trainings) - bump(two data "
+        f"orders) on {subset} < 0, paired", f"{_pm(stats)} points", "negative", stats["diff"],
+        stats["low"], stats["high"]))
   return out
 
 
@@ -321,6 +362,15 @@ def write_report(output_dir: str, metrics: dict[str, Any]) -> None:
     for name, curve in curves.items():
       lines.append(f"| {name} | " + " | ".join(_pm(curve["bump_paired"][s])
                                                 for s in subsets) + " |")
+    pair = metrics["lmc"].get(PRETRAINING_PAIR, {}).get("two_pretrainings")
+    if pair and all(s in pair["bump_paired"] for s in subsets):
+      lines.append("| two_pretrainings (eval/pretraining_pair) | " + " | ".join(
+          _pm(pair["bump_paired"][s]) for s in subsets) + " |")
+      lines += ["", "Two pre-trainings (member 0 and the same recipe from a second, independent "
+                "pre-training and SFT), accuracy along lambda = " + ", ".join(
+                    f"{x:g}" for x in pair["lambdas"]) + ": " + "; ".join(
+                    f"{s} " + " / ".join(_fmt(a) for a in pair["wa"][s]) for s in subsets)
+                + "."]
   memo = metrics["rm"].get("corrupt", {}).get("memorisation")
   if memo:
     lines += ["", "## Memorisation along training (accuracy against the swapped labels of "
