@@ -66,6 +66,13 @@ def test_tiny_experiment_writes_the_documented_schema(tiny_run):
           "two_baklava_inits", "from_scratch"} <= set(lmc)
   for curve in lmc.values():  # the tiny scale's lmc_lambdas
     assert curve["lambdas"] == [0.0, 0.5, 1.0]
+  # the pretraining pair: its curve beside the data-order pair's, on the same pairs
+  pair = metrics["lmc"]["pretraining_pair"]
+  assert set(pair) == {"two_data_orders", "two_pretrainings"}
+  assert pair["two_data_orders"]["wa"]["id_val"][0] == pair["two_pretrainings"]["wa"]["id_val"][0]
+  assert "two_pretrainings-two_data_orders" in metrics["lmc_bump_differences"]["pretraining_pair"]
+  assert {"lmc_two_pretrainings", "lmc_two_pretrainings_vs_shared"} <= {
+      f["id"] for f in metrics["findings"]}
   # best-of-N: every selector has one value per N, finite
   bon = metrics["bon"]
   assert bon["n"] == [1, 2, 4]
@@ -438,20 +445,22 @@ def test_policy_findings_follow_their_rules_on_hand_made_numbers():
 
 
 EXPERIMENT_GINS = {
-    "gin/experiments/warm_synthetic_tldr.gin": (22, {"rl/warm_6", "rl/ens_2", "eval/corrupt",
-                                                     "rm_data", "rm_pretrain", "rm_sft"}),
-    "gin/experiments/warm_synthetic_tldr_tiny.gin": (20, {"rl/warm_2", "win_rates", "rm_sft"}),
-    "gin/experiments/ablations/alpha_sweep.gin": (24, {"rl/best_member_kl0.001",
+    "gin/experiments/warm_synthetic_tldr.gin": (27, {"rl/warm_6", "rl/ens_2", "eval/corrupt",
+                                                     "rm_data", "rm_pretrain", "rm_sft",
+                                                     "eval/pretraining_pair"}),
+    "gin/experiments/warm_synthetic_tldr_tiny.gin": (25, {"rl/warm_2", "win_rates", "rm_sft",
+                                                          "pairs/two_pretrainings"}),
+    "gin/experiments/ablations/alpha_sweep.gin": (29, {"rl/best_member_kl0.001",
                                                        "rl/warm_6_kl0.01"}),
-    "gin/experiments/ablations/corruption.gin": (14, {"eval/corrupt", "rm_sft"}),
-    "gin/experiments/ablations/m_sweep.gin": (25, {"average/warm_4", "rl/warm_4"}),
-    "gin/experiments/ablations/selection_order.gin": (14, {"members/clean"}),
-    "gin/experiments/ablations/diversity_data_order.gin": (14, {"members/clean"}),
-    "gin/experiments/ablations/diversity_learning_rate.gin": (14, {"members/clean"}),
-    "gin/experiments/ablations/diversity_baklava.gin": (14, {"members/clean"}),
-    "gin/experiments/ablations/rm_own_start.gin": (22, {"rm_pretrain", "rm_sft", "rl/warm_6"}),
+    "gin/experiments/ablations/corruption.gin": (19, {"eval/corrupt", "rm_sft"}),
+    "gin/experiments/ablations/m_sweep.gin": (30, {"average/warm_4", "rl/warm_4"}),
+    "gin/experiments/ablations/selection_order.gin": (19, {"members/clean"}),
+    "gin/experiments/ablations/diversity_data_order.gin": (19, {"members/clean"}),
+    "gin/experiments/ablations/diversity_learning_rate.gin": (19, {"members/clean"}),
+    "gin/experiments/ablations/diversity_baklava.gin": (19, {"members/clean"}),
+    "gin/experiments/ablations/rm_own_start.gin": (27, {"rm_pretrain", "rm_sft", "rl/warm_6"}),
     # the paper's setup: one chain, the RMs from the policy's SFT
-    "gin/experiments/ablations/rm_policy_start.gin": (20, {"rl/warm_6", "rm_data"}),
+    "gin/experiments/ablations/rm_policy_start.gin": (25, {"rl/warm_6", "rm_data"}),
 }
 
 
@@ -741,8 +750,8 @@ def test_pretraining_pair_is_member_0s_recipe_from_a_second_pre_training(tmp_pat
   from warm_jax.pipeline.presets import PRETRAINING_PAIR_SEED_OFFSET
   out = tmp_path / "x"
   common = dict(output_dir=str(out), scale="default", scales=_scales(), seed=3, dry_run=True)
-  without = experiment.run_experiment(overrides={"rm_pretrain_steps": rm_pretrain_steps},
-                                      **common)
+  without = experiment.run_experiment(
+      overrides={"rm_pretrain_steps": rm_pretrain_steps, "pretraining_pair": False}, **common)
   plan = experiment.run_experiment(
       overrides={"rm_pretrain_steps": rm_pretrain_steps, "pretraining_pair": True}, **common)
   base = {s.name: s for s in without.stages()}
