@@ -223,10 +223,9 @@ def rm_findings(metrics: dict[str, Any]) -> list[dict[str, Any]]:
           f"mean over interior lambdas of Acc_{subset}(WA) - line: interval above -2 points",
           f"bump {_pm(stats)} points", "not_below", stats["diff"], stats["low"],
           stats["high"]))
-    diffs = metrics.get("lmc_bump_differences", {}).get("clean", {})
-    key = "two_baklava_inits-checkpoints_of_one_run"
-    if key in diffs and subset in diffs[key]:
-      stats = diffs[key][subset]
+    stats = _bump_difference(metrics, "clean", "two_baklava_inits-checkpoints_of_one_run",
+                             subset)
+    if stats:
       out.append(_finding(
           "lmc_bump_grows", "The LMC bump grows with diversity (two Baklava inits vs two "
           "checkpoints of one run)", f"bump(Baklava) - bump(checkpoints) on {subset} > 0, "
@@ -242,6 +241,13 @@ def rm_findings(metrics: dict[str, Any]) -> list[dict[str, Any]]:
           stats["high"]))
   out += _pretraining_pair_findings(metrics, subset)
   return out
+
+
+def _bump_difference(metrics: dict[str, Any], setting: str, key: str, subset: str | None
+                     ) -> dict[str, float] | None:
+  """The paired bump(b) - bump(a) of metrics['lmc_bump_differences'][setting]['b-a'] on
+  subset, or None where it was not measured."""
+  return metrics.get("lmc_bump_differences", {}).get(setting, {}).get(key, {}).get(subset)
 
 
 def _pretraining_pair_findings(metrics: dict[str, Any], subset: str | None
@@ -266,10 +272,8 @@ def _pretraining_pair_findings(metrics: dict[str, Any], subset: str | None
       f"bump {_pm(stats)} points; {subset} accuracy at lambda 0, {lambdas[middle]:g}, 1: "
       f"{_fmt(wa[0])}, {_fmt(wa[middle])}, {_fmt(wa[-1])}", "negative", stats["diff"],
       stats["low"], stats["high"])]
-  diffs = metrics.get("lmc_bump_differences", {}).get(PRETRAINING_PAIR, {})
-  key = "two_pretrainings-two_data_orders"
-  if key in diffs and subset in diffs[key]:
-    stats = diffs[key][subset]
+  stats = _bump_difference(metrics, PRETRAINING_PAIR, "two_pretrainings-two_data_orders", subset)
+  if stats:
     out.append(_finding(
         "lmc_two_pretrainings_vs_shared", "The bump of two pre-trainings is below the bump "
         "of one shared start (two data orders)", f"bump(two pre-trainings) - bump(two data "
