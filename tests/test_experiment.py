@@ -839,6 +839,13 @@ def test_pretraining_pair_findings_and_report_lines(tmp_path):
       "verdict"] == "inconclusive"
   del metrics["lmc"]["pretraining_pair"]
   assert not [f for f in report.rm_findings(metrics) if "pretrainings" in f["id"]]
+  # the bump's growth reads its paired difference the same way
+  metrics["lmc"]["clean"] = {"checkpoints_of_one_run": curve([0.9, 0.9, 0.9], (0.0, -0.01, 0.01)),
+                             "two_baklava_inits": curve([0.9, 0.92, 0.9], (0.02, 0.01, 0.03))}
+  metrics["lmc_bump_differences"]["clean"] = {"two_baklava_inits-checkpoints_of_one_run": {
+      "id_policy": stats(0.02, 0.005, 0.035)}}
+  grows = {f["id"]: f for f in report.rm_findings(metrics)}["lmc_bump_grows"]
+  assert (grows["effect"], grows["verdict"]) == (0.02, "reproduced")
 
 
 @pytest.mark.parametrize("rm_pretrain_steps", [None, 2400])
