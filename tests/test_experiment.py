@@ -73,6 +73,10 @@ def test_tiny_experiment_writes_the_documented_schema(tiny_run):
   assert "two_pretrainings-two_data_orders" in metrics["lmc_bump_differences"]["pretraining_pair"]
   assert {"lmc_two_pretrainings", "lmc_two_pretrainings_vs_shared"} <= {
       f["id"] for f in metrics["findings"]}
+  with open(os.path.join(out, "report.md")) as f:
+    text = f.read()
+  assert "| two_pretrainings (eval/pretraining_pair) |" in text
+  assert "Two pre-trainings (member 0 and the same recipe" in text
   # best-of-N: every selector has one value per N, finite
   bon = metrics["bon"]
   assert bon["n"] == [1, 2, 4]
