@@ -77,6 +77,7 @@ def test_tiny_experiment_writes_the_documented_schema(tiny_run):
     text = f.read()
   assert "| two_pretrainings (eval/pretraining_pair) |" in text
   assert "Two pre-trainings (member 0 and the same recipe" in text
+  assert os.path.getsize(os.path.join(out, "plots", "lmc_two_pretrainings_id_policy.png")) > 0
   # best-of-N: every selector has one value per N, finite
   bon = metrics["bon"]
   assert bon["n"] == [1, 2, 4]

@@ -66,7 +66,8 @@ def collect_metrics(plan: Any, *, timings: dict[str, float], scale_name: str
               "samples": rm_data["samples"], "build_seconds": rm_data["build_seconds"]},
           "policy_pairs": read_json(plan.path("policy_pairs", "stats.json")),
           "rm_start": _rm_start(plan),
-          "_plot_sources": {**{s: plan.path("eval", s, "plots") for s in ("clean", "corrupt")},
+          "_plot_sources": {**{s: plan.path("eval", s, "plots")
+                               for s in ("clean", "corrupt", PRETRAINING_PAIR)},
                             "bon": plan.path("bon", "plots")}}
 
 
@@ -302,6 +303,8 @@ FIGURES = {  # our plot file (in eval/<setting>/plots) -> report figure name
     ("bon", "bon_oracle_vs_kl.png"): "fig6_bon_oracle_vs_kl.png",
     ("bon", "bon_win_rate_vs_n.png"): "fig7_bon_win_rate_vs_n.png",
     ("bon", "bon_disagreement.png"): "bon_member_disagreement.png",
+    (PRETRAINING_PAIR, "lmc_id_policy.png"): "lmc_two_pretrainings_id_policy.png",
+    (PRETRAINING_PAIR, "lmc_ood_policy.png"): "lmc_two_pretrainings_ood_policy.png",
 }
 
 
@@ -318,6 +321,8 @@ def write_report(output_dir: str, metrics: dict[str, Any]) -> None:
   os.makedirs(plot_dir, exist_ok=True)
   copied = []
   for (setting, src), dst in FIGURES.items():
+    if setting not in metrics["_plot_sources"]:
+      continue
     path = os.path.join(metrics["_plot_sources"][setting], src)
     if os.path.exists(path):
       shutil.copyfile(path, os.path.join(plot_dir, dst))
