@@ -74,7 +74,8 @@ def test_report_puts_tuning_and_held_out_seeds_side_by_side(tmp_path):
 @pytest.mark.slow
 def test_seeds_cli_runs_each_seed_once_and_resumes(tmp_path, monkeypatch):
   """A stand-in experiment (a script writing metrics.json) checks the driver: every seed run
-  with its SEED/WORLD_SEED, a finished seed skipped on the rerun, then the aggregate."""
+  with its SEED/WORLD_SEED, every seed resumed on the rerun (the real experiment skips its
+  done stages and runs the ones its plan gained), then the aggregate."""
   fake = tmp_path / "fake_experiment.py"
   fake.write_text(
       "import json, os, sys\n"
@@ -93,9 +94,9 @@ def test_seeds_cli_runs_each_seed_once_and_resumes(tmp_path, monkeypatch):
       f"--gin.SEED={seed}", f"--gin.WORLD_SEED={seed}", *gin_args])
   out = str(tmp_path / "sweep")
   assert seeds_lib.main([f"--output_dir={out}", "--seeds=0-2", "--parallel=2"]) == 0
-  assert seeds_lib.main([f"--output_dir={out}", "--seeds=0,1,2"]) == 0  # all skipped
+  assert seeds_lib.main([f"--output_dir={out}", "--seeds=0,1,2"]) == 0  # all resumed
   for k in range(3):
-    assert open(os.path.join(out, f"seed_{k}", "ran")).read() == "x"
+    assert open(os.path.join(out, f"seed_{k}", "ran")).read() == "xx"
     # every seed compiles into (and reads from) the sweep's one cache
     assert open(os.path.join(out, f"seed_{k}", "cache_dir")).read() == os.path.join(
         os.path.abspath(out), "cache", "jax")

@@ -8,8 +8,9 @@ Where it sits: on top of `warm_jax.experiment`. One run says little: the same pr
 machines flipped verdicts that sat within one unpaired standard error (docs/experiment.md,
 "Seeds"). Seed k runs the whole experiment into OUTPUT/seed_<k> with --gin.SEED=k (inits, data
 orders, the member sweep, sampling) and --gin.WORLD_SEED=k (the world's posts, generator pairs
-and labels), as a subprocess; a rerun skips finished seeds and resumes an interrupted one
-stage by stage (the experiment's own resume). `--parallel` runs that many seeds at once (on 2
+and labels), as a subprocess; a rerun resumes every seed stage by stage (the experiment's own resume: a
+finished seed only has its metrics rewritten, an interrupted one, or one whose plan gained
+stages, runs what is missing). `--parallel` runs that many seeds at once (on 2
 cores, 1 seed with the experiment's 2 parallel stages is the faster choice). Extra
 --gin flags go to every seed's experiment. All seeds share one XLA compile cache,
 OUTPUT/cache/jax (`seeds_environment`).
@@ -69,11 +70,12 @@ def seeds_environment(output_dir: str) -> dict[str, str]:
 
 def run_seeds(*, seeds: Sequence[int], output_dir: str, gin_args: Sequence[str],
               parallel: int = 1) -> dict[int, dict[str, Any]]:
-  """Runs (or resumes) each seed's experiment; returns {seed: {exit, wall_s, log}}. A seed whose
-  metrics.json exists is not run again (delete it, or its seed dir, to rerun)."""
+  """Runs (or resumes) each seed's experiment; returns {seed: {exit, wall_s, log}}. Every seed
+  is resumed, finished or not: the experiment skips its done stages (seconds for a finished
+  seed) and runs what the plan has gained since (e.g. a stage a new preset field adds), then
+  rewrites the seed's metrics.json, so the aggregate never reads a stale one."""
   os.makedirs(output_dir, exist_ok=True)
-  pending = [s for s in seeds
-             if not os.path.exists(os.path.join(seed_dir(output_dir, s), "metrics.json"))]
+  pending = list(seeds)
   results: dict[int, dict[str, Any]] = {}
   running: dict[int, tuple[subprocess.Popen, float, Any]] = {}
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
