@@ -69,8 +69,10 @@ def initial_params(config, seed: int = 0):
 
 
 def measure_ours(*, config, pairs: dict[str, np.ndarray], batch_size: int, warmup_steps: int,
-                 steps: int, init_params, partitioner=None) -> SideResult:
-  """Our jitted RM train step on `pairs`, batch s = rows [s*B, (s+1)*B) (cycling)."""
+                 steps: int, init_params, partitioner=None, microbatches: int = 1) -> SideResult:
+  """Our jitted RM train step on `pairs`, batch s = rows [s*B, (s+1)*B) (cycling); with
+  `microbatches` > 1 the step accumulates the batch's gradient over that many sequential
+  slices (TrainerConfig.microbatches: the same step, what the experiment presets run)."""
   import jax
   from warm_jax.core.objectives import PreferenceObjective
   from warm_jax.core.optimizers import OptimizerConfig
@@ -84,7 +86,8 @@ def measure_ours(*, config, pairs: dict[str, np.ndarray], batch_size: int, warmu
         optimizer=OptimizerConfig(name="adamw", learning_rate=LEARNING_RATE, schedule="linear",
                                   clip_grad_norm=1.0),
         partitioner=partitioner or common.single_device_partitioner(),
-        config=TrainerConfig(train_steps=total, batch_size=batch_size),
+        config=TrainerConfig(train_steps=total, batch_size=batch_size,
+                             microbatches=microbatches),
         model_dir=model_dir, seq_len=seq_len)
     state = trainer.state_from_params(init_params)
     load_before = common.load_average()
@@ -190,6 +193,7 @@ class Comparison:
   ours: SideResult
   trl: SideResult
   init_reward_max_diff: float
+  microbatches: int = 1  # ours
 
   @property
   def ratio(self) -> float:
@@ -197,8 +201,10 @@ class Comparison:
 
 
 def compare(*, preset: str, batch_size: int, seq_len: int, steps: int, warmup_steps: int = 2,
-            rounds: int = 1, vocab_size: int | None = None) -> list[Comparison]:
-  """Both sides, `rounds` times alternating (ours first), on the same pairs and init."""
+            rounds: int = 1, vocab_size: int | None = None,
+            microbatches: tuple[int, ...] = (1,)) -> list[Comparison]:
+  """Both sides, `rounds` times alternating (ours first, once per value of `microbatches`), on
+  the same pairs and init; each of our rows is compared with the round's one TRL run."""
   # float32 compute on both sides (the base preset computes in bfloat16 by default).
   config = common.preset_config(preset, vocab_size=vocab_size or VOCAB[preset], dtype="float32",
                                 max_len=max(seq_len, common.preset_fields(preset)["max_len"]))
@@ -212,15 +218,18 @@ def compare(*, preset: str, batch_size: int, seq_len: int, steps: int, warmup_st
   for r in range(rounds):
     kw = dict(config=config, pairs=pairs, batch_size=batch_size, warmup_steps=warmup_steps,
               steps=steps, init_params=init)
-    ours = measure_ours(**kw)
-    print(f"  {preset} round {r}: ours {ours.tokens_per_s:,.0f} tokens/s", file=sys.stderr,
-          flush=True)
+    ours = {}
+    for mb in microbatches:
+      ours[mb] = measure_ours(**kw, microbatches=mb)
+      print(f"  {preset} round {r}: ours ({mb} microbatches) {ours[mb].tokens_per_s:,.0f} "
+            "tokens/s", file=sys.stderr, flush=True)
     trl = measure_trl(**kw)
     print(f"  {preset} round {r}: TRL {trl.tokens_per_s:,.0f} tokens/s", file=sys.stderr,
           flush=True)
-    out.append(Comparison(preset=preset, num_params=config.num_params(), batch_size=batch_size,
-                          seq_len=seq_len, warmup_steps=warmup_steps, steps=steps, round=r,
-                          ours=ours, trl=trl, init_reward_max_diff=diff))
+    out += [Comparison(preset=preset, num_params=config.num_params(), batch_size=batch_size,
+                       seq_len=seq_len, warmup_steps=warmup_steps, steps=steps, round=r,
+                       ours=side, trl=trl, init_reward_max_diff=diff, microbatches=mb)
+            for mb, side in ours.items()]
   return out
 
 
@@ -231,14 +240,15 @@ def table(results: list[Comparison]) -> str:
     loss_gap = max(abs(a - b) for a, b in zip(c.ours.losses[:3], c.trl.losses[:3]))
     rows.append([
         c.preset, f"{c.num_params / 1e6:.2f}M", f"{c.batch_size} x 2 x {c.seq_len}",
-        f"{c.warmup_steps} + {c.steps}", c.round, c.ours.tokens_per_s, c.trl.tokens_per_s,
+        f"{c.warmup_steps} + {c.steps}", c.round, c.microbatches, c.ours.tokens_per_s,
+        c.trl.tokens_per_s,
         f"**{c.ratio:.2f}x**",
         f"{c.ours.losses[0]:.4f} / {c.trl.losses[0]:.4f}",
         f"{loss_gap:.1e}", f"{c.ours.losses[n - 1]:.4f} / {c.trl.losses[n - 1]:.4f}",
         f"{c.ours.load} / {c.trl.load}"])
   return common.markdown_table(
       ["preset", "params", "batch x seqs x len", "warm-up + timed steps", "round",
-       "ours tokens/s", "TRL tokens/s", "ours / TRL", "loss step 1 (ours / TRL)",
+       "ours: microbatches", "ours tokens/s", "TRL tokens/s", "ours / TRL", "loss step 1 (ours / TRL)",
        "max loss gap steps 1-3", "loss last step (ours / TRL)", "load (ours / TRL)"], rows)
 
 
@@ -251,6 +261,9 @@ def main(argv=None) -> None:
   parser.add_argument("--rounds", type=int, default=2, help="alternating repeats of both sides")
   parser.add_argument("--batch_size", type=int, help="override the preset's batch")
   parser.add_argument("--seq_len", type=int, help="override the preset's sequence length")
+  parser.add_argument("--microbatches", type=int, nargs="+", default=[1],
+                      help="our step's sequential microbatches (TrainerConfig.microbatches; "
+                           "the experiment presets run 8): one row of ours per value")
   parser.add_argument("--json", help="also save the rows here")
   args = parser.parse_args(argv)
   print(common.header("RM training throughput: warm-jax vs TRL RewardTrainer (CPU, fp32)",
@@ -260,7 +273,8 @@ def main(argv=None) -> None:
     batch, seq = SHAPES[preset]
     results += compare(preset=preset, batch_size=args.batch_size or batch,
                        seq_len=args.seq_len or seq, steps=args.steps,
-                       warmup_steps=args.warmup_steps, rounds=args.rounds)
+                       warmup_steps=args.warmup_steps, rounds=args.rounds,
+                       microbatches=tuple(args.microbatches))
   print(table(results))
   common.write_json(args.json, [dict(dataclasses.asdict(c), ratio=c.ratio) for c in results])
 

@@ -141,6 +141,10 @@ def test_our_rm_step_counts_tokens_and_computes_bradley_terry():
                                pairs["rejected_mask"][:2]), np.float64)
   assert np.isclose(result.losses[0], np.mean(np.logaddexp(0.0, r_r - r_c)), rtol=1e-5)
   assert len(result.losses) == 3 and all(np.isfinite(result.losses))
+  # two microbatches of one pair each: the same step (losses equal to float rounding)
+  split = rm_vs_trl.measure_ours(config=config, pairs=pairs, batch_size=2, warmup_steps=1,
+                                 steps=2, init_params=init, microbatches=2)
+  np.testing.assert_allclose(split.losses, result.losses, rtol=1e-5)
 
 
 # -------------------------------------------------------------------------------------------------
