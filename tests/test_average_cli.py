@@ -145,8 +145,9 @@ def test_peak_memory_stays_near_one_model_as_members_grow(tmp_path):
       before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt
       run_cli(AVERAGE + ["--inputs", *paths[:m], "--output", str(out)], check=True)
       run_faults = resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt - before
+      run_peak = _peak_rss(out)
       faults[m] = min(faults.get(m, run_faults), run_faults)
-      peaks[m] = min(peaks.get(m, _peak_rss(out)), _peak_rss(out))
+      peaks[m] = min(peaks.get(m, run_peak), run_peak)
   print({m: f"{p / MIB:.0f} MiB" for m, p in peaks.items()}, f"model {model_bytes / MIB:.0f} MiB",
         "minor faults", faults)
   growth = peaks[8] - peaks[2]

@@ -118,11 +118,16 @@ class ExperimentPlan:
     return tuple(s.corrupt_learning_rates if setting == "corrupt" and s.corrupt_learning_rates
                  else s.learning_rates)
 
-  def _rm_common(self, setting: str) -> list[str]:
+  def _rm_common(self, setting: str, *, sft_dir: str | None = None,
+                 probe_dir: str | None = None) -> list[str]:
+    """The bindings every RM training stage of `setting` shares; sft_dir / probe_dir: another
+    start than the RMs' shared one (rm_sft_dir, probe/<setting>)."""
     s = self.scale
     steps = self.rm_steps(setting)
-    out = [_gin("DATA_DIR", self.rm_data_dir(setting)), _gin("SFT_DIR", self.rm_sft_dir),
-           _gin("PROBE_DIR", self.path("probe", setting)), _gin("TRAIN_STEPS", steps),
+    out = [_gin("DATA_DIR", self.rm_data_dir(setting)),
+           _gin("SFT_DIR", sft_dir or self.rm_sft_dir),
+           _gin("PROBE_DIR", probe_dir or self.path("probe", setting)),
+           _gin("TRAIN_STEPS", steps),
            _gin("BATCH_SIZE", s.rm_batch), _gin("SEED", self.seed),
            _gin("LEARNING_RATES", self.learning_rates(setting)),
            _gin("DROPOUT_RATES", tuple(s.dropout_rates)),
@@ -456,9 +461,7 @@ class ExperimentPlan:
     chain.append(Stage("pretraining_pair/probe", self._train(
         "gin/linear_probe.gin", _gin("DATA_DIR", self.rm_data_dir("clean")),
         _gin("SFT_DIR", sft), _gin("MODEL_DIR", probe)), probe))
-    start = {"SFT_DIR": _gin("SFT_DIR", sft), "PROBE_DIR": _gin("PROBE_DIR", probe)}
-    common = [start.get(arg.split("=")[0][len("--gin."):], arg)
-              for arg in self._rm_common("clean")]
+    common = self._rm_common("clean", sft_dir=sft, probe_dir=probe)
     member = self.path("pairs", "two_pretrainings")
     if s.vmapped_members:
       argv = self._train("gin/rm_members.gin", *common, _gin("MEMBERS_DIR", self.path("pairs")),

@@ -214,8 +214,7 @@ def rm_findings(metrics: dict[str, Any]) -> list[dict[str, Any]]:
             f"WA {_fmt(t[f'warm_{m}'][subset])} vs ENS {_fmt(t[f'ens_{m}'][subset])}: "
             f"{_pm(stats)}", "not_below", stats["diff"], stats["low"], stats["high"]))
   pairs = lmc.get("clean", {})
-  subset = next((s for s in ("ood_policy", "id_policy", "ood") if pairs and s in
-                 next(iter(pairs.values())).get("bump_paired", {})), None)
+  subset = _lmc_subset(next(iter(pairs.values()))) if pairs else None
   if subset:
     for name in [n for n in DIVERSITY_ORDER if n in pairs]:
       stats = pairs[name]["bump_paired"][subset]
@@ -244,6 +243,12 @@ def rm_findings(metrics: dict[str, Any]) -> list[dict[str, Any]]:
   return out
 
 
+def _lmc_subset(curve: dict[str, Any]) -> str | None:
+  """The subset the LMC findings read: the first of ood_policy, id_policy, ood the curve has."""
+  return next((s for s in ("ood_policy", "id_policy", "ood")
+               if s in curve.get("bump_paired", {})), None)
+
+
 def _bump_difference(metrics: dict[str, Any], setting: str, key: str, subset: str | None
                      ) -> dict[str, float] | None:
   """The paired bump(b) - bump(a) of metrics['lmc_bump_differences'][setting]['b-a'] on
@@ -261,8 +266,9 @@ def _pretraining_pair_findings(metrics: dict[str, Any], subset: str | None
     return []
   curve = curves["two_pretrainings"]
   if subset not in curve["bump_paired"]:
-    subset = next(s for s in ("ood_policy", "id_policy", "ood", "id_val")
-                  if s in curve["bump_paired"])
+    subset = _lmc_subset(curve)
+    if subset is None:
+      return []
   wa, lambdas = curve["wa"][subset], curve["lambdas"]
   middle = min(range(len(lambdas)), key=lambda i: abs(lambdas[i] - 0.5))
   stats = curve["bump_paired"][subset]
@@ -321,8 +327,6 @@ def write_report(output_dir: str, metrics: dict[str, Any]) -> None:
   os.makedirs(plot_dir, exist_ok=True)
   copied = []
   for (setting, src), dst in FIGURES.items():
-    if setting not in metrics["_plot_sources"]:
-      continue
     path = os.path.join(metrics["_plot_sources"][setting], src)
     if os.path.exists(path):
       shutil.copyfile(path, os.path.join(plot_dir, dst))
