@@ -5,6 +5,8 @@ import hashlib
 import json
 import math
 import os
+import threading
+import time
 
 import jax
 import jax.numpy as jnp
@@ -375,6 +377,36 @@ def test_a_failure_mid_write_leaves_no_output(tmp_path, monkeypatch, fail_in):
     merging.average_checkpoints(inputs=paths, output=out)
   assert _nothing_written(out)
   assert _file_hashes(*paths) == before
+
+
+def _late_writer(directory, writes=20, gap_s=0.01):
+  """A stand-in for TensorStore threads still finishing the writes a failed save abandoned."""
+  started = threading.Event()
+
+  def write():
+    for i in range(writes):
+      os.makedirs(os.path.join(directory, "params"), exist_ok=True)
+      with open(os.path.join(directory, "params", f"chunk_{i}"), "wb") as f:
+        f.write(b"x" * 64)
+      started.set()
+      time.sleep(gap_s)
+
+  thread = threading.Thread(target=write)
+  thread.start()
+  started.wait()
+  return thread
+
+
+@pytest.mark.parametrize("settle_s, left", [(0.0, True), (0.5, False)])
+def test_tmp_removal_outlasts_writes_still_in_flight(tmp_path, settle_s, left):
+  # CI once found OUTPUT.tmp-<pid>.orbax-checkpoint-tmp left after a failed save: a write the
+  # failure abandoned landed after the removal. Settling waits the writers out; a removal that
+  # does not settle (the old behaviour) leaves the directory the late writes recreate.
+  tmp = str(tmp_path / "out.tmp-1")
+  writer = _late_writer(tmp + ".orbax-checkpoint-tmp")
+  output.remove_tmp(tmp, settle_s=settle_s)
+  writer.join()
+  assert bool(os.listdir(tmp_path)) is left
 
 
 def test_overwrite_replaces_only_the_output(tmp_path):

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -75,9 +76,36 @@ def publish(tmp: str, output: str, overwrite: bool) -> None:
     shutil.rmtree(old) if os.path.isdir(old) and not os.path.islink(old) else os.remove(old)
 
 
-def remove_tmp(tmp: str) -> None:
-  for path in [tmp, *glob.glob(glob.escape(tmp) + ".orbax-checkpoint-tmp*")]:
-    shutil.rmtree(path, ignore_errors=True)
+def _tmp_paths(tmp: str) -> list[str]:
+  return [p for p in [tmp, *glob.glob(glob.escape(tmp) + ".orbax-checkpoint-tmp*")]
+          if os.path.lexists(p)]
+
+
+def remove_tmp(tmp: str, *, settle_s: float = 0.0, timeout_s: float = 30.0) -> None:
+  """Deletes OUTPUT.tmp-<pid> and orbax's own tmp dirs beside it.
+
+  After a failed save (`settle_s` > 0) TensorStore's writer threads may still be finishing
+  writes the failure abandoned: a file landing while rmtree runs leaves a directory rmtree
+  cannot remove, and a late write recreates one. So the removal repeats until nothing has been
+  there for `settle_s` (or `timeout_s` passes, which is logged: a writer that never stops).
+  """
+  deadline = time.monotonic() + timeout_s
+  gone_since = None
+  while True:
+    for path in _tmp_paths(tmp):
+      shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
+    now = time.monotonic()
+    if _tmp_paths(tmp):
+      gone_since = None
+    elif gone_since is None:
+      gone_since = now
+    if gone_since is not None and now - gone_since >= settle_s:
+      return
+    if now > deadline:
+      logging.warning("could not remove %s: something keeps writing there; delete it by hand",
+                      ", ".join(_tmp_paths(tmp)) or tmp)
+      return
+    time.sleep(0.02)
 
 
 def write_checkpoint(tree: Any, *, output: str, overwrite: bool,
@@ -117,5 +145,5 @@ def write_checkpoint(tree: Any, *, output: str, overwrite: bool,
     write_manifest(tmp, finish_manifest())
     publish(tmp, output, overwrite)
   except BaseException:
-    remove_tmp(tmp)
+    remove_tmp(tmp, settle_s=0.5)
     raise
