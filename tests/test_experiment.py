@@ -297,6 +297,9 @@ def test_lazy_stage_arguments_are_resolved_when_the_stage_starts(tmp_path):
      "rl_value_warmup=0"),
     ({"rl_batch": 30, "rl_samples_per_prompt": 4, "rl_value_warmup": 0,
       "rl_baseline": "leave_one_out"}, "must be a multiple of rl_samples_per_prompt=4"),
+    ({"decode_loop_rows": 24}, "decode_loop_rows=24: must be >= 1 and divide policy_batch=64"),
+    ({"decode_loop_rows": 0}, "decode_loop_rows=0: must be >= 1"),
+    ({"bon_score_batch": 0}, "bon_score_batch=0: >= 1 or None"),
 ])
 def test_experiment_scale_refuses_inconsistent_presets(override, message):
   from warm_jax.experiment import ExperimentScale
@@ -873,6 +876,33 @@ def test_report_says_where_the_reward_models_start(tmp_path, rm_pretrain_steps):
     assert ("Reward models start from **their own** shared SFT model (pre-training 2400 steps, "
             "SFT 400); the policy that writes their data and that best-of-N and RL start from "
             "is pre-trained 1200 steps") in text
+
+
+@pytest.mark.parametrize("scale", ["default", "tiny"])
+def test_decoding_loops_and_the_bon_scoring_batch_reach_the_policy_stages(tmp_path, scale):
+  # ExperimentScale.decode_loop_rows -> LOOP_ROWS of best-of-N, RL and win rates (their
+  # SamplingConfig.loop_rows); bon_score_batch -> best-of-N's SCORE_BATCH_SIZE. The tiny preset
+  # leaves both unset (the programs' defaults: the whole batch).
+  from warm_jax import experiment
+  plan = experiment.run_experiment(output_dir=str(tmp_path), scale=scale, scales=_scales(),
+                                   dry_run=True)
+  os.makedirs(tmp_path / "eval" / "clean")
+  members = [f"member_{i}" for i in range(plan.scale.num_members)]
+  with open(tmp_path / "eval" / "clean" / "eval.json", "w") as f:
+    json.dump({"table": {"ranking": members}}, f)
+  stages = {s.name: s for s in plan.stages()}
+  value = lambda argv, name: (_gin_value(argv, name) if any(
+      a.startswith(f"--gin.{name}=") for a in argv) else None)
+  policy = [stages["bon"], *(v for k, v in stages.items() if k.startswith("rl/"))]
+  assert len(policy) == 1 + len(plan.scale.rl_rewards)
+  for stage in policy:
+    argv = stage.resolve()
+    assert value(argv, "LOOP_ROWS") == (32 if scale == "default" else None), stage.name
+  bon = stages["bon"].argv
+  assert value(bon, "SCORE_BATCH_SIZE") == (16 if scale == "default" else None)
+  assert _gin_value(bon, "BATCH_SIZE") == plan.scale.policy_batch
+  # the rm_data stage samples as before: its pairs (and every RM) do not change
+  assert value(stages["rm_data"].argv, "LOOP_ROWS") is None
 
 
 def _scales():

@@ -111,6 +111,40 @@ def test_kl_is_zero_when_the_policy_is_the_reference_and_the_baselines():
     rl.RLConfig(baseline="leave_one_out")
 
 
+@pytest.mark.parametrize("baseline", ["value", "leave_one_out"])
+def test_scoring_in_row_slices_gives_the_whole_batch_numbers(baseline):
+  # `Rollouts(score_microbatches=...)`: the model passes over sequential slices of the rows
+  # must give the numbers of one pass over the batch (the advantages' baselines span slices).
+  import functools
+  from warm_jax.core.partitioning import Partitioner
+  from warm_jax.models import ValueModel
+  from warm_jax.models.heads import init_inputs
+  from warm_jax.policy.rl import rollout
+  cfg = tiny_config(vocab_size=40, max_len=32)
+  rm_cfg = tiny_config(vocab_size=40, max_len=32, reward_readout="hidden_logprob")
+  init = lambda module, seed: module.init(jax.random.key(seed), *init_inputs(module))["params"]
+  lm, rm, vm = LanguageModel(cfg), RewardModel(rm_cfg), ValueModel(cfg)
+  policy, ref, sft = init(lm, 0), init(lm, 1), init(lm, 2)
+  rms, value = [init(rm, 3), init(rm, 4)], init(vm, 5)
+  rng = np.random.default_rng(0)
+  batch, plen, rlen = 8, 6, 5
+  prompt_tokens = jnp.asarray(rng.integers(3, 40, (batch, plen)), jnp.int32)
+  prompt_mask = jnp.asarray(np.arange(plen)[None] >= rng.integers(0, 3, (batch, 1)), jnp.int32)
+  response_tokens = jnp.asarray(rng.integers(3, 40, (batch, rlen)), jnp.int32)
+  response_mask = jnp.asarray(np.arange(rlen)[None] < rng.integers(1, rlen + 1, (batch, 1)),
+                              jnp.int32)
+  config = rl.RLConfig(baseline=baseline, samples_per_prompt=2, kl_coef=0.1)
+  score = lambda chunks: jax.jit(functools.partial(
+      rollout._score_rollout, lm=lm, rm=rm, vm=vm, temperature=0.9, config=config,
+      partitioner=Partitioner(), eos_id=1, reward_combine=("uwo", 0.5), row_slices=chunks))(
+          policy, ref, sft, value if baseline == "value" else None, rms, 0.5, 2.0,
+          prompt_tokens, prompt_mask, response_tokens, response_mask)
+  whole, sliced = score(1), score(4)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5),
+                         whole, sliced)
+  assert float(jnp.max(jnp.abs(whole[2]["proxy"]))) > 0  # a real reward, not zeros
+
+
 def _run(tmp_path, name, *, steps, rl_config, data, sft, rm, dataset_hook=None):
   cfg = tiny_config(vocab_size=320, max_len=32, num_layers=1)
   dataset = prompt_dataset(data_dir=data, split="train", prompt_len=PROMPT_LEN)

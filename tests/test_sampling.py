@@ -192,3 +192,38 @@ def test_decoding_counts_the_prompt_pass_and_the_steps_it_ran():
   expected = sum(8 * (prompt_len + s) * per_token for s in steps)
   assert flops_lib.COUNTER.programs() == {"sample": {"flops": pytest.approx(expected),
                                                      "calls": 2}}
+
+
+def test_decoding_loops_of_fewer_rows_sample_the_same_tokens_and_count_their_steps():
+  """SamplingConfig.loop_rows: a call of 16 rows run as 2 loops of 8 (the even and the odd rows,
+  `core.row_slices`) samples what one loop does, row for row, and its FLOP count adds each
+  loop's own steps (a loop stops when its rows have ended)."""
+  from warm_jax.core import flops as flops_lib
+  cfg = tiny_config()
+  params, (tokens, mask) = _params(cfg, seed=2), _prompts(cfg, seed=2)
+  sixteen = lambda **config: Sampler(model_config=cfg, partitioner=Partitioner(), batch_size=16,
+                                     config=SamplingConfig(max_new_tokens=NEW, **config))
+  free = _sampler(cfg, temperature=0.0, eos_id=None).sample(params, tokens, mask, seed=0)
+  eos = int(np.bincount(free.tokens.ravel()).argmax())  # some rows end early, some never
+  whole = sixteen(eos_id=eos, **SAMPLED).sample(params, tokens, mask, seed=3)
+  flops_lib.COUNTER.reset()
+  looped = sixteen(eos_id=eos, loop_rows=8, **SAMPLED).sample(params, tokens, mask, seed=3)
+  for field in ("tokens", "mask", "ended"):
+    np.testing.assert_array_equal(getattr(looped, field), getattr(whole, field))
+  # the same log-probs up to float rounding (XLA vectorises 8 rows unlike 16)
+  np.testing.assert_allclose(looped.log_probs, whole.log_probs, rtol=1e-6, atol=1e-6)
+  assert len(set(whole.lengths.tolist())) > 2  # rows of different lengths
+  leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+  matmul = sum(int(np.prod(np.shape(x))) for path, x in leaves
+               if "embed" not in jax.tree_util.keystr(path)) + cfg.vocab_size * cfg.d_model
+  prompt_len = tokens.shape[1]
+  per_token = 2 * matmul + 4 * cfg.num_layers * (prompt_len + NEW) * cfg.d_model
+  steps = [int(looped.lengths[j::2].max()) for j in range(2)]
+  expected = 16 * prompt_len * per_token + sum(8 * s * per_token for s in steps)
+  assert flops_lib.COUNTER.programs() == {"sample": {"flops": pytest.approx(expected),
+                                                     "calls": 1}}
+  with pytest.raises(ValueError, match=r"loop_rows=4 does not split the sampling batch of 16 "
+                                       r"rows into equal loops divisible by the 8 batch"):
+    sixteen(loop_rows=4)
+  with pytest.raises(ValueError, match="loop_rows=0: a positive integer"):
+    SamplingConfig(loop_rows=0)

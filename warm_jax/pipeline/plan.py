@@ -309,7 +309,8 @@ class ExperimentPlan:
     s = self.scale
     new = s.max_new_tokens if s.policy_max_new_tokens is None else s.policy_max_new_tokens
     return [_gin("DATA_DIR", self.data_dir("clean")), _gin("SEED", self.seed),
-            _gin("MAX_NEW_TOKENS", new)]
+            _gin("MAX_NEW_TOKENS", new),
+            *([_gin("LOOP_ROWS", s.decode_loop_rows)] if s.decode_loop_rows else [])]
 
   def _policy_stages(self) -> list[Stage]:
     s, out = self.scale, []
@@ -334,6 +335,8 @@ class ExperimentPlan:
                    *self._policy_common(), _gin("SFT_DIR", self.path("sft")),
                    _gin("OUTPUT_DIR", self.path("bon")), _gin("N_MAX", s.bon_n_max),
                    _gin("NUM_PROMPTS", s.bon_prompts), _gin("BATCH_SIZE", s.policy_batch),
+                   *([_gin("SCORE_BATCH_SIZE", s.bon_score_batch)] if s.bon_score_batch
+                     else []),
                    f"--gin.REWARD_MODELS={models!r}",
                    f"--gin.DISAGREEMENT_MEMBERS={flags!r}")
       out.append(Stage("bon", bon_argv, self.path("bon")))

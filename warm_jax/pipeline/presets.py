@@ -67,6 +67,12 @@ class ExperimentScale:
   # ~1.5x faster on the tiny decoder; warm_jax/data/batching.py); None: full width
   rm_length_buckets: tuple[int, ...] | None = None
   rl_microbatches: int = 1
+  # rows per decoding loop of best-of-N, RL and win rates (SamplingConfig.loop_rows; None: the
+  # whole sampling batch): a loop runs until its slowest row ends (~1.3-1.5x more samples a
+  # second in loops of 32 on CPU, the same tokens; bench/RESULTS.md section 11)
+  decode_loop_rows: int | None = None
+  # rows per best-of-N reward-model scoring call (None: policy_batch; the same rewards)
+  bon_score_batch: int | None = None
   eval_batch: int = 64
   # the LMC curves' interpolation weights (lambda = weight of the second endpoint)
   lmc_lambdas: tuple[float, ...] = tuple(i / 10 for i in range(11))
@@ -193,6 +199,14 @@ class ExperimentScale:
       if getattr(self, micro) < 1 or getattr(self, batch) % getattr(self, micro):
         raise ValueError(f"ExperimentScale.{micro}={getattr(self, micro)} must be >= 1 and "
                          f"divide {batch}={getattr(self, batch)}")
+    if self.decode_loop_rows is not None:
+      for batch in ("policy_batch", "rl_batch"):
+        size = getattr(self, batch)
+        if self.decode_loop_rows < 1 or size % min(self.decode_loop_rows, size):
+          raise ValueError(f"ExperimentScale.decode_loop_rows={self.decode_loop_rows}: must be "
+                           f">= 1 and divide {batch}={size} (or be at least it), or None")
+    if self.bon_score_batch is not None and self.bon_score_batch < 1:
+      raise ValueError(f"ExperimentScale.bon_score_batch={self.bon_score_batch}: >= 1 or None")
     if (len(self.lmc_lambdas) < 3 or self.lmc_lambdas[0] != 0.0 or self.lmc_lambdas[-1] != 1.0
         or list(self.lmc_lambdas) != sorted(set(self.lmc_lambdas))):
       raise ValueError(f"ExperimentScale.lmc_lambdas={self.lmc_lambdas}: increasing, from 0.0 "

@@ -295,7 +295,7 @@ def best_of_n(*, output_dir: str | None, data_dir: str | None, sft_path: str | N
               sampling: SamplingConfig = SamplingConfig(), n_max: int = 64,
               ns: Sequence[int] | None = None, split: str = "train",
               num_prompts: int | None = None, seed: int = 0, batch_size: int = 64,
-              prompt_len: int | None = None, vocab_size: int | None = None,
+              score_batch_size: int | None = None, prompt_len: int | None = None, vocab_size: int | None = None,
               control_rm_path: str | None = None, confidence: float = 0.95,
               partitioner: Partitioner | None = None,
               disagreement_members: Mapping[str, Sequence[str]] | None = None
@@ -308,6 +308,10 @@ def best_of_n(*, output_dir: str | None, data_dir: str | None, sft_path: str | N
     ns: the N values (default 1, 2, 4, ..., n_max).
     split: the prompt split ('train': held-out BoN/RL prompts; 'validation').
     num_prompts: use the first this many prompts (None: all).
+    batch_size: rows per compiled sampling call.
+    score_batch_size: rows per compiled reward-model scoring call (None: batch_size). On CPU
+      small scoring batches keep the tiny decoder's activations in cache: 16 rows score ~1.4x
+      more sequences a second than 64 (bench/RESULTS.md section 11); the rewards are the same.
     control_rm_path: judge with this control RM instead of the gold reward (real data).
     disagreement_members: {selector: [member checkpoint paths]} whose disagreement flags that
       selector's choices (step 6), for selectors that are one checkpoint (a WARM average, the
@@ -363,7 +367,7 @@ def best_of_n(*, output_dir: str | None, data_dir: str | None, sft_path: str | N
 
   # -- 2. score: oracle and every selector ------------------------------------------------------
   scorer = RewardScorer(model_config=reward_model_config or model_config,
-                        partitioner=partitioner, batch_size=batch_size)
+                        partitioner=partitioner, batch_size=score_batch_size or batch_size)
   if control_rm_path:
     oracle_judge = ControlRewardOracle(scorer=scorer, params_path=control_rm_path,
                                        eos_id=sampling.eos_id)

@@ -39,6 +39,7 @@ from warm_jax.data.vocab import EOS_ID, PAD_ID
 from warm_jax.models import LanguageModel, TransformerConfig
 from warm_jax.models.transformer import init_kv_cache
 from warm_jax.core.partitioning import Partitioner
+from warm_jax.core.row_slices import map_row_slices
 
 Array = jax.Array
 
@@ -55,6 +56,12 @@ class SamplingConfig:
     eos_id: the token that ends a response; None never stops early (benchmarks).
     pad_id: the token written after EOS.
     use_cache: KV-cache decoding; False recomputes the whole sequence every step (reference).
+    loop_rows: rows per decoding loop (None: the whole compiled batch in one loop). A loop
+      runs until its slowest row ends, so a big batch runs ~max_new_tokens steps for every
+      row; on CPU, loops of 32 rows (one compiled call runs batch / loop_rows of them in
+      turn, `core.row_slices`) sample ~1.3-1.5x more responses a second than one of 64-256
+      (bench/RESULTS.md section 11). The same tokens either way (each row has its own
+      random stream; log-probs equal up to float rounding).
   """
 
   max_new_tokens: int = 48
@@ -64,6 +71,7 @@ class SamplingConfig:
   eos_id: int | None = EOS_ID
   pad_id: int = PAD_ID
   use_cache: bool = True
+  loop_rows: int | None = None
 
   def __post_init__(self):
     if not isinstance(self.max_new_tokens, int) or self.max_new_tokens <= 0:
@@ -76,6 +84,10 @@ class SamplingConfig:
       raise ValueError(f"SamplingConfig.top_k={self.top_k}: must be >= 0 (0 turns it off)")
     if not 0.0 < self.top_p <= 1.0:
       raise ValueError(f"SamplingConfig.top_p={self.top_p}: must be in (0, 1] (1 turns it off)")
+    if self.loop_rows is not None and (not isinstance(self.loop_rows, int)
+                                       or self.loop_rows <= 0):
+      raise ValueError(f"SamplingConfig.loop_rows={self.loop_rows!r}: a positive integer (rows "
+                       "per decoding loop) or None (the whole batch)")
 
   @property
   def greedy(self) -> bool:
@@ -285,6 +297,13 @@ class Sampler:
       raise ValueError(f"sampling batch_size {batch_size} is not divisible by the "
                        f"{partitioner.batch_divisor} batch devices: use a multiple of "
                        f"{partitioner.batch_divisor}")
+    loop_rows = batch_size if config.loop_rows is None else min(config.loop_rows, batch_size)
+    if batch_size % loop_rows or loop_rows % partitioner.batch_divisor:
+      raise ValueError(f"SamplingConfig.loop_rows={config.loop_rows} does not split the sampling "
+                       f"batch of {batch_size} rows into equal loops divisible by the "
+                       f"{partitioner.batch_divisor} batch devices: use a divisor of "
+                       f"{batch_size} that is a multiple of {partitioner.batch_divisor}")
+    self.loops = batch_size // loop_rows
     self.model = LanguageModel(model_config)
     self.config, self.partitioner, self.batch_size = config, partitioner, batch_size
     boxed = jax.eval_shape(lambda: self.model.init(
@@ -294,8 +313,12 @@ class Sampler:
 
     def run(params, prompt_tokens, prompt_mask, row_ids, seed):
       with partitioner.activation_rules():
-        return decode(params, prompt_tokens, prompt_mask, row_ids, seed, model=self.model,
-                      config=config, max_positions=self.max_positions, reserve=self.reserve)
+        out = map_row_slices(lambda t, m, r: decode(
+            params, t, m, r, seed, model=self.model, config=config,
+            max_positions=self.max_positions, reserve=self.reserve), self.loops,
+            prompt_tokens, prompt_mask, row_ids)
+        # steps: summed over the loops (the FLOP count's unit is one step of one loop)
+        return {**out, "steps": jnp.sum(out["steps"])} if self.loops > 1 else out
 
     self._decode = jax.jit(
         run, in_shardings=(self.param_shardings, rows2, rows2, rows1, partitioner.replicated()),
@@ -311,7 +334,7 @@ class Sampler:
   def sample_sharded(self, params: Any, prompt_tokens: Array, prompt_mask: Array,
                      row_ids: Array, seed: int) -> dict[str, Array]:
     """One compiled call on already sharded [batch_size, P] arrays (RL's rollouts). Its model
-    FLOPs (`decode_flops`, with the loop's executed steps) go to the stage profile."""
+    FLOPs (`decode_flops`, with the loops' executed steps) go to the stage profile."""
     with self.partitioner.mesh_context():
       out = self._decode(params, prompt_tokens, prompt_mask, row_ids,
                          jnp.asarray(seed, jnp.int32))
@@ -320,19 +343,21 @@ class Sampler:
     return out
 
   def decode_flops(self, prompt_len: int) -> tuple[float, float]:
-    """(FLOPs of the prompt pass, FLOPs of one decoding step) of one call on [batch_size,
-    prompt_len] prompts: `decode` runs the prompt pass, then one single-token forward per loop
-    step (the last step's logits are computed and unused, and counted). With the KV cache every
+    """(FLOPs of the prompt passes, FLOPs of one decoding step of one loop) of one call on
+    [batch_size, prompt_len] prompts: each of the call's `loops` runs its rows' prompt pass,
+    then one single-token forward of its batch_size / loops rows per step (the last step's
+    logits are computed and unused, and counted). With the KV cache every
     token attends over the cache's prompt_len + max_new_tokens slots; without it the prompt
     pass attends over the prompt and each step recomputes the whole prompt_len +
     max_new_tokens sequence."""
     cfg, batch = self.model.config, self.batch_size
+    rows = batch // self.loops
     slots = prompt_len + self.config.max_new_tokens
     if self.config.use_cache:
       per_token = cfg.forward_flops_per_token(slots)
-      return batch * prompt_len * per_token, batch * per_token
+      return batch * prompt_len * per_token, rows * per_token
     return (batch * prompt_len * cfg.forward_flops_per_token(prompt_len),
-            batch * slots * cfg.forward_flops_per_token(slots))
+            rows * slots * cfg.forward_flops_per_token(slots))
 
   def sample(self, params: Any, prompt_tokens: np.ndarray, prompt_mask: np.ndarray, *,
              seed: int, row_ids: np.ndarray | None = None) -> Samples:

@@ -139,7 +139,7 @@ def train_policy(*, model_dir: str | None, sft_path: str | None, reward_model: A
       reward_trees=[place_rm(t) for t in source.load()],
       # Read once: scored at every eval when set (M RM passes per eval batch, none in training).
       member_trees=[place_rm(ckpt_lib.load_params(p)) for p in disagreement_members or []],
-      sft=sft)
+      sft=sft, score_microbatches=cfg.microbatches)
   if rl.reward_normalization == "sft_samples":  # before any update; the same on resume
     rollouts.calibrate(dataset.batch(0, batch, process_index=0, process_count=1), oracle,
                        cfg.seed + 2, anchor=state.anchor, value=state.value_params,

@@ -24,6 +24,7 @@ import numpy as np
 
 from warm_jax.core import checkpoints as ckpt_lib
 from warm_jax.core import flops as flops_lib
+from warm_jax.core.row_slices import check_row_slices, map_row_slices
 from warm_jax.policy import objective as po
 from warm_jax.models import LanguageModel, RewardModel, TransformerConfig, ValueModel
 from warm_jax.core.partitioning import Partitioner
@@ -50,29 +51,36 @@ class Rollouts:
     reward_trees: the RM params the reward is read from (placed on the devices).
     member_trees: the disagreement members' params (scored at evals only), or [].
     sft: the SFT policy's params (the KL reference with an SFT anchor; KL-to-SFT otherwise).
+    score_microbatches: the scoring program's model passes run over this many sequential
+      slices of the batch (the same numbers; `core.row_slices`): on CPU, small slices keep each
+      layer's attention scores and the LM head's logits in cache (the RL stage passes the
+      policy trainer's `TrainerConfig.microbatches`).
   """
 
   def __init__(self, *, model_config: TransformerConfig, reward_model_config: TransformerConfig,
                sampling: SamplingConfig, rl: RLConfig, partitioner: Partitioner, batch: int,
                max_positions: int, reward_source: Any, reward_trees: list[Any],
-               member_trees: list[Any], sft: Any):
+               member_trees: list[Any], sft: Any, score_microbatches: int = 1):
     self.model_config, self.reward_model_config = model_config, reward_model_config
     self.sampling, self.partitioner, self.batch = sampling, partitioner, batch
     self.reward_trees, self.member_trees, self.sft = reward_trees, member_trees, sft
     self.sampler = Sampler(model_config=model_config, partitioner=partitioner, config=sampling,
                            batch_size=batch, max_positions=max_positions, closing_eos=True)
     rows2 = partitioner.batch_sharding(2)
+    check_row_slices(batch, score_microbatches, partitioner.batch_divisor,
+                     name="score_microbatches")
     self._score = jax.jit(functools.partial(
         _score_rollout, lm=LanguageModel(model_config), rm=RewardModel(reward_model_config),
         vm=ValueModel(model_config), temperature=sampling.temperature, config=rl,
         partitioner=partitioner, eos_id=sampling.eos_id,
-        reward_combine=(reward_source.combine, reward_source.uwo_lambda or 0.0)),
+        reward_combine=(reward_source.combine, reward_source.uwo_lambda or 0.0),
+        row_slices=score_microbatches),
         out_shardings=({key: rows2 for key in po.PolicyGradientObjective.batch_features},
                        {key: rows2 for key in po.ValueRegressionObjective.batch_features},
                        partitioner.batch_sharding(1)))
     self._member_score = jax.jit(functools.partial(
         _member_rewards, rm=RewardModel(reward_model_config), partitioner=partitioner,
-        eos_id=sampling.eos_id), out_shardings=rows2)
+        eos_id=sampling.eos_id, row_slices=score_microbatches), out_shardings=rows2)
     # The reward's (shift, scale): none until `calibrate`.
     self.calibration = (jnp.zeros((), jnp.float32), jnp.ones((), jnp.float32))
 
@@ -139,26 +147,36 @@ class Rollouts:
 
 def _score_rollout(policy, ref, sft, value, reward_trees, reward_shift, reward_scale,
                    prompt_tokens, prompt_mask, response_tokens, response_mask, *, lm, rm, vm,
-                   temperature, config, partitioner, eos_id=None, reward_combine=("ens", 0.0)):
+                   temperature, config, partitioner, eos_id=None, reward_combine=("ens", 0.0),
+                   row_slices=1):
   """Step 2-3 on device: the two Trainers' batches and [batch] per-row statistics. The
   reward is the reward trees' rewards combined by reward_combine = (combine, uwo lambda)
   (`reward_sources.combine_member_rewards`: ENS mean, WCO min, UWO mean - lambda var). The RM
   reads each response closed by `sampling.close_unfinished` (EOS after an unfinished one, the
-  rule of best-of-N and win rates); the policy, reference and value read the sampled tokens."""
+  rule of best-of-N and win rates); the policy, reference and value read the sampled tokens.
+  The model passes run over `row_slices` sequential slices of the rows (`core.row_slices`); the
+  advantages (baselines across rows) over the whole batch."""
   with partitioner.activation_rules():
     tokens = jnp.concatenate([prompt_tokens, response_tokens], 1).astype(jnp.int32)
     mask = jnp.concatenate([prompt_mask, response_mask], 1).astype(jnp.int32)
     rmask = jnp.concatenate([jnp.zeros_like(prompt_mask), response_mask], 1).astype(jnp.int32)
-    log_probs_of = lambda p: po.token_log_probs(lm.apply({"params": p}, tokens, mask), tokens,
-                                                temperature=temperature)
-    log_probs, entropy = log_probs_of(policy)
-    ref_log_probs = log_probs_of(ref)[0]
-    sft_log_probs = ref_log_probs if sft is None else log_probs_of(sft)[0]
-    rewards = combine_member_rewards(
-        _rm_rewards(rm, reward_trees, prompt_tokens, prompt_mask, response_tokens,
-                    response_mask, eos_id), reward_combine[0], reward_combine[1])
-    values = (jnp.zeros(tokens.shape, jnp.float32) if value is None else
-              po.state_values(vm.apply({"params": value}, tokens, mask)))
+
+    def model_passes(tokens, mask, prompt_tokens, prompt_mask, response_tokens, response_mask):
+      log_probs_of = lambda p: po.token_log_probs(lm.apply({"params": p}, tokens, mask), tokens,
+                                                  temperature=temperature)
+      log_probs, entropy = log_probs_of(policy)
+      ref_log_probs = log_probs_of(ref)[0]
+      sft_log_probs = ref_log_probs if sft is None else log_probs_of(sft)[0]
+      member_rewards = _rm_rewards(rm, reward_trees, prompt_tokens, prompt_mask,
+                                   response_tokens, response_mask, eos_id).T  # [rows, trees]
+      values = (jnp.zeros(tokens.shape, jnp.float32) if value is None else
+                po.state_values(vm.apply({"params": value}, tokens, mask)))
+      return log_probs, entropy, ref_log_probs, sft_log_probs, member_rewards, values
+
+    log_probs, entropy, ref_log_probs, sft_log_probs, member_rewards, values = map_row_slices(
+        model_passes, row_slices, tokens, mask, prompt_tokens, prompt_mask, response_tokens,
+        response_mask)
+    rewards = combine_member_rewards(member_rewards.T, reward_combine[0], reward_combine[1])
     adv = compute_advantages(log_probs=log_probs, ref_log_probs=ref_log_probs,
                              response_mask=rmask, rewards=(rewards - reward_shift) / reward_scale,
                              values=values,
@@ -208,12 +226,12 @@ def _rm_rewards(rm, trees, prompt_tokens, prompt_mask, response_tokens, response
 
 
 def _member_rewards(member_trees, prompt_tokens, prompt_mask, response_tokens, response_mask,
-                    *, rm, partitioner, eos_id=None):
+                    *, rm, partitioner, eos_id=None, row_slices=1):
   """[batch, M] rewards of the disagreement members (the RL reward's scoring code,
-  `_rm_rewards`): M RM passes, at eval only."""
+  `_rm_rewards`): M RM passes, at eval only, over `row_slices` slices of the rows."""
   with partitioner.activation_rules():
-    return _rm_rewards(rm, member_trees, prompt_tokens, prompt_mask, response_tokens,
-                       response_mask, eos_id).T
+    return map_row_slices(lambda *rows: _rm_rewards(rm, member_trees, *rows, eos_id).T, row_slices,
+                      prompt_tokens, prompt_mask, response_tokens, response_mask)
 
 
 def to_host(tree: Any) -> Any:
