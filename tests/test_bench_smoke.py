@@ -20,8 +20,8 @@ from conftest import REPO_ROOT
 if REPO_ROOT not in sys.path:
   sys.path.insert(0, REPO_ROOT)
 
-from bench import (averager, common, decoding, hf_convert, mfu, rm_vs_trl,  # noqa: E402
-                   vmapped_members, warm_vs_ens)
+from bench import (averager, common, decoding, hf_convert, mfu, policy_slices,  # noqa: E402
+                   rm_vs_trl, vmapped_members, warm_vs_ens)
 from warm_jax.core import checkpoints as ckpt  # noqa: F401
 from warm_jax.models import RewardModel  # noqa: E402
 from warm_jax.rm.scoring import unboxed_init  # noqa: F401
@@ -322,3 +322,30 @@ def test_decoding_benchmark_compares_cache_and_recompute():
   assert np.isclose(row["of_roofline"], row["cache_tokens_per_s"] / min(
       row["memory_bound_tokens_per_s"], row["flop_bound_tokens_per_s"]))
   assert "cache vs roofline" in decoding.table([row])
+
+
+def test_policy_slices_benchmark_times_each_program_both_ways(tmp_path):
+  # a run dir as the demo leaves it (sft/, data/clean/), minute size: our tiny preset's shape
+  from test_bon import make_policy_data_dir, save_random_model
+  from warm_jax.models import LanguageModel
+  data = make_policy_data_dir(str(tmp_path / "data" / "clean"), num_prompts=16)
+  vocab = json_vocab(data)
+  save_random_model(LanguageModel(common.preset_config("tiny", vocab_size=vocab)),
+                    str(tmp_path / "sft"), 0)
+  rows = policy_slices.measure(run_dir=str(tmp_path), repeats=1, pool=16, batches=(16,),
+                               loop_rows=8, score_batches=(16, 8), rl_batch=16, rl_slices=2,
+                               max_new_tokens=4)
+  assert [r["program"] for r in rows] == ["decoding, batch 16", "best-of-N RM scoring",
+                                          "RL rollout scoring, batch 16"]
+  for r in rows:
+    assert r["whole_rate"] > 0 and r["sliced_rate"] > 0
+    assert np.isclose(r["ratio"], r["sliced_rate"] / r["whole_rate"])
+  assert "2 loops of 8" in policy_slices.table(rows) and "2 slices of 8" in policy_slices.table(rows)
+  with pytest.raises(SystemExit, match="run `bash launch/demo.sh` first"):
+    policy_slices.measure(run_dir=str(tmp_path / "nothing"), repeats=1)
+
+
+def json_vocab(data_dir):
+  import json
+  with open(os.path.join(data_dir, "meta.json")) as f:
+    return json.load(f)["vocab_size"]
