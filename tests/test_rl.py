@@ -111,6 +111,42 @@ def test_kl_is_zero_when_the_policy_is_the_reference_and_the_baselines():
     rl.RLConfig(baseline="leave_one_out")
 
 
+def test_log_probs_of_the_response_window_equal_the_full_pass_and_so_does_the_loss():
+  # RL's LM head runs at the last max_new_tokens + 1 positions only (`window_log_probs`,
+  # PolicyGradientObjective.response_window): the same log-probs, entropies, loss and
+  # gradient as the pass over every position, for responses in the last columns.
+  cfg = tiny_config(vocab_size=40, max_len=32)
+  lm = LanguageModel(cfg)
+  from warm_jax.models.heads import init_inputs
+  params = lm.init(jax.random.key(0), *init_inputs(lm))["params"]
+  rng = np.random.default_rng(0)
+  batch, plen, new = 6, 9, 5
+  tokens = jnp.asarray(rng.integers(3, 40, (batch, plen + new)), jnp.int32)
+  mask = jnp.asarray(np.arange(plen + new)[None] >= rng.integers(0, 4, (batch, 1)), jnp.int32)
+  full = po.token_log_probs(lm.apply({"params": params}, tokens, mask), tokens,
+                            temperature=0.7)
+  windowed = po.window_log_probs(
+      lambda last: lm.apply({"params": params}, tokens, mask, last=last), tokens,
+      temperature=0.7, window=new + 1)
+  for a, b in zip(full, windowed):
+    np.testing.assert_allclose(b[:, plen:], a[:, plen:], rtol=1e-5, atol=1e-6)
+    assert np.all(np.asarray(b[:, :plen]) == 0)
+  response = np.zeros((batch, plen + new), np.int32)
+  response[:, plen:] = np.arange(new)[None] < rng.integers(1, new + 1, (batch, 1))
+  data = {"tokens": tokens, "mask": mask, "response_mask": jnp.asarray(response),
+          "advantages": jnp.asarray(rng.normal(size=(batch, plen + new)), jnp.float32),
+          "ref_log_probs": jnp.asarray(rng.normal(size=(batch, plen + new)), jnp.float32)}
+  losses = []
+  for window in (None, new):
+    objective = po.PolicyGradientObjective(cfg, temperature=0.7, kl_coef=0.1, kl_in_loss=True,
+                                           response_window=window)
+    losses.append(jax.value_and_grad(lambda p: objective.loss(p, data, None)[0])(params))
+  np.testing.assert_allclose(losses[1][0], losses[0][0], rtol=1e-5)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                         losses[0][1], losses[1][1])
+  assert float(jnp.abs(losses[0][0])) > 0
+
+
 @pytest.mark.parametrize("baseline", ["value", "leave_one_out"])
 def test_scoring_in_row_slices_gives_the_whole_batch_numbers(baseline):
   # `Rollouts(score_microbatches=...)`: the model passes over sequential slices of the rows
@@ -174,8 +210,9 @@ def test_tiny_rl_run_writes_metrics_checkpoints_and_warms_up_the_value(tmp_path)
       value_warmup_steps=1, anchor="ema", anchor_ema_rate=0.5))
   # The stage profile: 3 value updates and 2 policy updates (after 1 warm-up step) of batch 8
   # at width prompt + 6 new tokens, forward + backward (3x a forward pass whose per-token count
-  # is computed here from the SFT params: every non-embedding leaf, the tied LM head for the
-  # policy, attention over the width); every rollout sampled is scored.
+  # is computed here from the SFT params: every non-embedding leaf, attention over the width,
+  # and for the policy the tied LM head at the last 6 + 1 positions, where the responses are);
+  # every rollout sampled is scored.
   leaves = jax.tree_util.tree_flatten_with_path(ckpt_lib.load_params(sft))[0]
   decoder = sum(int(np.prod(np.shape(x))) for path, x in leaves
                 if "embed" not in jax.tree_util.keystr(path))
@@ -183,7 +220,7 @@ def test_tiny_rl_run_writes_metrics_checkpoints_and_warms_up_the_value(tmp_path)
   attention = 4 * cfg.num_layers * width * cfg.d_model
   programs = flops_lib.COUNTER.programs()
   assert programs["train step (policy)"] == {"flops": pytest.approx(
-      2 * 8 * width * 3 * (2 * (decoder + cfg.vocab_size * cfg.d_model) + attention)),
+      2 * 8 * 3 * (width * (2 * decoder + attention) + 7 * 2 * cfg.vocab_size * cfg.d_model)),
       "calls": 2}
   assert programs["train step (value)"] == {"flops": pytest.approx(
       3 * 8 * width * 3 * (2 * decoder + attention)), "calls": 3}

@@ -199,6 +199,13 @@ class TransformerConfig:
       matmul_params += self.vocab_size * self.d_model
     return 2.0 * matmul_params + 4 * self.num_layers * context * self.num_heads * self.per_head_dim
 
+  def lm_forward_flops(self, length: int, *, last: int | None = None) -> float:
+    """Model FLOPs of one LanguageModel forward pass over `length` tokens with the LM head at
+    the last `last` positions (`LanguageModel(last=...)`; None: all)."""
+    positions = length if last is None else min(last, length)
+    return (length * self.forward_flops_per_token(length, lm_head=False)
+            + 2.0 * self.vocab_size * self.d_model * positions)
+
   def reward_forward_flops(self, length: int) -> float:
     """Model FLOPs of one RewardModel forward pass over a sequence of `length` tokens: the
     decoder without LM head, plus, under the log-prob readout, the LM head at the positions it

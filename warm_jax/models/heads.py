@@ -75,9 +75,14 @@ class LanguageModel(nn.Module):
               nn.initializers.normal(0.02), ("embed", "vocab")))
 
   def __call__(self, tokens: Array, mask: Array | None = None, *,
-               deterministic: bool = True, dropout_rate: float | Array | None = None
-               ) -> Array:
+               deterministic: bool = True, dropout_rate: float | Array | None = None,
+               last: int | None = None) -> Array:
+    """last: the logits of the last `last` positions only, [batch, last, vocab] (the LM head
+    and everything after it skip the others: RL reads log-probs of the response columns
+    only, `policy.objective.window_log_probs`); None: every position."""
     hidden = self.decoder(tokens, mask, deterministic=deterministic, dropout_rate=dropout_rate)
+    if last is not None:
+      hidden = hidden[:, hidden.shape[1] - last:]
     return self._logits(hidden)
 
   def decode(self, tokens: Array, mask: Array, cache: KVCache) -> tuple[Array, KVCache]:

@@ -47,6 +47,29 @@ def token_log_probs(logits: Array, tokens: Array, *, temperature: float = 1.0
   return jnp.concatenate([zero, picked], 1), jnp.concatenate([zero, entropy], 1)
 
 
+def window_log_probs(logits_of: Any, tokens: Array, *, temperature: float,
+                     window: int | None) -> tuple[Array, Array]:
+  """`token_log_probs` of tokens [batch, L] with the logits of the last `window` tokens only:
+  (log_probs, entropy) [batch, L], exact in the last window - 1 columns and 0 before them.
+
+  logits_of(last) returns the model's logits of the last `last` positions (None: all;
+  `LanguageModel(last=...)`). RL's responses fill the last max_new_tokens columns of its
+  [prompt | response] rows (prompts are left-padded to a fixed width), so window =
+  max_new_tokens + 1 gives every response token's log-prob (the logit before the first
+  response token included) while the LM head and the log-softmax over the vocabulary skip the
+  prompt columns: ~2/3 of the positions of the default's rows. None: `token_log_probs` of
+  every position.
+  """
+  length = tokens.shape[1]
+  if window is None or window >= length:
+    return token_log_probs(logits_of(None), tokens, temperature=temperature)
+  log_probs, entropy = token_log_probs(logits_of(window), tokens[:, length - window:],
+                                       temperature=temperature)
+  pad = jnp.zeros((tokens.shape[0], length - window), jnp.float32)
+  return (jnp.concatenate([pad, log_probs.astype(jnp.float32)], 1),
+          jnp.concatenate([pad, entropy.astype(jnp.float32)], 1))
+
+
 def kl_estimate(log_probs: Array, ref_log_probs: Array, estimator: str) -> Array:
   """Per-token estimate of KL(pi || ref) from samples of pi (module docstring)."""
   d = log_probs - ref_log_probs
@@ -138,6 +161,9 @@ class PolicyGradientObjective(TokenSequenceObjective):
     kl_coef: alpha, used here only when kl_in_loss.
     kl_estimator: k1, k2 or k3 (logged always; in the loss only when kl_in_loss).
     kl_in_loss: add alpha * KL estimate to the loss (else the KL is in the advantages).
+    response_window: the response tokens lie in the last response_window columns of every
+      row (RL: max_new_tokens; `window_log_probs` with window response_window + 1): the LM
+      head runs there only. None: at every position.
   """
 
   model_config: TransformerConfig
@@ -145,6 +171,7 @@ class PolicyGradientObjective(TokenSequenceObjective):
   kl_coef: float = 0.0
   kl_estimator: str = "k1"
   kl_in_loss: bool = False
+  response_window: int | None = None
 
   batch_features = ("tokens", "mask", "response_mask", "advantages", "ref_log_probs")
 
@@ -168,9 +195,14 @@ class PolicyGradientObjective(TokenSequenceObjective):
 
   def loss(self, params: Any, batch: Batch, rng: Array | None
            ) -> tuple[Array, dict[str, Array]]:
-    logits = forward(self.module, params, rng, batch["tokens"], batch["mask"])
-    log_probs, entropy = token_log_probs(logits, batch["tokens"], temperature=self.temperature)
+    window = None if self.response_window is None else self.response_window + 1
+    log_probs, entropy = window_log_probs(
+        lambda last: forward(self.module, params, rng, batch["tokens"], batch["mask"],
+                             last=last),
+        batch["tokens"], temperature=self.temperature, window=window)
     mask = batch["response_mask"].astype(jnp.float32)
+    if window is not None:  # the columns whose log-probs were computed
+      mask = mask * (jnp.arange(mask.shape[1]) >= mask.shape[1] - window + 1)
     loss, metrics = policy_gradient_sums(
         log_probs, batch["advantages"], mask, ref_log_probs=batch["ref_log_probs"],
         kl_coef=self.kl_coef, kl_estimator=self.kl_estimator, kl_in_loss=self.kl_in_loss)
@@ -182,7 +214,8 @@ class PolicyGradientObjective(TokenSequenceObjective):
     return self.loss(params, batch, None)[1]
 
   def train_flops_per_example(self, seq_len: int) -> float:
-    return self.model_config.train_flops_per_token(seq_len) * seq_len
+    last = None if self.response_window is None else self.response_window + 1
+    return 3.0 * self.model_config.lm_forward_flops(seq_len, last=last)
 
   @staticmethod
   def tokens_per_example(seq_len: int) -> int:

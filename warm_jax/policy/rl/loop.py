@@ -96,7 +96,9 @@ def train_policy(*, model_dir: str | None, sft_path: str | None, reward_model: A
   policy_trainer = Trainer(
       objective=po.PolicyGradientObjective(model_config, temperature=sampling.temperature,
                                            kl_coef=rl.kl_coef, kl_estimator=rl.kl_estimator,
-                                           kl_in_loss=kl_in_loss),
+                                           kl_in_loss=kl_in_loss,
+                                           # the rollouts' rows: [prompt | max_new_tokens]
+                                           response_window=sampling.max_new_tokens),
       optimizer=optimizer, partitioner=partitioner,
       config=dataclasses.replace(cfg, name="policy"), model_dir=model_dir, seq_len=seq_len)
   value_dir = os.path.join(model_dir, "value")

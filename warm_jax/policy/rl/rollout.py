@@ -115,12 +115,13 @@ class Rollouts:
     flops_lib.count("score rollout", rollout_score_flops(
         self.model_config, self.reward_model_config, batch=batch, width=width,
         policies=2 if anchor is None else 3, rewards=len(self.reward_trees),
-        value_model=value is not None, closing_eos=sampling.eos_id is not None))
+        value_model=value is not None, closing_eos=sampling.eos_id is not None,
+        response_width=out["tokens"].shape[1]))
     if members:
       flops_lib.count("score disagreement members", rollout_score_flops(
           self.model_config, self.reward_model_config, batch=batch, width=width,
           policies=0, rewards=len(self.member_trees), value_model=False,
-          closing_eos=sampling.eos_id is not None))
+          closing_eos=sampling.eos_id is not None, response_width=out["tokens"].shape[1]))
     host = to_host({"tokens": out["tokens"], "mask": out["mask"], **stats})
     host["ended"] = response_ended(host["tokens"], host["mask"], sampling.eos_id)
     host["oracle"] = judge.score(
@@ -161,9 +162,13 @@ def _score_rollout(policy, ref, sft, value, reward_trees, reward_shift, reward_s
     mask = jnp.concatenate([prompt_mask, response_mask], 1).astype(jnp.int32)
     rmask = jnp.concatenate([jnp.zeros_like(prompt_mask), response_mask], 1).astype(jnp.int32)
 
+    # the responses fill the last columns: the LM head runs there only (`window_log_probs`)
+    window = response_tokens.shape[1] + 1
+
     def model_passes(tokens, mask, prompt_tokens, prompt_mask, response_tokens, response_mask):
-      log_probs_of = lambda p: po.token_log_probs(lm.apply({"params": p}, tokens, mask), tokens,
-                                                  temperature=temperature)
+      log_probs_of = lambda p: po.window_log_probs(
+          lambda last: lm.apply({"params": p}, tokens, mask, last=last), tokens,
+          temperature=temperature, window=window)
       log_probs, entropy = log_probs_of(policy)
       ref_log_probs = log_probs_of(ref)[0]
       sft_log_probs = ref_log_probs if sft is None else log_probs_of(sft)[0]
@@ -201,13 +206,14 @@ def _score_rollout(policy, ref, sft, value, reward_trees, reward_shift, reward_s
 
 def rollout_score_flops(model_config: TransformerConfig, reward_config: TransformerConfig, *,
                         batch: int, width: int, policies: int, rewards: int, value_model: bool,
-                        closing_eos: bool) -> float:
+                        closing_eos: bool, response_width: int) -> float:
   """Model FLOPs of `_score_rollout` (or, with policies=0, `_member_rewards`) on `batch`
   sequences of prompt + response `width`: `policies` LM forward passes (policy, reference and,
-  with an EMA anchor, the SFT policy), `rewards` reward-model passes over the responses closed
-  by one more column (`close_unfinished`, when there is an EOS) and the value model's."""
+  with an EMA anchor, the SFT policy; their LM head at the last response_width + 1 positions,
+  `window_log_probs`), `rewards` reward-model passes over the responses closed by one more
+  column (`close_unfinished`, when there is an EOS) and the value model's."""
   rm_width = width + int(closing_eos)
-  flops = policies * width * model_config.forward_flops_per_token(width)
+  flops = policies * model_config.lm_forward_flops(width, last=response_width + 1)
   flops += rewards * reward_config.reward_forward_flops(rm_width)
   if value_model:
     flops += width * model_config.forward_flops_per_token(width, lm_head=False)
