@@ -57,14 +57,12 @@ def measure(*, run_dir: str, repeats: int, pool: int = 512, batches=(64, 128),
   """One row per program: its rate over the whole batch and over row slices (same run)."""
   import jax
   import jax.numpy as jnp
-  from flax import linen as nn
   from warm_jax.core.partitioning import Partitioner
   from warm_jax.models import LanguageModel, RewardModel
-  from warm_jax.models.heads import init_inputs
   from warm_jax.policy import rl
   from warm_jax.policy.rl import rollout
   from warm_jax.policy.sampling import Sampler, SamplingConfig, candidate_sequences
-  from warm_jax.rm.scoring import RewardScorer
+  from warm_jax.rm.scoring import RewardScorer, unboxed_init
   params, tokens, mask, meta = _inputs(run_dir, pool)
   config = common.preset_config("tiny", vocab_size=meta["vocab_size"])
   rm_config = common.preset_config("tiny", vocab_size=meta["vocab_size"],
@@ -97,7 +95,7 @@ def measure(*, run_dir: str, repeats: int, pool: int = 512, batches=(64, 128),
   seq_tokens, seq_mask, seq_response = candidate_sequences(tokens, mask, samples.tokens,
                                                            samples.mask)
   rm = RewardModel(rm_config)
-  rm_params = nn.unbox(rm.init(jax.random.key(1), *init_inputs(rm)))["params"]
+  rm_params = unboxed_init(rm, 1)
   timings = []
   for batch in score_batches:
     scorer = RewardScorer(model_config=rm_config, partitioner=partitioner, batch_size=batch)

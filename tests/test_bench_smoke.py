@@ -340,7 +340,8 @@ def test_policy_slices_benchmark_times_each_program_both_ways(tmp_path):
   for r in rows:
     assert r["whole_rate"] > 0 and r["sliced_rate"] > 0
     assert np.isclose(r["ratio"], r["sliced_rate"] / r["whole_rate"])
-  assert "2 loops of 8" in policy_slices.table(rows) and "2 slices of 8" in policy_slices.table(rows)
+  text = policy_slices.table(rows)
+  assert "2 loops of 8" in text and "2 slices of 8" in text
   with pytest.raises(SystemExit, match="run `bash launch/demo.sh` first"):
     policy_slices.measure(run_dir=str(tmp_path / "nothing"), repeats=1)
 

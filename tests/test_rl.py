@@ -117,8 +117,8 @@ def test_log_probs_of_the_response_window_equal_the_full_pass_and_so_does_the_lo
   # gradient as the pass over every position, for responses in the last columns.
   cfg = tiny_config(vocab_size=40, max_len=32)
   lm = LanguageModel(cfg)
-  from warm_jax.models.heads import init_inputs
-  params = lm.init(jax.random.key(0), *init_inputs(lm))["params"]
+  from warm_jax.rm.scoring import unboxed_init
+  params = unboxed_init(lm, 0)
   rng = np.random.default_rng(0)
   batch, plen, new = 6, 9, 5
   tokens = jnp.asarray(rng.integers(3, 40, (batch, plen + new)), jnp.int32)
@@ -154,14 +154,13 @@ def test_scoring_in_row_slices_gives_the_whole_batch_numbers(baseline):
   import functools
   from warm_jax.core.partitioning import Partitioner
   from warm_jax.models import ValueModel
-  from warm_jax.models.heads import init_inputs
   from warm_jax.policy.rl import rollout
+  from warm_jax.rm.scoring import unboxed_init
   cfg = tiny_config(vocab_size=40, max_len=32)
   rm_cfg = tiny_config(vocab_size=40, max_len=32, reward_readout="hidden_logprob")
-  init = lambda module, seed: module.init(jax.random.key(seed), *init_inputs(module))["params"]
   lm, rm, vm = LanguageModel(cfg), RewardModel(rm_cfg), ValueModel(cfg)
-  policy, ref, sft = init(lm, 0), init(lm, 1), init(lm, 2)
-  rms, value = [init(rm, 3), init(rm, 4)], init(vm, 5)
+  policy, ref, sft = unboxed_init(lm, 0), unboxed_init(lm, 1), unboxed_init(lm, 2)
+  rms, value = [unboxed_init(rm, 3), unboxed_init(rm, 4)], unboxed_init(vm, 5)
   rng = np.random.default_rng(0)
   batch, plen, rlen = 8, 6, 5
   prompt_tokens = jnp.asarray(rng.integers(3, 40, (batch, plen)), jnp.int32)

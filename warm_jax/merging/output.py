@@ -10,6 +10,7 @@ output; the next run warns about it.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import logging
@@ -93,7 +94,11 @@ def remove_tmp(tmp: str, *, settle_s: float = 0.0, timeout_s: float = 30.0) -> N
   gone_since = None
   while True:
     for path in _tmp_paths(tmp):
-      shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
+      if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+      else:  # gone since it was listed: already what we want
+        with contextlib.suppress(FileNotFoundError):
+          os.remove(path)
     now = time.monotonic()
     if _tmp_paths(tmp):
       gone_since = None

@@ -236,8 +236,8 @@ def _member_rewards(member_trees, prompt_tokens, prompt_mask, response_tokens, r
   """[batch, M] rewards of the disagreement members (the RL reward's scoring code,
   `_rm_rewards`): M RM passes, at eval only, over `row_slices` slices of the rows."""
   with partitioner.activation_rules():
-    return map_row_slices(lambda *rows: _rm_rewards(rm, member_trees, *rows, eos_id).T, row_slices,
-                      prompt_tokens, prompt_mask, response_tokens, response_mask)
+    return map_row_slices(lambda *rows: _rm_rewards(rm, member_trees, *rows, eos_id).T,
+                          row_slices, prompt_tokens, prompt_mask, response_tokens, response_mask)
 
 
 def to_host(tree: Any) -> Any:
