@@ -8,6 +8,7 @@ import json
 import math
 import os
 import re
+import shlex
 import sys
 
 import pytest
@@ -88,11 +89,20 @@ def test_tiny_experiment_writes_the_documented_schema(tiny_run):
   for name, entry in bon["selectors"].items():
     for v, best in zip(entry["oracle"], bon["selectors"]["oracle_best"]["oracle"]):
       assert v <= best + 1e-9, name
+  # the same pools judged by the corrupted setting's selectors (bon_corrupt): the same SFT
+  # sample mean and oracle-best curve (same pools), their own selectors' choices
+  corrupt_bon = metrics["bon_corrupt"]
+  assert corrupt_bon["sft_sample_oracle"] == bon["sft_sample_oracle"]
+  assert (corrupt_bon["selectors"]["oracle_best"]["oracle"]
+          == bon["selectors"]["oracle_best"]["oracle"])
+  assert {"member_0", "warm_2", "warm_3", "ens_3"} <= set(corrupt_bon["selectors"])
+  assert "bon_corrupt/warm_3_vs_ens_3" in {f["id"] for f in metrics["findings"]}
   # Coste et al.'s objectives select beside ENS and WARM, each with its Gao fit key.
   assert {"wco_2", "uwo_2", "wco_3", "uwo_3"} <= set(bon["selectors"])
   assert all("gao_fit" in bon["selectors"][n] for n in ("member_0", "warm_2", "uwo_3"))
   # RL: both runs evaluated at step 0 (the SFT policy) and every 2 steps, curves finite
-  assert set(metrics["rl"]) == {"best_member", "warm_2"}
+  # (and the same rewards from the corrupted setting's members, rl/<reward>_corrupt)
+  assert set(metrics["rl"]) == {"best_member", "warm_2", "best_member_corrupt", "warm_2_corrupt"}
   for run in metrics["rl"].values():
     assert run["eval"]["step"] == [0, 2, 4] and run["eval"]["eval/kl_to_sft"][0] == 0.0
     assert all(_finite(v) for v in run["eval"]["eval/oracle_reward"])
@@ -101,7 +111,8 @@ def test_tiny_experiment_writes_the_documented_schema(tiny_run):
   # win rates: every ordered pair, complementary, rates inside their intervals
   # (each RL run at its best and at its final step)
   wins = metrics["win_rates"]["win_rates"]
-  policies = ("best_member", "warm_2", "best_member_final", "warm_2_final", "sft")
+  policies = ("sft",) + tuple(f"{r}{c}{f}" for r in ("best_member", "warm_2")
+                              for c in ("", "_corrupt") for f in ("", "_final"))
   assert set(wins) == {f"{a}_vs_{b}" for a in policies for b in policies if a != b}
   assert metrics["win_rates"]["policies"]["warm_2_final"].endswith(os.path.join("rl", "warm_2"))
   fall = {f["id"]: f for f in metrics["findings"]}["rl/single_fall_after_peak"]
@@ -111,9 +122,27 @@ def test_tiny_experiment_writes_the_documented_schema(tiny_run):
     a, b = key.split("_vs_")
     assert rate["rate"] + wins[f"{b}_vs_{a}"]["rate"] == pytest.approx(1.0)
   assert metrics["win_rates"]["num_prompts"] == 8
+  # the corrupted runs read the corrupted setting's members: the ID-val-best of members/corrupt
+  # and the average of its top 2, whose inputs are those members
+  with open(os.path.join(out, "commands.sh")) as f:
+    commands = f.read()
+  with open(os.path.join(out, "eval", "corrupt", "eval.json")) as f:
+    best = json.load(f)["table"]["ranking"][0]
+  rl_corrupt = next(line for line in commands.splitlines()
+                    if "--gin.MODEL_DIR=" in line and "best_member_corrupt" in line)
+  assert (f"--gin.REWARD_MODEL={os.path.join(out, 'members', 'corrupt', best)!r}"
+          in shlex.split(rl_corrupt))
+  assert os.path.join(out, "members", "clean", "") not in rl_corrupt
+  average = next(line for line in commands.splitlines() if "warm_2_corrupt" in line
+                 and "warm_jax.average" in line)
+  assert os.path.join(out, "members", "corrupt", "") in average
+  assert os.path.join(out, "members", "clean", "") not in average
+  assert "rl_corrupt/single_final_vs_first" in {f["id"] for f in metrics["findings"]}
   # timings: every stage and the total
   assert {"data/clean", "pretrain", "sft", "members/clean", "eval/clean", "average/warm_2",
-          "bon", "rl/best_member", "win_rates", "total"} <= set(metrics["timings"])
+          "bon", "rl/best_member", "win_rates", "total", "average/warm_2_corrupt",
+          "rl/warm_2_corrupt", "bon_corrupt", "average/warm_3_corrupt"} <= set(
+              metrics["timings"])
   # the on-policy RM data: every evaluated split is the built one, corruption exact
   rm_data = metrics["rm_data"]["settings"]
   for split in ("id_val", "id_policy", "ood_policy"):
@@ -162,7 +191,9 @@ def test_tiny_experiment_writes_report_plots_and_commands(tiny_run):
   plots = set(os.listdir(os.path.join(out, "plots")))
   assert {"fig3_lmc_diversity_ood.png", "fig6_bon_oracle_vs_kl.png",
           "fig7_bon_win_rate_vs_n.png", "fig8_rl_reward_vs_step.png",
-          "fig8_rl_reward_vs_kl.png", "fig9_rl_win_rates.png"} <= plots
+          "fig8_rl_reward_vs_kl.png", "fig9_rl_win_rates.png",
+          "fig8_rl_corrupt_reward_vs_step.png", "fig8_rl_corrupt_reward_vs_kl.png",
+          "fig6_bon_corrupt_oracle_vs_kl.png"} <= plots
   for name in plots:
     assert os.path.getsize(os.path.join(out, "plots", name)) > 1000
   commands = open(os.path.join(out, "commands.sh")).read()
@@ -205,7 +236,7 @@ def test_the_experiment_killed_at_a_random_moment_reruns_to_the_same_metrics(tin
   out, metrics, _ = tiny_run
   run = str(tmp_path / "run")
   shutil.copytree(out, run, symlinks=True)
-  for name in ("bon", "rl", "win_rates", "plots", "metrics.json", "report.md"):
+  for name in ("bon", "bon_corrupt", "rl", "win_rates", "plots", "metrics.json", "report.md"):
     path = os.path.join(run, name)
     shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
   seed = int.from_bytes(os.urandom(4), "little")
@@ -289,6 +320,10 @@ def test_lazy_stage_arguments_are_resolved_when_the_stage_starts(tmp_path):
     ({"reward_readout": "mean"}, "'hidden' or 'hidden_logprob'"),
     ({"rm_samples_per_post": 1}, "at least one sample per Baklava step"),
     ({"rl_rewards": ("uwo_4",)}, "is not 'best_member'"),
+    ({"rl_corrupt_rewards": ("warm_9",)}, "rl_corrupt_rewards: 'warm_9' is not"),
+    ({"rl_corrupt_rewards": ("warm_2",), "corruption_rate": 0.0}, "needs the corrupted setting"),
+    ({"bon_corrupt": True, "corruption_rate": 0.0}, "bon_corrupt=True: needs the corrupted"),
+    ({"rl_corrupt_kl_coef": -0.1}, "rl_corrupt_kl_coef=-0.1: must be >= 0"),
     ({"rl_policy_warmup": -1}, "rl_policy_warmup=-1: must be >= 0"),
     ({"rl_baseline": "mean"}, "rl_baseline='mean': use 'value'"),
     ({"rl_baseline": "leave_one_out", "rl_samples_per_prompt": 1, "rl_value_warmup": 0},
@@ -350,6 +385,56 @@ def test_ensemble_reward_names_give_coste_specs_with_the_stage_lambda(tmp_path, 
   argv = rl_best.argv()
   assert "--gin.BASELINE='leave_one_out'" in argv and "--gin.SAMPLES_PER_PROMPT=4" in argv
   assert "--gin.VALUE_WARMUP_STEPS=0" in argv and "--gin.BATCH_SIZE=32" in argv
+
+
+def test_corrupted_rl_stages_read_the_corrupted_members_at_their_alpha(tmp_path, monkeypatch):
+  """rl_corrupt_rewards: rl/<reward>_corrupt trains against the corrupted setting's members (its
+  own ID-val ranking), WARM M from average/warm_<M>_corrupt, at rl_corrupt_kl_coef; the clean
+  runs and best-of-N keep the clean members."""
+  from warm_jax.experiment import ExperimentPlan, ExperimentScale
+  scale = ExperimentScale(model_gin="m", data_gin="d", pretrain_steps=2, pretrain_batch=2,
+                          sft_steps=10, sft_batch=2, baklava_steps=(5, 10), rm_steps=6,
+                          rm_batch=2, num_members=3, learning_rates=(1e-4, 1e-3),
+                          dropout_rates=(0.1,), warm_ms=(2,), scratch_rm_steps=2,
+                          rl_rewards=("best_member", "warm_2"), rl_kl_coef=0.003,
+                          rl_corrupt_rewards=("best_member", "ens_3", "warm_3"),
+                          rl_corrupt_kl_coef=0.01, bon_corrupt=True)
+  plan = ExperimentPlan(output_dir=str(tmp_path), scale=scale)
+  ranked = {"clean": ["/c/member_2", "/c/member_0", "/c/member_1"],
+            "corrupt": ["/x/member_1", "/x/member_2", "/x/member_0"]}
+  monkeypatch.setattr(plan, "ranked_members", lambda setting="clean": ranked[setting])
+  stages = {stage.name: stage for stage in plan._policy_stages()}
+  assert {"average/warm_2", "average/warm_3_corrupt", "rl/best_member_corrupt",
+          "rl/ens_3_corrupt", "rl/warm_3_corrupt"} <= set(stages)
+  assert "average/warm_3" not in stages
+  # best-of-N: the same pools (prompts, N, seed, batch) judged by each setting's selectors
+  bon, bon_corrupt = stages["bon"].argv(), stages["bon_corrupt"].argv()
+  for name in ("N_MAX", "NUM_PROMPTS", "SEED", "BATCH_SIZE", "SFT_DIR", "DATA_DIR"):
+    assert _gin_value(bon, name) == _gin_value(bon_corrupt, name), name
+  assert _gin_value(bon_corrupt, "OUTPUT_DIR") == plan.path("bon_corrupt")
+  models = _gin_value(bon_corrupt, "REWARD_MODELS")
+  assert models["warm_2"] == plan.warm_dir(2, "corrupt") and models["ens_2"] == ranked[
+      "corrupt"][:2]
+  assert {models[f"member_{i}"] for i in range(3)} == set(ranked["corrupt"])
+  assert _gin_value(bon, "REWARD_MODELS")["warm_2"] == plan.warm_dir(2)
+  assert _gin_value(bon_corrupt, "DISAGREEMENT_MEMBERS")["member_1"] == ranked["corrupt"][:2]
+  average = stages["average/warm_3_corrupt"].argv()
+  assert average[average.index("--inputs") + 1:average.index("--output")] == ranked["corrupt"]
+  assert average[average.index("--output") + 1] == plan.warm_dir(3, "corrupt")
+  assert plan.warm_dir(3, "corrupt") != plan.warm_dir(3)
+  for name, model, flags in (("best_member", ranked["corrupt"][0], ranked["corrupt"][:2]),
+                             ("ens_3", ranked["corrupt"], ranked["corrupt"]),
+                             ("warm_3", plan.warm_dir(3, "corrupt"), ranked["corrupt"])):
+    argv = stages[f"rl/{name}_corrupt"].argv()
+    assert _gin_value(argv, "REWARD_MODEL") == model, name
+    assert _gin_value(argv, "DISAGREEMENT_MEMBERS") == flags, name
+    assert _gin_value(argv, "KL_COEF") == 0.01
+    assert _gin_value(argv, "MODEL_DIR") == plan.path("rl", f"{name}_corrupt")
+  clean = stages["rl/best_member"].argv()
+  assert _gin_value(clean, "REWARD_MODEL") == ranked["clean"][0]
+  assert _gin_value(clean, "KL_COEF") == 0.003
+  assert plan.rl_run_names() == ["best_member", "warm_2", "best_member_corrupt",
+                                 "ens_3_corrupt", "warm_3_corrupt"]
 
 
 def _rl_run(oracle, proxy, kl):
@@ -452,12 +537,72 @@ def test_policy_findings_follow_their_rules_on_hand_made_numbers():
   assert by_id["bon/warm_2_vs_ens_2"]["verdict"] == "opposite"
 
 
+def test_rl_findings_of_the_corrupted_setting_and_warm_vs_ens_are_their_own_group():
+  """RL runs on the corrupted setting's members (rl/<reward>_corrupt) get their own findings
+  (ids rl_corrupt/...), and WARM M against ENS M of the same members is compared where both
+  ran: the final oracle reward and the held-out win rate of the final policies."""
+  from warm_jax.pipeline.report_policy import policy_findings, rl_groups
+  rate = lambda r, lo, hi: {"rate": r, "low": lo, "high": hi, "n": 256}
+  clean_single = _rl_run([1.0, 2.0, 1.8], [0.0, 1.0, 2.0], [0.0, 1.0, 2.0])
+  corrupt = {"best_member": _rl_run([1.0, 0.8, 0.2], [0.0, 1.0, 3.0], [0.0, 2.0, 6.0]),
+             "warm_6": _rl_run([1.0, 1.4, 1.1], [0.0, 0.9, 1.6], [0.0, 2.0, 5.0]),
+             "ens_6": _rl_run([1.0, 0.3, -1.5], [0.0, 1.5, 3.5], [0.0, 3.0, 9.0])}
+  rl = {"best_member": clean_single, "best_member_kl0.01": clean_single,
+        **{f"{name}_corrupt": run for name, run in corrupt.items()}}
+  groups = rl_groups(rl)
+  assert set(groups) == {"", "_kl0.01", "_corrupt"}
+  assert groups["_corrupt"] == corrupt
+  metrics = {"rl": rl, "win_rates": {"win_rates": {
+      "warm_6_corrupt_final_vs_ens_6_corrupt_final": rate(0.8, 0.75, 0.85),
+      "warm_6_corrupt_vs_best_member_corrupt": rate(0.55, 0.48, 0.62)}}}
+  by_id = {f["id"]: f for f in policy_findings(metrics)}
+  hacked = by_id["rl_corrupt/single_final_vs_first"]
+  assert hacked["effect"] == pytest.approx(0.2 - 1.0)
+  assert hacked["verdict"] == "observed in this run"  # 1.0 -> 0.2 while the proxy rose
+  assert "corrupted labels" in hacked["finding"]
+  assert by_id["rl/single_final_vs_first"]["effect"] == pytest.approx(1.8 - 1.0)
+  final = by_id["rl_corrupt/warm_6_final_vs_ens_6"]
+  assert final["effect"] == pytest.approx(1.1 - (-1.5))
+  assert final["verdict"] == "reproduced in this run"
+  win = by_id["rl_corrupt/win_rate/warm_6_vs_ens_6_final"]
+  assert (win["effect"], win["low"], win["high"]) == pytest.approx((0.3, 0.25, 0.35))
+  assert win["verdict"] == "reproduced"
+  # the single RM's best eval is its first (KL 0): the best-step win rate says nothing
+  assert by_id["rl_corrupt/win_rate/warm_6"]["verdict"].startswith("not informative")
+  assert by_id["rl_corrupt/warm_6_final_vs_single"]["effect"] == pytest.approx(1.1 - 0.2)
+  # ENS ahead: the finding turns, and without the win rate only the final-reward finding stays
+  metrics["rl"]["ens_6_corrupt"] = _rl_run([1.0, 2.0, 1.9], [0.0, 1.0, 2.0], [0.0, 2.0, 4.0])
+  metrics["win_rates"]["win_rates"] = {}
+  by_id = {f["id"]: f for f in policy_findings(metrics)}
+  assert by_id["rl_corrupt/warm_6_final_vs_ens_6"]["verdict"] == "not reproduced in this run"
+  assert "rl_corrupt/win_rate/warm_6_vs_ens_6_final" not in by_id
+  # a clean group without ENS M has no WARM-vs-ENS finding
+  assert not any(i.startswith("rl/") and "_vs_ens_" in i for i in by_id)
+  # best-of-N judged by the corrupted members: its own ids, against the corrupted setting's
+  # ID-val-best member (not the clean one)
+  curve = lambda v: {"oracle": [0.0, v], "oracle_sem": [0.1, 0.1], "oracle_all_subsets": [0.0, v]}
+  metrics.update(rm={"clean": {"best_member": "member_0"}, "corrupt": {"best_member": "member_1"}},
+                 bon_corrupt={"n": [1, 4], "sft_sample_oracle": 0.0, "selectors": {
+                     "member_0": curve(9.0), "member_1": curve(1.0), "warm_2": curve(1.6),
+                     "ens_2": curve(0.4)}, "paired_differences_at_n_max": {
+                         "warm_2-member_1": {"diff": 0.6, "low": 0.2, "high": 1.0}}})
+  by_id = {f["id"]: f for f in policy_findings(metrics)}
+  assert by_id["bon_corrupt/warm_2_vs_best"]["effect"] == pytest.approx(0.6)
+  assert by_id["bon_corrupt/warm_2_vs_best"]["verdict"] == "reproduced"
+  assert by_id["bon_corrupt/warm_2_vs_ens_2"]["effect"] == pytest.approx(1.2)
+  assert "corrupted labels" in by_id["bon_corrupt/warm_2_vs_ens_2"]["finding"]
+  assert not any(i.startswith("bon/") for i in by_id)  # no clean best-of-N here
+
+
 EXPERIMENT_GINS = {
-    "gin/experiments/warm_synthetic_tldr.gin": (27, {"rl/warm_6", "rl/ens_2", "eval/corrupt",
+    "gin/experiments/warm_synthetic_tldr.gin": (33, {"rl/warm_6", "rl/ens_2", "eval/corrupt",
                                                      "rm_data", "rm_pretrain", "rm_sft",
-                                                     "eval/pretraining_pair"}),
-    "gin/experiments/warm_synthetic_tldr_tiny.gin": (25, {"rl/warm_2", "win_rates", "rm_sft",
-                                                          "pairs/two_pretrainings"}),
+                                                     "eval/pretraining_pair",
+                                                     "average/warm_6_corrupt",
+                                                     "rl/ens_6_corrupt", "bon_corrupt"}),
+    "gin/experiments/warm_synthetic_tldr_tiny.gin": (30, {"rl/warm_2", "win_rates", "rm_sft",
+                                                          "pairs/two_pretrainings",
+                                                          "rl/warm_2_corrupt"}),
     "gin/experiments/ablations/alpha_sweep.gin": (29, {"rl/best_member_kl0.001",
                                                        "rl/warm_6_kl0.01"}),
     "gin/experiments/ablations/corruption.gin": (19, {"eval/corrupt", "rm_sft"}),
@@ -466,9 +611,10 @@ EXPERIMENT_GINS = {
     "gin/experiments/ablations/diversity_data_order.gin": (19, {"members/clean"}),
     "gin/experiments/ablations/diversity_learning_rate.gin": (19, {"members/clean"}),
     "gin/experiments/ablations/diversity_baklava.gin": (19, {"members/clean"}),
-    "gin/experiments/ablations/rm_own_start.gin": (27, {"rm_pretrain", "rm_sft", "rl/warm_6"}),
+    "gin/experiments/ablations/rm_own_start.gin": (33, {"rm_pretrain", "rm_sft", "rl/warm_6"}),
     # the paper's setup: one chain, the RMs from the policy's SFT
-    "gin/experiments/ablations/rm_policy_start.gin": (25, {"rl/warm_6", "rm_data"}),
+    "gin/experiments/ablations/rm_policy_start.gin": (31, {"rl/warm_6", "rm_data",
+                                                                 "rl/best_member_corrupt"}),
 }
 
 
@@ -527,7 +673,8 @@ def test_diversity_ablation_members_are_distinct_and_a_short_pool_is_refused(
   code, _, err = _dry_run(
       capsys, "--gin_file=gin/experiments/ablations/diversity_learning_rate.gin",
       f"--output_dir={tmp_path}", "--gin.OVERRIDES={'member_diversity': 'learning_rate', "
-      "'num_members': 3, 'warm_ms': (2, 3), 'learning_rates': (1e-4, 4e-4), 'rl_rewards': ()}")
+      "'num_members': 3, 'warm_ms': (2, 3), 'learning_rates': (1e-4, 4e-4), 'rl_rewards': (), "
+      "'rl_corrupt_rewards': ()}")
   assert code != 0 and "fewer distinct values than members" in err, err
 
 
@@ -693,7 +840,17 @@ def test_every_stage_of_the_plans_waits_only_for_earlier_stages(tmp_path):
       assert "pairs/two_pretrainings" in after["eval/pretraining_pair"]
     assert "rm_data" in after["eval/corrupt"] and "rm_data" in after["probe/corrupt"]
     assert {"sft", "pretrain"} <= after["rm_data"]
-    assert all("eval/clean" in deps for n, deps in after.items() if n.startswith("rl/"))
+    # an RL run waits for its own setting's ranking and averages, no other's
+    for n, deps in after.items():
+      if n.startswith("rl/"):
+        own, other = (("eval/corrupt", "eval/clean") if n.endswith("_corrupt") else
+                      ("eval/clean", "eval/corrupt"))
+        averages = {d for d in deps if d.startswith("average/")}
+        assert own in deps and other not in deps, (n, deps)
+        assert all(a.endswith("_corrupt") == n.endswith("_corrupt") for a in averages), n
+    assert "eval/corrupt" in after["average/warm_6_corrupt"]
+    assert "eval/clean" not in after["average/warm_6_corrupt"]
+    assert not any(d.endswith("_corrupt") for d in after["bon"])
     assert {n for n in after if n.startswith("rl/")} <= after["win_rates"]
   with pytest.raises(ValueError, match="no entry in experiment.stage_dependencies"):
     experiment.stage_dependencies("mystery", ["mystery"])
@@ -886,15 +1043,16 @@ def test_decoding_loops_and_the_bon_scoring_batch_reach_the_policy_stages(tmp_pa
   from warm_jax import experiment
   plan = experiment.run_experiment(output_dir=str(tmp_path), scale=scale, scales=_scales(),
                                    dry_run=True)
-  os.makedirs(tmp_path / "eval" / "clean")
   members = [f"member_{i}" for i in range(plan.scale.num_members)]
-  with open(tmp_path / "eval" / "clean" / "eval.json", "w") as f:
-    json.dump({"table": {"ranking": members}}, f)
+  for setting in ("clean", "corrupt"):
+    os.makedirs(tmp_path / "eval" / setting)
+    with open(tmp_path / "eval" / setting / "eval.json", "w") as f:
+      json.dump({"table": {"ranking": members}}, f)
   stages = {s.name: s for s in plan.stages()}
   value = lambda argv, name: (_gin_value(argv, name) if any(
       a.startswith(f"--gin.{name}=") for a in argv) else None)
   policy = [stages["bon"], *(v for k, v in stages.items() if k.startswith("rl/"))]
-  assert len(policy) == 1 + len(plan.scale.rl_rewards)
+  assert len(policy) == 1 + len(plan.scale.rl_rewards) + len(plan.scale.rl_corrupt_rewards)
   for stage in policy:
     argv = stage.resolve()
     assert value(argv, "LOOP_ROWS") == (32 if scale == "default" else None), stage.name

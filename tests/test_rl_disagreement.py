@@ -140,7 +140,7 @@ def test_tiny_rl_run_logs_the_member_disagreement_at_every_eval(tmp_path):
 
 
 def test_report_tables_rl_disagreement_with_and_without_the_keys(tmp_path):
-  from warm_jax.pipeline import report_policy
+  from warm_jax.pipeline import policy_plots, report_policy
   from warm_jax.core.metrics_writer import MetricsWriter
   dirs = {}
   for name, with_keys in (("best_member", False), ("warm_2", True)):
@@ -162,12 +162,12 @@ def test_report_tables_rl_disagreement_with_and_without_the_keys(tmp_path):
   assert "Member disagreement along RL" in table
   assert "| warm_2 | 0.400 (0) | 0.700 (20) | 0.50 | 0.65 | 0.10 | 0.10 |" in table
   assert "| best_member | 0.4" not in table
-  paths = report_policy.plot_rl_disagreement(rl_runs, str(tmp_path / "plots"))
+  paths = policy_plots.plot_rl_disagreement(rl_runs, str(tmp_path / "plots"))
   assert [os.path.basename(p) for p in paths] == ["rl_disagreement_vs_kl.png"]
   assert os.path.getsize(paths[0]) > 1000
   old = {"best_member": rl_runs["best_member"]}
   assert "Member disagreement along RL" not in "\n".join(report_policy.tables_md({"rl": old}))
-  assert report_policy.plot_rl_disagreement(old, str(tmp_path / "plots2")) == []
+  assert policy_plots.plot_rl_disagreement(old, str(tmp_path / "plots2")) == []
 
 
 def test_experiment_rl_stages_pass_the_disagreement_members(tmp_path, monkeypatch):

@@ -16,9 +16,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from warm_jax.core.checkpoints import AVERAGE_CHECKPOINT_SUBDIR
-from warm_jax.pipeline.presets import (ENSEMBLE_KINDS, PRETRAINING_PAIR_SEED_OFFSET,
-                                       RL_TEMPERATURE, SETTINGS, STAGE_DONE, UWO_LAMBDA,
-                                       ExperimentScale)
+from warm_jax.pipeline.presets import (CORRUPT_SUFFIX, ENSEMBLE_KINDS,
+                                       PRETRAINING_PAIR_SEED_OFFSET, RL_TEMPERATURE, SETTINGS,
+                                       STAGE_DONE, UWO_LAMBDA, ExperimentScale)
 
 
 @dataclasses.dataclass
@@ -262,48 +262,67 @@ class ExperimentPlan:
       ranking = json.load(f)["table"]["ranking"]
     return [self.path("members", setting, name) for name in ranking]
 
-  def warm_dir(self, m: int) -> str:
-    return self.path("average", f"warm_{m}", AVERAGE_CHECKPOINT_SUBDIR)
+  @staticmethod
+  def _setting_suffix(setting: str) -> str:
+    return CORRUPT_SUFFIX if setting == "corrupt" else ""
 
-  def reward_spec(self, name: str, *, stage: str = "rl") -> Any:
+  def warm_dir(self, m: int, setting: str = "clean") -> str:
+    """WARM M's checkpoint: the average of the setting's top M members."""
+    return self.path("average", f"warm_{m}{self._setting_suffix(setting)}",
+                     AVERAGE_CHECKPOINT_SUBDIR)
+
+  def reward_spec(self, name: str, *, stage: str = "rl", setting: str = "clean") -> Any:
     """The gin spec of a reward (warm_jax.policy.reward_sources): a member, or '<kind>_<M>' of the
-    top M members: WARM M, ENS M, WCO M or UWO M (with Coste's lambda for `stage`)."""
-    ranked = self.ranked_members()
+    top M members: WARM M, ENS M, WCO M or UWO M (with Coste's lambda for `stage`); the members
+    of `setting`, ranked by that setting's ID-val accuracy."""
+    ranked = self.ranked_members(setting)
     if name == "best_member":
       return ranked[0]
     kind, m = name.split("_")
     if kind == "warm":
-      return self.warm_dir(int(m))
+      return self.warm_dir(int(m), setting)
     if kind == "wco":
       return {"wco": ranked[:int(m)]}
     if kind == "uwo":
       return {"uwo": ranked[:int(m)], "lambda": UWO_LAMBDA[stage]}
     return ranked[:int(m)]
 
-  def rl_disagreement_members(self, reward: str) -> list[str] | None:
+  def rl_disagreement_members(self, reward: str, setting: str = "clean") -> list[str] | None:
     """The members whose disagreement RL logs at each eval (gin/rl.gin DISAGREEMENT_MEMBERS;
     M more RM passes per eval): WARM M's (and ENS / WCO / UWO M's) own top M members; the
     best member's are the top 2, the same members that flag warm_2 and ens_2, so the runs of
     one M are read against one flagger (best-of-N gives the best member max(warm_ms))."""
-    ranked = self.ranked_members()
+    ranked = self.ranked_members(setting)
     members = ranked[:2] if reward == "best_member" else ranked[:int(reward.split("_")[1])]
     return members if len(members) >= 2 else None
 
-  def rl_runs(self) -> list[tuple[str, str, float]]:
-    """(run name, reward name, KL coefficient) of every RL stage."""
+  def rl_runs(self) -> list[tuple[str, str, float, str]]:
+    """(run name, reward name, KL coefficient, setting of the members) of every RL stage: the
+    clean members' rewards (at each alpha of the sweep, rl/<reward>_kl<alpha>) and the corrupted
+    members' (rl/<reward>_corrupt, at rl_corrupt_kl_coef)."""
     s = self.scale
     if not s.rl_kl_coefs:
-      return [(reward, reward, s.rl_kl_coef) for reward in s.rl_rewards]
-    return [(f"{reward}_kl{alpha:g}", reward, alpha) for alpha in s.rl_kl_coefs
-            for reward in s.rl_rewards]
+      runs = [(reward, reward, s.rl_kl_coef, "clean") for reward in s.rl_rewards]
+    else:
+      runs = [(f"{reward}_kl{alpha:g}", reward, alpha, "clean") for alpha in s.rl_kl_coefs
+              for reward in s.rl_rewards]
+    return runs + [(f"{reward}{CORRUPT_SUFFIX}", reward, s.rl_corrupt_kl_coef, "corrupt")
+                   for reward in s.rl_corrupt_rewards]
 
   def rl_run_names(self) -> list[str]:
-    return [run for run, _, _ in self.rl_runs()] if self.scale.rl_steps else []
+    return [run for run, *_ in self.rl_runs()] if self.scale.rl_steps else []
 
-  def _warm_ms_needed(self) -> list[int]:
-    ms = set(self.scale.warm_ms) if self.scale.bon_prompts else set()
-    ms |= {int(n.split("_")[1]) for n in self.scale.rl_rewards if n.startswith("warm_")}
-    return sorted(ms) if (self.scale.bon_prompts or self.scale.rl_steps) else []
+  def _warm_ms_needed(self, setting: str = "clean") -> list[int]:
+    """The M of every WARM M checkpoint the policy stages read, for the setting's members."""
+    s = self.scale
+    if setting == "corrupt":
+      ms = set(s.warm_ms) if s.bon_corrupt and s.bon_prompts else set()
+      if s.rl_steps:
+        ms |= {int(n.split("_")[1]) for n in s.rl_corrupt_rewards if n.startswith("warm_")}
+      return sorted(ms)
+    ms = set(s.warm_ms) if s.bon_prompts else set()
+    ms |= {int(n.split("_")[1]) for n in s.rl_rewards if n.startswith("warm_")}
+    return sorted(ms) if (s.bon_prompts or s.rl_steps) else []
 
   def _policy_common(self) -> list[str]:
     s = self.scale
@@ -314,40 +333,28 @@ class ExperimentPlan:
 
   def _policy_stages(self) -> list[Stage]:
     s, out = self.scale, []
-    for m in self._warm_ms_needed():
-      out.append(Stage(f"average/warm_{m}", lambda m=m: _py(
-          "warm_jax.average", "--inputs", *self.ranked_members()[:m],
-          "--output", self.warm_dir(m), "--overwrite"), self.path("average", f"warm_{m}")))
+    for setting in self.settings:
+      suffix = self._setting_suffix(setting)
+      for m in self._warm_ms_needed(setting):
+        out.append(Stage(f"average/warm_{m}{suffix}", lambda m=m, setting=setting: _py(
+            "warm_jax.average", "--inputs", *self.ranked_members(setting)[:m],
+            "--output", self.warm_dir(m, setting), "--overwrite"),
+            self.path("average", f"warm_{m}{suffix}")))
     if s.bon_prompts:
-      def bon_argv():
-        ranked = self.ranked_members()
-        models = {os.path.basename(p): p for p in ranked}
-        for m in s.warm_ms:  # WCO / UWO reuse the members' rewards: a combine each
-          for kind in ENSEMBLE_KINDS:
-            models[f"{kind}_{m}"] = self.reward_spec(f"{kind}_{m}", stage="bon")
-        # Member disagreement (bon.py step 6): a WARM M checkpoint is flagged by the M members
-        # it averages, the best member by the members of the largest M (all are selectors, so
-        # their rewards are reused); ENS / WCO / UWO M use their own members.
-        flags = {f"warm_{m}": ranked[:m] for m in s.warm_ms}
-        if s.warm_ms:
-          flags[os.path.basename(ranked[0])] = ranked[:max(s.warm_ms)]
-        return _py("warm_jax.train", *self._model(), "--gin_file=gin/bon.gin",
-                   *self._policy_common(), _gin("SFT_DIR", self.path("sft")),
-                   _gin("OUTPUT_DIR", self.path("bon")), _gin("N_MAX", s.bon_n_max),
-                   _gin("NUM_PROMPTS", s.bon_prompts), _gin("BATCH_SIZE", s.policy_batch),
-                   *([_gin("SCORE_BATCH_SIZE", s.bon_score_batch)] if s.bon_score_batch
-                     else []),
-                   f"--gin.REWARD_MODELS={models!r}",
-                   f"--gin.DISAGREEMENT_MEMBERS={flags!r}")
-      out.append(Stage("bon", bon_argv, self.path("bon")))
+      out.append(Stage("bon", lambda: self._bon_argv("clean"), self.path("bon")))
+    if s.bon_prompts and s.bon_corrupt:
+      out.append(Stage("bon_corrupt", lambda: self._bon_argv("corrupt"),
+                       self.path("bon_corrupt")))
     if s.rl_steps:
-      for run, reward, kl_coef in self.rl_runs():
-        out.append(Stage(f"rl/{run}", lambda run=run, reward=reward, kl_coef=kl_coef: _py(
+      for run, reward, kl_coef, setting in self.rl_runs():
+        out.append(Stage(f"rl/{run}", lambda run=run, reward=reward, kl_coef=kl_coef,
+                         setting=setting: _py(
             "warm_jax.train", *self._model(), "--gin_file=gin/rl.gin",
             *self._policy_common(), _gin("SFT_DIR", self.path("sft")),
             _gin("MODEL_DIR", self.path("rl", run)),
-            f"--gin.REWARD_MODEL={self.reward_spec(reward)!r}",
-            f"--gin.DISAGREEMENT_MEMBERS={self.rl_disagreement_members(reward)!r}",
+            f"--gin.REWARD_MODEL={self.reward_spec(reward, setting=setting)!r}",
+            "--gin.DISAGREEMENT_MEMBERS="
+            f"{self.rl_disagreement_members(reward, setting)!r}",
             _gin("TRAIN_STEPS", s.rl_steps), _gin("BATCH_SIZE", s.rl_batch),
             _gin("LEARNING_RATE", s.rl_learning_rate), _gin("KL_COEF", kl_coef),
             _gin("VALUE_WARMUP_STEPS", s.rl_value_warmup),
@@ -374,6 +381,34 @@ class ExperimentPlan:
                      _gin("BATCH_SIZE", s.policy_batch), f"--gin.POLICIES={policies!r}")
         out.append(Stage("win_rates", win_argv, self.path("win_rates")))
     return out
+
+  def bon_dir(self, setting: str = "clean") -> str:
+    """best-of-N's output: `bon` (the clean members select), `bon_corrupt` (the corrupted)."""
+    return self.path(f"bon{self._setting_suffix(setting)}")
+
+  def _bon_argv(self, setting: str) -> list[str]:
+    """best-of-N with the setting's members, WARM / ENS / WCO / UWO M of them as selectors; the
+    pools (prompts, seed, N) are the same for both settings."""
+    s = self.scale
+    ranked = self.ranked_members(setting)
+    models = {os.path.basename(p): p for p in ranked}
+    for m in s.warm_ms:  # WCO / UWO reuse the members' rewards: a combine each
+      for kind in ENSEMBLE_KINDS:
+        models[f"{kind}_{m}"] = self.reward_spec(f"{kind}_{m}", stage="bon", setting=setting)
+    # Member disagreement (bon.py step 6): a WARM M checkpoint is flagged by the M members
+    # it averages, the best member by the members of the largest M (all are selectors, so
+    # their rewards are reused); ENS / WCO / UWO M use their own members.
+    flags = {f"warm_{m}": ranked[:m] for m in s.warm_ms}
+    if s.warm_ms:
+      flags[os.path.basename(ranked[0])] = ranked[:max(s.warm_ms)]
+    return _py("warm_jax.train", *self._model(), "--gin_file=gin/bon.gin",
+               *self._policy_common(), _gin("SFT_DIR", self.path("sft")),
+               _gin("OUTPUT_DIR", self.bon_dir(setting)), _gin("N_MAX", s.bon_n_max),
+               _gin("NUM_PROMPTS", s.bon_prompts), _gin("BATCH_SIZE", s.policy_batch),
+               *([_gin("SCORE_BATCH_SIZE", s.bon_score_batch)] if s.bon_score_batch
+                 else []),
+               f"--gin.REWARD_MODELS={models!r}",
+               f"--gin.DISAGREEMENT_MEMBERS={flags!r}")
 
   def _member_sweep_bindings(self) -> list[str]:
     """Overrides of the members' sweep for the diversity ablation (none for 'all')."""
@@ -538,10 +573,12 @@ def stage_dependencies(name: str, names: Sequence[str]) -> tuple[str, ...]:
     deps = having(f"members/{setting}") + having("rm_data") + (
         [p for p in having("pairs") if p != "pairs/two_pretrainings"]
         if setting == "clean" else [])
-  elif kind == "average":
-    deps = ["eval/clean"]
-  elif kind in ("bon", "rl"):
-    deps = ["eval/clean", "sft"] + having("average")
+  elif kind == "average":  # the setting's ranking of its members
+    deps = ["eval/corrupt" if name.endswith(CORRUPT_SUFFIX) else "eval/clean"]
+  elif kind in ("bon", "rl", f"bon{CORRUPT_SUFFIX}"):  # its setting's members and averages
+    corrupt = name.endswith(CORRUPT_SUFFIX)
+    deps = ["eval/corrupt" if corrupt else "eval/clean", "sft"] + [
+        a for a in having("average") if a.endswith(CORRUPT_SUFFIX) == corrupt]
   elif kind == "win_rates":
     deps = having("rl") + ["sft"]
   else:

@@ -15,6 +15,9 @@ STAGE_DONE = "STAGE_DONE"
 # average), ENS (mean reward), Coste et al.'s WCO (min) and UWO (mean - lambda * variance, with
 # Coste's lambda: 0.5 for best-of-N, 0.1 for RL)
 ENSEMBLE_KINDS = ("warm", "ens", "wco", "uwo")
+# the name suffix of what is computed from the corrupted setting's members: RL runs
+# rl/<reward>_corrupt and their WARM averages average/warm_<M>_corrupt
+CORRUPT_SUFFIX = "_corrupt"
 UWO_LAMBDA = {"bon": 0.5, "rl": 0.1}
 RL_TEMPERATURE = 0.9  # the best-of-N / RL sampling temperature (gin/bon.gin, gin/rl.gin; paper)
 
@@ -125,6 +128,18 @@ class ExperimentScale:
   rl_eval_prompts: int = 64
   rl_rewards: tuple[str, ...] = ("best_member", "ens_2", "warm_2", "warm_6")
   rl_kl_coefs: tuple[float, ...] = ()  # the alpha sweep: every reward x alpha (rl/<reward>_kl<a>)
+  # RL against the corrupted setting's reward models (the paper's RL with 25% corrupted labels,
+  # fig. 8, at its alpha 0.01): the reward names of rl_rewards, read from the members of the
+  # 'corrupt' setting ranked by their ID-val accuracy, as the stages rl/<reward>_corrupt (WARM M
+  # averaged in average/warm_<M>_corrupt); () skips them (docs/policy.md, "RL against the
+  # corrupted setting's reward models")
+  rl_corrupt_rewards: tuple[str, ...] = ()
+  rl_corrupt_kl_coef: float = 0.01
+  # best-of-N with the corrupted setting's members as the selectors too (stage bon_corrupt: the
+  # same prompts, seed, N and so the same pools as `bon`; every corrupted member, WARM / ENS /
+  # WCO / UWO M of them, WARM M averaged in average/warm_<M>_corrupt); nothing without
+  # bon_prompts, as rl_corrupt_rewards is nothing without rl_steps
+  bon_corrupt: bool = False
   win_rate_prompts: int = 128
   # the SFT steps the members start from (None: every Baklava step, the paper's Baklava);
   # baklava_steps still give the LMC Baklava pair and the on-policy data's policies
@@ -184,13 +199,26 @@ class ExperimentScale:
       if not 2 <= m <= self.num_members:
         raise ValueError(f"ExperimentScale.warm_ms={self.warm_ms}: each M must be in "
                          f"2..num_members={self.num_members}")
-    for name in self.rl_rewards:
-      kind, _, m = name.partition("_")
-      if name != "best_member" and not (kind in ENSEMBLE_KINDS and m.isdigit() and
-                                        2 <= int(m) <= self.num_members):
-        raise ValueError(f"ExperimentScale.rl_rewards: {name!r} is not 'best_member' or "
-                         f"'<kind>_<M>' with kind in {ENSEMBLE_KINDS} and M in "
-                         f"2..{self.num_members}")
+    for field in ("rl_rewards", "rl_corrupt_rewards"):
+      for name in getattr(self, field):
+        kind, _, m = name.partition("_")
+        if name != "best_member" and not (kind in ENSEMBLE_KINDS and m.isdigit() and
+                                          2 <= int(m) <= self.num_members):
+          raise ValueError(f"ExperimentScale.{field}: {name!r} is not 'best_member' or "
+                           f"'<kind>_<M>' with kind in {ENSEMBLE_KINDS} and M in "
+                           f"2..{self.num_members}")
+    if self.rl_corrupt_rewards and self.rl_steps and (self.data_source != "synthetic"
+                                                      or self.corruption_rate <= 0):
+      raise ValueError(f"ExperimentScale.rl_corrupt_rewards={self.rl_corrupt_rewards}: needs "
+                       "the corrupted setting (synthetic data, corruption_rate > 0); set it to "
+                       "()")
+    if self.bon_corrupt and self.bon_prompts and (self.data_source != "synthetic"
+                                                  or self.corruption_rate <= 0):
+      raise ValueError("ExperimentScale.bon_corrupt=True: needs the corrupted setting "
+                       "(synthetic data, corruption_rate > 0); set it to False")
+    if self.rl_corrupt_kl_coef < 0:
+      raise ValueError(f"ExperimentScale.rl_corrupt_kl_coef={self.rl_corrupt_kl_coef}: must "
+                       "be >= 0")
     if self.member_diversity not in DIVERSITY_SOURCES:
       raise ValueError(f"ExperimentScale.member_diversity={self.member_diversity!r}: use one of "
                        f"{DIVERSITY_SOURCES}")

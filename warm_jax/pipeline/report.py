@@ -15,7 +15,7 @@ import os
 import shutil
 from typing import Any
 
-from warm_jax.pipeline import report_policy
+from warm_jax.pipeline import policy_plots, report_policy
 from warm_jax.core.checkpoints import atomic_write_text, read_json
 from warm_jax.pipeline.verdicts import MARGIN, verdict  # noqa: F401
 
@@ -54,6 +54,8 @@ def collect_metrics(plan: Any, *, timings: dict[str, float], scale_name: str
   rl_names = plan.rl_run_names() if hasattr(plan, "rl_run_names") else []
   return {"scale": scale_name, "rm": rm, "lmc": lmc, "lmc_bump_differences": bump_differences,
           "bon": report_policy.collect_bon(plan.path("bon")),
+          # best-of-N with the corrupted setting's members (ExperimentScale.bon_corrupt)
+          "bon_corrupt": report_policy.collect_bon(plan.path("bon_corrupt")),
           "rl": report_policy.collect_rl({n: plan.path("rl", n) for n in rl_names}),
           "win_rates": report_policy.collect_win_rates(plan.path("win_rates")),
           "timings": timings,
@@ -68,7 +70,8 @@ def collect_metrics(plan: Any, *, timings: dict[str, float], scale_name: str
           "rm_start": _rm_start(plan),
           "_plot_sources": {**{s: plan.path("eval", s, "plots")
                                for s in ("clean", "corrupt", PRETRAINING_PAIR)},
-                            "bon": plan.path("bon", "plots")}}
+                            "bon": plan.path("bon", "plots"),
+                            "bon_corrupt": plan.path("bon_corrupt", "plots")}}
 
 
 def _rm_start(plan: Any) -> dict[str, Any]:
@@ -309,6 +312,8 @@ FIGURES = {  # our plot file (in eval/<setting>/plots) -> report figure name
     ("bon", "bon_oracle_vs_kl.png"): "fig6_bon_oracle_vs_kl.png",
     ("bon", "bon_win_rate_vs_n.png"): "fig7_bon_win_rate_vs_n.png",
     ("bon", "bon_disagreement.png"): "bon_member_disagreement.png",
+    ("bon_corrupt", "bon_oracle_vs_kl.png"): "fig6_bon_corrupt_oracle_vs_kl.png",
+    ("bon_corrupt", "bon_win_rate_vs_n.png"): "fig7_bon_corrupt_win_rate_vs_n.png",
     (PRETRAINING_PAIR, "lmc_id_policy.png"): "lmc_two_pretrainings_id_policy.png",
     (PRETRAINING_PAIR, "lmc_ood_policy.png"): "lmc_two_pretrainings_ood_policy.png",
 }
@@ -327,17 +332,18 @@ def write_report(output_dir: str, metrics: dict[str, Any]) -> None:
   os.makedirs(plot_dir, exist_ok=True)
   copied = []
   for (setting, src), dst in FIGURES.items():
-    path = os.path.join(metrics["_plot_sources"][setting], src)
-    if os.path.exists(path):
+    source = metrics["_plot_sources"].get(setting)
+    path = os.path.join(source, src) if source else None
+    if path and os.path.exists(path):
       shutil.copyfile(path, os.path.join(plot_dir, dst))
       copied.append(dst)
   if metrics.get("rl"):
-    copied += [os.path.basename(p) for p in report_policy.plot_rl(metrics["rl"], plot_dir)]
+    copied += [os.path.basename(p) for p in policy_plots.plot_rl(metrics["rl"], plot_dir)]
     copied += [os.path.basename(p)
-               for p in report_policy.plot_rl_disagreement(metrics["rl"], plot_dir)]
+               for p in policy_plots.plot_rl_disagreement(metrics["rl"], plot_dir)]
   if metrics.get("win_rates"):
     copied += [os.path.basename(p)
-               for p in report_policy.plot_win_rates(metrics["win_rates"], plot_dir)]
+               for p in policy_plots.plot_win_rates(metrics["win_rates"], plot_dir)]
   public = {k: v for k, v in metrics.items() if not k.startswith("_")}
   public["findings"] = findings(metrics)
   atomic_write_text(os.path.join(output_dir, "metrics.json"),

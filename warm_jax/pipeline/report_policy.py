@@ -1,5 +1,6 @@
 """The policy half of the experiment's report: best-of-N, RL and win-rate results gathered from
-the stage dirs into metrics.json, the paper's policy findings (figs 6-9), and the RL plots.
+the stage dirs into metrics.json, the paper's policy findings (figs 6-9) and the report's
+policy tables (its figures: `warm_jax.pipeline.policy_plots`).
 
 Where it sits: called by `warm_jax.pipeline.report` (the RM half lives there) after
 `python -m warm_jax.experiment` ran the `bon`, `rl/<reward>` and `win_rates` stages. Every
@@ -13,6 +14,7 @@ import os
 from typing import Any
 
 from warm_jax.core.checkpoints import read_json
+from warm_jax.pipeline.presets import CORRUPT_SUFFIX
 from warm_jax.pipeline.verdicts import verdict
 from warm_jax.policy.win_rates import FINAL_SUFFIX
 
@@ -89,15 +91,25 @@ def collect_win_rates(win_dir: str) -> dict[str, Any] | None:
 
 
 def rl_groups(rl: dict[str, Any]) -> dict[str, dict[str, Any]]:
-  """RL runs grouped by KL coefficient: {'' or '_kl<alpha>': {reward name: run}}."""
+  """RL runs grouped by KL coefficient and by the setting of their reward models:
+  {'' or '_kl<alpha>' or '_corrupt': {reward name: run}} (ExperimentPlan.rl_runs' names)."""
   groups: dict[str, dict[str, Any]] = {}
   for name, run in rl.items():
     reward, sep, alpha = name.rpartition("_kl")
-    if sep and reward:
+    if name.endswith(CORRUPT_SUFFIX) and name != CORRUPT_SUFFIX:
+      groups.setdefault(CORRUPT_SUFFIX, {})[name[:-len(CORRUPT_SUFFIX)]] = run
+    elif sep and reward:
       groups.setdefault(f"_kl{alpha}", {})[reward] = run
     else:
       groups.setdefault("", {})[name] = run
   return groups
+
+
+def group_label(suffix: str) -> str:
+  """' (alpha a)' for a KL sweep's group, ' (corrupted-label RMs)' for the corrupted setting's."""
+  if suffix == CORRUPT_SUFFIX:
+    return " (RMs trained on corrupted labels)"
+  return f" (alpha {suffix[3:]})" if suffix else ""
 
 
 # -- findings -----------------------------------------------------------------------------------
@@ -160,35 +172,45 @@ def _bon_finding(fid: str, finding: str, a: str, b: str, bon: dict[str, Any]
   return out
 
 
+def _bon_findings(metrics: dict[str, Any], key: str, setting: str, label: str
+                  ) -> list[dict[str, Any]]:
+  """The best-of-N comparisons of one setting's selectors (ids '<key>/...'): WARM M vs the
+  setting's ID-val-best member and vs ENS M, and the largest M vs the smallest."""
+  out, bon = [], metrics[key]
+  sel = bon["selectors"]
+  members = [n for n in sel if n.startswith("member_")]
+  best_member = (metrics.get("rm", {}).get(setting, {}).get("best_member")
+                 if metrics.get("rm") else None) or (members[0] if members else None)
+  warms = sorted((n for n in sel if n.startswith("warm_")), key=lambda n: int(n.split("_")[1]))
+  for name in warms:
+    m = name.split("_")[1]
+    if best_member in sel:
+      out.append(_bon_finding(f"{key}/warm_{m}_vs_best", f"{label}: WARM M={m} selects better "
+                              "than the best single RM (fig. 6-7)", name, best_member, bon))
+    if f"ens_{m}" in sel:
+      out.append(_bon_finding(f"{key}/warm_{m}_vs_ens_{m}", f"{label}: WARM M={m} selects "
+                              f"better than ENS M={m} (fig. 6)", name, f"ens_{m}", bon))
+  if len(warms) > 1:
+    out.append(_bon_finding(f"{key}/{warms[-1]}_vs_{warms[0]}",
+                            f"{label}: more members help WARM (M={warms[-1].split('_')[1]} vs "
+                            f"M={warms[0].split('_')[1]}, fig. 6)", warms[-1], warms[0], bon))
+  return out
+
+
 def policy_findings(metrics: dict[str, Any]) -> list[dict[str, Any]]:
   """The policy findings (docs/paper.md figs 6-9). Those that compare two methods carry a stable
   `id`, a `kind` and an `effect` in the paper's direction (`unit`: 'reward' for oracle-reward
   differences, 'points' for a win rate minus 50%), so `warm_jax.seeds` aggregates them across
   seeds like the RM findings."""
   out = []
-  bon = metrics.get("bon")
-  if bon:
-    sel = bon["selectors"]
-    members = [n for n in sel if n.startswith("member_")]
-    best_member = (metrics.get("rm", {}).get("clean", {}).get("best_member")
-                   if metrics.get("rm") else None) or (members[0] if members else None)
-    warms = sorted((n for n in sel if n.startswith("warm_")), key=lambda n: int(n.split("_")[1]))
-    for name in warms:
-      m = name.split("_")[1]
-      if best_member in sel:
-        out.append(_bon_finding(f"bon/warm_{m}_vs_best", f"BoN: WARM M={m} selects better "
-                                "than the best single RM (fig. 6-7)", name, best_member, bon))
-      if f"ens_{m}" in sel:
-        out.append(_bon_finding(f"bon/warm_{m}_vs_ens_{m}", f"BoN: WARM M={m} selects better "
-                                f"than ENS M={m} (fig. 6)", name, f"ens_{m}", bon))
-    if len(warms) > 1:
-      out.append(_bon_finding(f"bon/{warms[-1]}_vs_{warms[0]}",
-                              f"BoN: more members help WARM (M={warms[-1].split('_')[1]} vs "
-                              f"M={warms[0].split('_')[1]}, fig. 6)", warms[-1], warms[0], bon))
+  for key, setting, label in (("bon", "clean", "BoN"),
+                              ("bon_corrupt", "corrupt", "BoN (RMs trained on corrupted labels)")):
+    if metrics.get(key):
+      out += _bon_findings(metrics, key, setting, label)
   rl = metrics.get("rl") or {}
   wins = (metrics.get("win_rates") or {}).get("win_rates", {})
   for suffix, group in rl_groups(rl).items():
-    alpha = f" (alpha {suffix[3:]})" if suffix else ""
+    alpha = group_label(suffix)
     single = group.get("best_member")
     if not single or "best_oracle" not in single:
       continue
@@ -297,6 +319,42 @@ def policy_findings(metrics: dict[str, Any]) -> list[dict[str, Any]]:
                        f"{single.get('kl_at_best', float('nan')):.2f})",
             "verdict": (f"not informative ({' and '.join(unchanged)} at its best step is the "
                         "SFT policy)") if unchanged else _interval_verdict(rate)})
+      ens = group.get(f"ens_{m}")
+      if ens and "best_oracle" in ens:
+        out += _warm_vs_ens_findings(m, suffix, alpha, w, ens, wins)
+  return out
+
+
+def _warm_vs_ens_findings(m: str, suffix: str, alpha: str, w: dict[str, Any],
+                          ens: dict[str, Any], wins: dict[str, Any]) -> list[dict[str, Any]]:
+  """RL with WARM M against RL with ENS M of the same members (fig. 8: 'ENS M=2 hacks early';
+  with corrupted labels WA memorises fewer flipped labels, figs. 4-5): the final eval oracle
+  reward, and the held-out win rate of the final policies (the fall after a peak is what
+  hacking leaves; the best steps are compared in win_rate/warm_M)."""
+  out = [{
+      "id": f"rl{suffix}/warm_{m}_final_vs_ens_{m}", "kind": "positive", "unit": "reward",
+      "effect": w["final_oracle"] - ens["final_oracle"],
+      "finding": f"RL{alpha}: WARM M={m}'s policy ends above ENS M={m}'s (the same members "
+                 "averaged in weights vs in predictions, fig. 8)",
+      "rule": "final eval oracle reward higher (across seeds: the difference)",
+      "numbers": f"final {w['final_oracle']:.3f} (KL {w.get('final_kl', float('nan')):.2f}) vs "
+                 f"{ens['final_oracle']:.3f} (KL {ens.get('final_kl', float('nan')):.2f}); peak "
+                 f"{w['best_oracle']:.3f} (step {w['best_step']}) vs {ens['best_oracle']:.3f} "
+                 f"(step {ens['best_step']})",
+      "verdict": ("reproduced" if w["final_oracle"] > ens["final_oracle"] else
+                  "not reproduced") + " in this run"}]
+  rate = wins.get(f"warm_{m}{suffix}{FINAL_SUFFIX}_vs_ens_{m}{suffix}{FINAL_SUFFIX}")
+  if rate:
+    out.append({
+        "id": f"rl{suffix}/win_rate/warm_{m}_vs_ens_{m}_final", "kind": "positive",
+        "unit": "points", "effect": rate["rate"] - 0.5, "low": rate["low"] - 0.5,
+        "high": rate["high"] - 0.5,
+        "finding": f"RL{alpha}: WARM M={m}'s final policy beats ENS M={m}'s on held-out "
+                   "prompts",
+        "rule": "oracle win rate > 0.5 with the 95% interval above 0.5",
+        "numbers": f"win rate {rate['rate']:.3f} [{rate['low']:.3f}, {rate['high']:.3f}] "
+                   f"over {rate['n']} samples (final steps)",
+        "verdict": _interval_verdict(rate)})
   return out
 
 
@@ -339,23 +397,10 @@ def _fall_after_peak(wins: dict[str, Any], reward: str, suffix: str,
 def tables_md(metrics: dict[str, Any]) -> list[str]:
   """report.md sections for best-of-N, RL and the win rates."""
   lines = []
-  bon = metrics.get("bon")
-  if bon:
-    lines += ["", f"## Best-of-N (oracle reward of the choice, {bon['num_prompts']} prompts; "
-              f"a random SFT sample scores {bon['sft_sample_oracle']:.3f})", "",
-              "| selector | " + " | ".join(f"N={n}" for n in bon["n"]) + " |",
-              "|---" * (len(bon["n"]) + 1) + "|"]
-    for name, entry in bon["selectors"].items():
-      values = entry.get("oracle_all_subsets", entry["oracle"])
-      lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in values) + " |")
-    fits = {name: e["gao_fit"] for name, e in bon["selectors"].items() if e.get("gao_fit")}
-    if fits:
-      lines += ["", "Gao et al.'s fit of the oracle gain over the pool mean, R(d) = d (a - b d), "
-                "d = sqrt(KL):", "", "| selector | a, b, peak KL, peak gain | rmse |",
-                "|---|---|---|"]
-      lines += [f"| {name} | {_fit_text(fit)} | {fit['rmse']:.3f} |"
-                for name, fit in fits.items()]
-    lines += disagreement_md(bon.get("disagreement"))
+  for key, title in (("bon", ""), ("bon_corrupt", ", the corrupted setting's reward models")):
+    bon = metrics.get(key)
+    if bon:
+      lines += _bon_md(bon, title)
   rl = metrics.get("rl")
   if rl:
     lines += ["", "## RL (evaluated on held-out prompts; the first eval is step 0, the SFT "
@@ -390,6 +435,25 @@ def tables_md(metrics: dict[str, Any]) -> list[str]:
         lines.append(f"| {a} vs {b} | {rate['rate']:.3f} [{rate['low']:.3f}, "
                      f"{rate['high']:.3f}] |")
   return lines
+
+
+def _bon_md(bon: dict[str, Any], title: str) -> list[str]:
+  """report.md's best-of-N section (one per setting of the selectors)."""
+  lines = ["", f"## Best-of-N{title} (oracle reward of the choice, {bon['num_prompts']} "
+           f"prompts; a random SFT sample scores {bon['sft_sample_oracle']:.3f})", "",
+           "| selector | " + " | ".join(f"N={n}" for n in bon["n"]) + " |",
+           "|---" * (len(bon["n"]) + 1) + "|"]
+  for name, entry in bon["selectors"].items():
+    values = entry.get("oracle_all_subsets", entry["oracle"])
+    lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in values) + " |")
+  fits = {name: e["gao_fit"] for name, e in bon["selectors"].items() if e.get("gao_fit")}
+  if fits:
+    lines += ["", "Gao et al.'s fit of the oracle gain over the pool mean, R(d) = d (a - b d), "
+              "d = sqrt(KL):", "", "| selector | a, b, peak KL, peak gain | rmse |",
+              "|---|---|---|"]
+    lines += [f"| {name} | {_fit_text(fit)} | {fit['rmse']:.3f} |"
+              for name, fit in fits.items()]
+  return lines + disagreement_md(bon.get("disagreement"))
 
 
 def _entropy_text(entropy: list[float] | None, window: int = 10) -> str:
@@ -431,7 +495,7 @@ def disagreement_md(disagreement: dict[str, Any] | None) -> list[str]:
   return lines
 
 
-def _runs_with_disagreement(rl: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def runs_with_disagreement(rl: dict[str, Any]) -> dict[str, dict[str, Any]]:
   """{run: its eval curves} of the RL runs that logged eval/disagreement (DISAGREEMENT_MEMBERS
   set; older runs and runs without it have only None there)."""
   return {name: run["eval"] for name, run in rl.items()
@@ -443,7 +507,7 @@ def rl_disagreement_md(rl: dict[str, Any]) -> list[str]:
   DISAGREEMENT_MEMBERS): per run, the mean disagreement of the eval responses, its AUROC for
   flagging the responses the RM over-rates most and its Spearman with the RM's error, at the
   first eval (step 0, the SFT policy) and at the final one; nothing when no run logged it."""
-  runs = _runs_with_disagreement(rl)
+  runs = runs_with_disagreement(rl)
   if not runs:
     return []
   fmt = lambda v, digits=2: "-" if v is None else f"{v:.{digits}f}"
@@ -473,93 +537,3 @@ def _fit_text(fit: dict[str, Any] | None) -> str:
   peak = ("no peak" if fit["peak_kl"] is None else
           f"{fit['peak_kl']:.3g}, {fit['peak_gain']:+.3f}")
   return f"{fit['a']:.3f}, {fit['b']:.3f}, {peak}"
-
-
-# -- plots --------------------------------------------------------------------------------------
-def plot_rl(rl: dict[str, Any], plot_dir: str) -> list[str]:
-  """Fig. 8: evaluated oracle (solid) and proxy (dashed) reward along RL, vs step and vs KL."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  from warm_jax.core.plots import save_figure
-  os.makedirs(plot_dir, exist_ok=True)
-  paths = []
-  for x_key, x_label, fname in (("step", "RL step", "fig8_rl_reward_vs_step.png"),
-                                ("eval/kl_to_sft", "KL(policy || SFT)",
-                                 "fig8_rl_reward_vs_kl.png")):
-    fig, (ax_o, ax_p) = plt.subplots(1, 2, figsize=(9, 3.6))
-    for name, run in rl.items():
-      ev = run["eval"]
-      if not ev["step"]:
-        continue
-      x = ev[x_key] if x_key != "step" else ev["step"]
-      line, = ax_o.plot(x, ev["eval/oracle_reward"], "o-", markersize=3, label=name)
-      ax_p.plot(x, ev["eval/proxy_reward"], "o--", markersize=3, color=line.get_color(),
-                label=name)
-    ax_o.set_title("oracle (gold) reward")
-    ax_p.set_title("proxy reward (the RL reward model's)")
-    for ax in (ax_o, ax_p):
-      ax.set_xlabel(x_label)
-      ax.legend(fontsize=7)
-    fig.suptitle("RL: reward hacking shows as the oracle falling while the proxy rises")
-    paths.append(save_figure(fig, os.path.join(plot_dir, fname)))
-  return paths
-
-
-def plot_rl_disagreement(rl: dict[str, Any], plot_dir: str) -> list[str]:
-  """The members' disagreement of the eval responses (left) and its AUROC for flagging the
-  RM's largest errors (right) vs KL(policy || SFT), one line per RL run that logged it
-  (rl_disagreement_vs_kl.png); nothing when none did."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  from warm_jax.core.plots import save_figure
-  runs = _runs_with_disagreement(rl)
-  if not runs:
-    return []
-  fig, (ax_d, ax_a) = plt.subplots(1, 2, figsize=(9, 3.6))
-  for name, ev in runs.items():
-    points = [(kl, d, a) for kl, d, a in zip(
-        ev["eval/kl_to_sft"], ev["eval/disagreement"],
-        ev.get("eval/disagreement_auroc") or [None] * len(ev["eval/disagreement"]))
-        if d is not None]
-    line, = ax_d.plot([p[0] for p in points], [p[1] for p in points], "o-", markersize=3,
-                      label=name)
-    aurocs = [(p[0], p[2]) for p in points if p[2] is not None]
-    ax_a.plot([p[0] for p in aurocs], [p[1] for p in aurocs], "o-", markersize=3,
-              color=line.get_color(), label=name)
-  ax_a.axhline(0.5, color="gray", ls="--", lw=0.8)
-  ax_d.set_title("members' disagreement (step-0 scales)")
-  ax_a.set_title("AUROC: flags the RM's over-rated responses")
-  for ax in (ax_d, ax_a):
-    ax.set_xlabel("KL(policy || SFT)")
-    ax.legend(fontsize=7)
-  fig.suptitle("RL: does the members' disagreement track where the RM is wrong?")
-  return [save_figure(fig, os.path.join(plot_dir, "rl_disagreement_vs_kl.png"))]
-
-
-def plot_win_rates(win_rates: dict[str, Any], plot_dir: str) -> list[str]:
-  """Fig. 9: oracle win rate of each RL policy (best step) against the others."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  rates = {k: v for k, v in win_rates["win_rates"].items()
-           if not k.startswith("sft_vs_") and not k.startswith("best_member_vs_")
-           and FINAL_SUFFIX not in k}
-  if not rates:
-    return []
-  os.makedirs(plot_dir, exist_ok=True)
-  names = sorted(rates)
-  fig, ax = plt.subplots(figsize=(6.4, 0.35 * len(names) + 1.4))
-  y = range(len(names))
-  vals = [rates[n]["rate"] for n in names]
-  ax.barh(list(y), vals, xerr=[[rates[n]["rate"] - rates[n]["low"] for n in names],
-                               [rates[n]["high"] - rates[n]["rate"] for n in names]],
-          color="tab:blue", alpha=0.7, capsize=2)
-  ax.axvline(0.5, color="gray", ls="--", lw=0.8)
-  ax.set_yticks(list(y))
-  ax.set_yticklabels([n.replace("_vs_", " vs ") for n in names], fontsize=7)
-  ax.set_xlabel("oracle win rate (ties split, 95% bootstrap interval)")
-  ax.set_title("RL policies at their best step: win rates")
-  from warm_jax.core.plots import save_figure
-  return [save_figure(fig, os.path.join(plot_dir, "fig9_rl_win_rates.png"))]
