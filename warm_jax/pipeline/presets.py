@@ -131,8 +131,8 @@ class ExperimentScale:
   # RL against the corrupted setting's reward models (the paper's RL with 25% corrupted labels,
   # fig. 8, at its alpha 0.01): the reward names of rl_rewards, read from the members of the
   # 'corrupt' setting ranked by their ID-val accuracy, as the stages rl/<reward>_corrupt (WARM M
-  # averaged in average/warm_<M>_corrupt); () skips them (docs/policy.md, "RL against the
-  # corrupted setting's reward models")
+  # averaged in average/warm_<M>_corrupt); () skips them (docs/policy.md, "Best-of-N and RL
+  # against the corrupted setting's reward models")
   rl_corrupt_rewards: tuple[str, ...] = ()
   rl_corrupt_kl_coef: float = 0.01
   # best-of-N with the corrupted setting's members as the selectors too (stage bon_corrupt: the
