@@ -340,11 +340,10 @@ class ExperimentPlan:
             "warm_jax.average", "--inputs", *self.ranked_members(setting)[:m],
             "--output", self.warm_dir(m, setting), "--overwrite"),
             self.path("average", f"warm_{m}{suffix}")))
-    if s.bon_prompts:
-      out.append(Stage("bon", lambda: self._bon_argv("clean"), self.path("bon")))
-    if s.bon_prompts and s.bon_corrupt:
-      out.append(Stage("bon_corrupt", lambda: self._bon_argv("corrupt"),
-                       self.path("bon_corrupt")))
+    for setting in self.settings:  # `bon`, and `bon_corrupt` with ExperimentScale.bon_corrupt
+      if s.bon_prompts and (setting == "clean" or s.bon_corrupt):
+        out.append(Stage(os.path.basename(self.bon_dir(setting)),
+                         lambda setting=setting: self._bon_argv(setting), self.bon_dir(setting)))
     if s.rl_steps:
       for run, reward, kl_coef, setting in self.rl_runs():
         out.append(Stage(f"rl/{run}", lambda run=run, reward=reward, kl_coef=kl_coef,

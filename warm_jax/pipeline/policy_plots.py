@@ -20,19 +20,18 @@ def plot_rl(rl: dict[str, Any], plot_dir: str) -> list[str]:
   """Fig. 8: evaluated oracle (solid) and proxy (dashed) reward along RL, vs step and vs KL; one
   pair of figures per group of runs (`rl_groups`: fig8_rl_reward_vs_{step,kl}.png for the
   default's runs, fig8_rl<group>_reward_vs_... for an alpha's or the corrupted setting's)."""
+  os.makedirs(plot_dir, exist_ok=True)
+  paths = []
+  for suffix, group in rl_groups(rl).items():
+    paths += _plot_rl_group(group, suffix, plot_dir)
+  return paths
+
+
+def _plot_rl_group(group: dict[str, Any], suffix: str, plot_dir: str) -> list[str]:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   from warm_jax.core.plots import save_figure
-  os.makedirs(plot_dir, exist_ok=True)
-  paths = []
-  for suffix, group in rl_groups(rl).items():
-    paths += _plot_rl_group(group, suffix, plot_dir, plt, save_figure)
-  return paths
-
-
-def _plot_rl_group(group: dict[str, Any], suffix: str, plot_dir: str, plt: Any,
-                   save_figure: Any) -> list[str]:
   paths = []
   for x_key, x_label, fname in (("step", "RL step", f"fig8_rl{suffix}_reward_vs_step.png"),
                                 ("eval/kl_to_sft", "KL(policy || SFT)",
