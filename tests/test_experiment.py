@@ -435,6 +435,13 @@ def test_corrupted_rl_stages_read_the_corrupted_members_at_their_alpha(tmp_path,
   assert _gin_value(clean, "KL_COEF") == 0.003
   assert plan.rl_run_names() == ["best_member", "warm_2", "best_member_corrupt",
                                  "ens_3_corrupt", "warm_3_corrupt"]
+  # without RL, only best-of-N's WARM M are averaged, in both settings; without either, none
+  no_rl = ExperimentPlan(output_dir=str(tmp_path),
+                         scale=dataclasses.replace(scale, rl_steps=0, warm_ms=(2,)))
+  assert no_rl._warm_ms_needed("clean") == no_rl._warm_ms_needed("corrupt") == [2]
+  no_policy = ExperimentPlan(output_dir=str(tmp_path), scale=dataclasses.replace(
+      scale, rl_steps=0, bon_prompts=0, rl_corrupt_rewards=(), bon_corrupt=False))
+  assert no_policy._warm_ms_needed("clean") == no_policy._warm_ms_needed("corrupt") == []
 
 
 def _rl_run(oracle, proxy, kl):

@@ -315,14 +315,12 @@ class ExperimentPlan:
   def _warm_ms_needed(self, setting: str = "clean") -> list[int]:
     """The M of every WARM M checkpoint the policy stages read, for the setting's members."""
     s = self.scale
-    if setting == "corrupt":
-      ms = set(s.warm_ms) if s.bon_corrupt and s.bon_prompts else set()
-      if s.rl_steps:
-        ms |= {int(n.split("_")[1]) for n in s.rl_corrupt_rewards if n.startswith("warm_")}
-      return sorted(ms)
-    ms = set(s.warm_ms) if s.bon_prompts else set()
-    ms |= {int(n.split("_")[1]) for n in s.rl_rewards if n.startswith("warm_")}
-    return sorted(ms) if (s.bon_prompts or s.rl_steps) else []
+    runs_bon = s.bon_prompts and (setting == "clean" or s.bon_corrupt)
+    ms = set(s.warm_ms) if runs_bon else set()
+    if s.rl_steps:
+      rewards = s.rl_corrupt_rewards if setting == "corrupt" else s.rl_rewards
+      ms |= {int(n.split("_")[1]) for n in rewards if n.startswith("warm_")}
+    return sorted(ms)
 
   def _policy_common(self) -> list[str]:
     s = self.scale
