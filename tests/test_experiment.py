@@ -435,6 +435,14 @@ def test_corrupted_rl_stages_read_the_corrupted_members_at_their_alpha(tmp_path,
   assert _gin_value(clean, "KL_COEF") == 0.003
   assert plan.rl_run_names() == ["best_member", "warm_2", "best_member_corrupt",
                                  "ens_3_corrupt", "warm_3_corrupt"]
+  # the scheduler starts ready stages in plan order: the policy stages come longest first
+  # (RL, ENS M's runs with their M reward-model passes first, then best-of-N)
+  order = [stage.name for stage in plan._policy_stages()]
+  rl_order = [name for name in order if name.startswith("rl/")]
+  assert rl_order[0] == "rl/ens_3_corrupt"
+  assert sorted(rl_order[1:]) == sorted(f"rl/{run}" for run in plan.rl_run_names()
+                                        if run != "ens_3_corrupt")
+  assert max(map(order.index, rl_order)) < min(order.index("bon"), order.index("bon_corrupt"))
   # without RL, only best-of-N's WARM M are averaged, in both settings; without either, none
   no_rl = ExperimentPlan(output_dir=str(tmp_path),
                          scale=dataclasses.replace(scale, rl_steps=0, warm_ms=(2,)))

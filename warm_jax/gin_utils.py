@@ -220,9 +220,6 @@ def gin_main(argv: Sequence[str] | None, *, entry: str, doc: str, example: str,
     print_error(f"no {missing[0]} given")
     return 2
   maybe_initialize_distributed(enable=distributed or None)
-  # a stage of an experiment run side by side with others: its backend now, then its cores
-  from warm_jax.core.cpu_affinity import signal_backend_ready
-  signal_backend_ready()
   return run_entry(entry, files=files, bindings=[*user_bindings, *extra, *bindings],
                    paths=paths, on_result=on_result)
 

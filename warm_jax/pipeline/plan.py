@@ -53,6 +53,13 @@ def _py(module: str, *args: str) -> list[str]:
   return [sys.executable, "-m", module, *args]
 
 
+def _reward_passes(reward: str) -> int:
+  """Reward-model passes per RL rollout of an RL reward name: M for the prediction ensembles
+  ('ens_M', 'wco_M', 'uwo_M'), one for a single member or WARM M."""
+  kind, _, m = reward.partition("_")
+  return int(m) if kind in ("ens", "wco", "uwo") else 1
+
+
 class ExperimentPlan:
   """The stages of one experiment and where each writes."""
 
@@ -338,12 +345,13 @@ class ExperimentPlan:
             "warm_jax.average", "--inputs", *self.ranked_members(setting)[:m],
             "--output", self.warm_dir(m, setting), "--overwrite"),
             self.path("average", f"warm_{m}{suffix}")))
-    for setting in self.settings:  # `bon`, and `bon_corrupt` with ExperimentScale.bon_corrupt
-      if s.bon_prompts and (setting == "clean" or s.bon_corrupt):
-        out.append(Stage(os.path.basename(self.bon_dir(setting)),
-                         lambda setting=setting: self._bon_argv(setting), self.bon_dir(setting)))
+    # The scheduler starts the stages that are ready in plan order, so the policy stages come
+    # longest first: the RL runs, those scoring with the most reward models (ENS M) first, then
+    # best-of-N; the experiment then ends on a short stage instead of a long one running alone.
+    rl_runs = sorted(self.rl_runs() if s.rl_steps else [], key=lambda run: -_reward_passes(
+        run[1]))
     if s.rl_steps:
-      for run, reward, kl_coef, setting in self.rl_runs():
+      for run, reward, kl_coef, setting in rl_runs:
         out.append(Stage(f"rl/{run}", lambda run=run, reward=reward, kl_coef=kl_coef,
                          setting=setting: _py(
             "warm_jax.train", *self._model(), "--gin_file=gin/rl.gin",
@@ -360,6 +368,11 @@ class ExperimentPlan:
             _gin("EVAL_EVERY", s.rl_eval_every), _gin("SAVE_EVERY", s.rl_eval_every),
             _gin("NUM_EVAL_PROMPTS", s.rl_eval_prompts),
             _gin("TrainerConfig.microbatches", s.rl_microbatches)), self.path("rl", run)))
+    for setting in self.settings:  # `bon`, and `bon_corrupt` with ExperimentScale.bon_corrupt
+      if s.bon_prompts and (setting == "clean" or s.bon_corrupt):
+        out.append(Stage(os.path.basename(self.bon_dir(setting)),
+                         lambda setting=setting: self._bon_argv(setting), self.bon_dir(setting)))
+    if s.rl_steps:
       if s.rl_rewards and s.win_rate_prompts:
         def win_argv():
           from warm_jax.policy.win_rates import FINAL_SUFFIX, best_checkpoint

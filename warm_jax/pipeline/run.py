@@ -24,7 +24,6 @@ def run_experiment(*, output_dir: str | None, scale: str = "default",
                    scales: Mapping[str, Mapping[str, Any]], seed: int = 0,
                    world_seed: int | None = None,
                    in_process: bool = False, parallel_stages: int = 1,
-                   share_cores: bool = True,
                    tldr_manual_dir: str | None = None,
                    overrides: Mapping[str, Any] | None = None,
                    dry_run: bool = False) -> dict[str, Any] | ExperimentPlan:
@@ -37,8 +36,6 @@ def run_experiment(*, output_dir: str | None, scale: str = "default",
     `run_stages`); the tiny smoke scale does, to fit its budget.
   parallel_stages: run up to this many independent stages at once (subprocess mode; see
     `run_stages` and `stage_dependencies`); the embedded default uses 2 on 2 cores.
-  share_cores: with parallel stages, each running stage gets cores of its own once its backend
-    exists (`core.cpu_affinity`; Linux; the same numbers); False leaves the OS to place them.
   overrides: ExperimentScale fields replacing the preset's (the ablations in
     gin/experiments/ablations/ set these, so they compose with any SCALE).
   dry_run: print the stages and their commands and return the plan; nothing is run or written.
@@ -72,8 +69,7 @@ def run_experiment(*, output_dir: str | None, scale: str = "default",
   records = run_stages(stages, log_dir=plan.path("logs"),
                        env=stage_environment(plan.path("cache", "jax")),
                        on_resolve=lambda: write_commands(stages, plan.path("commands.sh")),
-                       in_process=in_process, parallel=parallel_stages,
-                       share_cores=share_cores)
+                       in_process=in_process, parallel=parallel_stages)
   timings = {stage.name: records[stage.name]["wall_s"] for stage in stages}
   timings["stages_sum"] = round(sum(timings.values()), 2)
   # the experiment's wall time: stages that overlapped count once (experiment_wall_seconds)

@@ -15,7 +15,6 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-from warm_jax.core import cpu_affinity
 from warm_jax.core.checkpoints import atomic_write_text, read_json
 from warm_jax.pipeline.plan import Stage
 from warm_jax.pipeline.presets import StageFailed
@@ -117,7 +116,7 @@ def _run_in_process(stage: Stage, log_path: str, env: Mapping[str, str] | None) 
 
 def run_stages(stages: Sequence[Stage], *, log_dir: str, env: Mapping[str, str] | None = None,
                on_resolve: Callable[[], None] | None = None, in_process: bool = False,
-               parallel: int = 1, share_cores: bool = True) -> dict[str, dict[str, float]]:
+               parallel: int = 1) -> dict[str, dict[str, float]]:
   """Runs the stages, skipping finished ones; returns {stage: its STAGE_DONE record}.
 
   Each stage is a subprocess (isolated: its memory is returned, a crash is contained) unless
@@ -126,10 +125,6 @@ def run_stages(stages: Sequence[Stage], *, log_dir: str, env: Mapping[str, str] 
   started when every stage in its `after` is done, in plan order: two tiny-decoder stages
   on 2 CPU cores share them better than one does (XLA keeps ~1.5 cores busy on these shapes).
   A failed stage stops the others (they resume on the rerun) and raises StageFailed.
-
-  share_cores (with parallel > 1, on Linux): stages side by side each get a disjoint share of
-  the driver's cores once their backend exists, a stage running alone all of them
-  (`core.cpu_affinity`: the same numbers, ~6-7% more throughput on 2 cores).
   """
   import concurrent.futures
   os.makedirs(log_dir, exist_ok=True)
@@ -165,11 +160,6 @@ def run_stages(stages: Sequence[Stage], *, log_dir: str, env: Mapping[str, str] 
     on_resolve()
   known = {stage.name for stage in stages}
   running_procs: dict[str, subprocess.Popen] = {}
-  sharer = (cpu_affinity.CoreSharer() if share_cores and parallel > 1 and not in_process
-            else None)
-
-  def ready_path(stage: Stage) -> str:
-    return os.path.join(log_dir, "." + stage.name.replace("/", "_") + ".ready")
 
   def run_one(stage: Stage) -> tuple[int, float, float, float]:
     from warm_jax.core import flops as flops_lib
@@ -184,14 +174,7 @@ def run_stages(stages: Sequence[Stage], *, log_dir: str, env: Mapping[str, str] 
     else:
       stage_env = dict(os.environ if env is None else env)
       stage_env[flops_lib.STAGE_FLOPS_ENV] = flops_path
-      if sharer is not None:
-        _remove_if_present(ready_path(stage))
-        stage_env[cpu_affinity.READY_FILE_ENV] = ready_path(stage)
-      try:
-        code, cpu = _run_subprocess(stage, log_path(stage), stage_env, running_procs)
-      finally:
-        if sharer is not None:
-          _remove_if_present(ready_path(stage))
+      code, cpu = _run_subprocess(stage, log_path(stage), stage_env, running_procs)
     return code, cpu, t0, time.time()
 
   failure = None
@@ -219,11 +202,7 @@ def run_stages(stages: Sequence[Stage], *, log_dir: str, env: Mapping[str, str] 
         if failure is None and pending:  # cannot happen with the plan's table; guard anyway
           raise StageFailed(f"stages {[s.name for s in pending]} wait on stages that never ran")
         break
-      if sharer is not None:  # the cores of the stages running now (start order)
-        sharer.update([(running_procs[stage.name].pid, ready_path(stage))
-                       for stage in futures.values() if stage.name in running_procs])
-      done, _ = concurrent.futures.wait(futures, timeout=1.0 if sharer is not None else None,
-                                        return_when=concurrent.futures.FIRST_COMPLETED)
+      done, _ = concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_COMPLETED)
       for future in done:
         stage = futures.pop(future)
         code, cpu, t0, t1 = future.result()
@@ -339,13 +318,6 @@ def experiment_wall_seconds(records: Mapping[str, Mapping[str, float]]) -> float
   if cur_end is not None:
     total += cur_end - cur_start
   return round(total + extra, 2)
-
-
-def _remove_if_present(path: str) -> None:
-  try:
-    os.remove(path)
-  except FileNotFoundError:
-    pass
 
 
 def _cpu_seconds() -> float:
