@@ -57,7 +57,7 @@ def _reward_passes(reward: str) -> int:
   """Reward-model passes per RL rollout of an RL reward name: M for the prediction ensembles
   ('ens_M', 'wco_M', 'uwo_M'), one for a single member or WARM M."""
   kind, _, m = reward.partition("_")
-  return int(m) if kind in ("ens", "wco", "uwo") else 1
+  return int(m) if kind in ENSEMBLE_KINDS and kind != "warm" else 1
 
 
 class ExperimentPlan:
@@ -348,10 +348,9 @@ class ExperimentPlan:
     # The scheduler starts the stages that are ready in plan order, so the policy stages come
     # longest first: the RL runs, those scoring with the most reward models (ENS M) first, then
     # best-of-N; the experiment then ends on a short stage instead of a long one running alone.
-    rl_runs = sorted(self.rl_runs() if s.rl_steps else [], key=lambda run: -_reward_passes(
-        run[1]))
     if s.rl_steps:
-      for run, reward, kl_coef, setting in rl_runs:
+      for run, reward, kl_coef, setting in sorted(
+          self.rl_runs(), key=lambda rl_run: -_reward_passes(rl_run[1])):
         out.append(Stage(f"rl/{run}", lambda run=run, reward=reward, kl_coef=kl_coef,
                          setting=setting: _py(
             "warm_jax.train", *self._model(), "--gin_file=gin/rl.gin",
